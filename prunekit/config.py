@@ -1,0 +1,197 @@
+"""The validated run configuration.
+
+Strict on user YAML: an unknown key, a wrong type or an out-of-range value is a :class:`ConfigError`
+whose message names the key, the value and the file, on one line (the CLI turns it into exit code 2).
+YAML is read with ``yaml.safe_load`` only: nothing in a config can run code.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; its message is one line naming the problem and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Which dataset, and how to split it (train / validation / test, deterministic from the seed)."""
+
+    name: str = "mnist1d"  # registry name: mnist1d, fashion_mnist, digits, tweet_sentiment, hf, csv, json, imagefolder
+    variant: Literal["standard", "large"] = "standard"  # mnist1d: 4000/1000 or 40k/10k
+    validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    max_train_samples: int | None = Field(None, gt=0)  # subsample train (after splitting) for quick runs
+    max_eval_samples: int | None = Field(None, gt=0)
+    # generic sources
+    path: str | None = None  # hf: dataset id or local script-free folder
+    subset: str | None = None  # hf: configuration name
+    files: dict[str, str] | None = None  # csv/json/imagefolder: {"train": path, "test": path}
+    text_column: str = "text"
+    label_column: str = "label"
+    # text
+    tokenizer: str | None = None  # defaults to the model's path
+    max_length: int = Field(64, gt=0)
+    batch_size: int = Field(128, gt=0)  # evaluation batch size; fine-tuning has its own
+
+
+class ModelConfig(_Strict):
+    name: str = "cnn1d"  # registry name: mlp, simple_cnn, cnn1d, resnet20, resnet56, resnet20_1d, hf, minilm
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # e.g. {"width": 32}
+    path: str | None = None  # hf: a local folder or hub id
+    trust_remote_code: bool = False  # off unless the user turns it on: remote code runs on load
+    checkpoint: str | None = None  # start from a prunekit checkpoint folder instead of training
+
+
+class TrainConfig(_Strict):
+    """One training recipe; used for the dense model and for fine-tuning after each prune."""
+
+    epochs: float = Field(1.0, ge=0.0)
+    max_steps: int | None = Field(None, gt=0)
+    batch_size: int = Field(64, gt=0)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    schedule: Literal["constant", "cosine", "linear"] = "cosine"
+    warmup_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    grad_accum_steps: int = Field(1, gt=0)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+
+
+class PruneConfig(_Strict):
+    planner: str = "uniform"
+    levels: list[float] = Field(default_factory=lambda: [0.5, 0.7, 0.85])  # fraction of params saved
+    metric: Literal["params", "macs"] = "params"
+    importance: str = "l2"  # unit scores within a layer: l1, l2, taylor, hessian, lamp, random
+    round_to: int = Field(1, gt=0)
+    min_keep_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    ignore: list[str] = Field(default_factory=list)  # name patterns of layers never pruned
+    importance_batches: int = Field(4, gt=0)
+    iterative_steps: int = Field(1, gt=0)
+
+    @field_validator("levels")
+    @classmethod
+    def _levels_in_range(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("give at least one level, e.g. [0.5, 0.7]")
+        for x in v:
+            if not 0.0 <= x < 1.0:
+                raise ValueError(f"level {x} is outside [0, 1): a level is the fraction of params saved")
+        return sorted(v)
+
+
+class EstimateConfig(_Strict):
+    probe_samples: int = Field(256, gt=0)  # NTK Gram / spectrum inputs
+    trace_probes: int = Field(64, gt=0)  # Hutchinson probes for per-group NTK traces
+    hessian_probes: int = Field(32, gt=0)
+    power_iters: int = Field(20, gt=0)
+    id_samples: int = Field(2000, gt=0)  # points for the intrinsic dimension
+    id_representation: str = "inputs"  # "inputs" or a module name whose activations are used
+    ridge: float = Field(1e-2, gt=0.0)
+
+
+class EvaluateConfig(_Strict):
+    latency_batch_size: int = Field(1, gt=0)
+    latency_repeats: int = Field(30, gt=0)
+    latency_warmup: int = Field(5, ge=0)
+    latency_threads: int = Field(1, gt=0)
+
+
+class RunConfig(_Strict):
+    name: str = "run"
+    seed: int = 0
+    output_dir: str | None = None  # default: runs/<name>
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)  # the dense model (skipped for pretrained HF bases only if epochs=0)
+    finetune: TrainConfig = Field(default_factory=TrainConfig)
+    prune: PruneConfig = Field(default_factory=PruneConfig)
+    estimate: EstimateConfig = Field(default_factory=EstimateConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    def fingerprint(self) -> str:
+        """A hash of everything that changes results (output_dir excluded), for resume checks."""
+        d = self.model_dump(mode="json")
+        d.pop("output_dir", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _parse_value(text: str) -> Any:
+    """A command-line override value, read as YAML scalars/lists (safe loader)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides to a raw config dict (before validation)."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' has no '=': write it as section.key=value (e.g. finetune.epochs=2)")
+        key, value = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"override '{item}' has an empty key: write it as section.key=value")
+        node = out
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override '{item}': '{p}' is not a section in {source}")
+            node = nxt
+        node[parts[-1]] = _parse_value(value)
+    return out
+
+
+def _format_error(err: ValidationError, raw: dict[str, Any], source: str) -> str:
+    e = err.errors()[0]
+    key = ".".join(str(p) for p in e["loc"])
+    if e["type"] == "extra_forbidden":
+        section = ".".join(str(p) for p in e["loc"][:-1])
+        cls: type[BaseModel] = RunConfig
+        for p in e["loc"][:-1]:
+            ann = cls.model_fields[str(p)].annotation
+            cls = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else cls
+        allowed = ", ".join(cls.model_fields)
+        where = f"section '{section}'" if section else "the top level"
+        return f"{source}: unknown key '{key}' in {where}; allowed keys: {allowed}"
+    value = e.get("input")
+    msg = e["msg"].removeprefix("Value error, ")
+    return f"{source}: invalid value {value!r} for '{key}': {msg}"
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> RunConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the config must be a YAML mapping of sections, got {type(raw).__name__}")
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, raw, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate a YAML config. Raises :class:`ConfigError` with a one-line message."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}' does not exist: check the path (examples live in configs/)")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        line = getattr(getattr(err, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise ConfigError(f"{p}: not valid YAML{where}: fix the syntax") from None
+    raw = apply_overrides(raw, overrides or [], str(p))
+    return config_from_dict(raw, str(p))
