@@ -1,0 +1,171 @@
+"""Per-sample Jacobian rows of a model's logits w.r.t. a block of parameters, and their contraction.
+
+Three engines (see :mod:`prunekit.theory.ntk`): ``vmap`` (torch.func ``jacrev`` vmapped over samples),
+``vjp`` (one ordinary forward per chunk, backward vmapped over one-hot output cotangents; tolerates
+data-dependent control flow in the forward, such as HF attention-mask creation) and ``loop`` (one
+backward per output row). ``auto`` tries them in this order and keeps the first that works.
+The samples must be independent (eval mode), so that the gradient of logit (i, c) of a batched forward
+is sample i's own gradient.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from prunekit.batch import Inputs, logits_of, slice_inputs
+
+ParamFilter = Callable[[str], bool] | Iterable[str] | Mapping[str, Tensor] | None
+ENGINES = ("auto", "vmap", "vjp", "loop")
+_DEFAULT_CHUNK = {"vmap": 64, "vjp": 8, "loop": 8}  # samples per Jacobian call; vjp/loop cost grows as chunk²
+
+
+class _LogitsOf(nn.Module):
+    """Wraps a model so that ``functional_call`` goes through :func:`prunekit.batch.logits_of`."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: Inputs) -> Tensor:
+        return logits_of(self.model, inputs)
+
+
+class JacobianRows:
+    """``rows(block, lo, hi)``: name → ((hi-lo)·k, numel) Jacobian, rows ordered (sample, logit)."""
+
+    def __init__(self, model: nn.Module, inputs: Inputs, engine: str = "auto", chunk: int | None = None):
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}; got {engine!r}")
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"chunk must be a positive number of samples or None; got {chunk}")
+        self.wrapped, self.inputs, self.engine, self.chunk = _LogitsOf(model), inputs, engine, chunk
+
+    def _call(self, block: Mapping[str, Tensor], x: Inputs) -> Tensor:
+        from torch.func import functional_call
+
+        return functional_call(self.wrapped, {f"model.{k}": v for k, v in block.items()}, (x,))
+
+    def rows(self, block: dict[str, Tensor], lo: int, hi: int) -> dict[str, Tensor]:
+        engines = ["vmap", "vjp", "loop"] if self.engine == "auto" else [self.engine]
+        for i, engine in enumerate(engines):
+            step = self.chunk or _DEFAULT_CHUNK[engine]
+            try:
+                parts = [self._rows(engine, block, a, min(a + step, hi)) for a in range(lo, hi, step)]
+            except RuntimeError as err:
+                if i == len(engines) - 1:
+                    raise
+                first = (str(err).splitlines() or [""])[0][:120]
+                warnings.warn(
+                    f"NTK Jacobian: engine {engine!r} failed ({first}); using {engines[i + 1]!r}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                continue
+            self.engine = engine  # remember what works for the next blocks
+            return {k: torch.cat([p[k] for p in parts]) for k in block}
+        raise RuntimeError("no Jacobian engine to try")  # unreachable: engines is never empty
+
+    def _rows(self, engine: str, block: dict[str, Tensor], lo: int, hi: int) -> dict[str, Tensor]:
+        from torch.func import jacrev, vjp, vmap
+
+        x = slice_inputs(self.inputs, slice(lo, hi))
+        b = hi - lo
+        # torch.func ignores no_grad for its own transforms; it keeps autograd off the fixed parameters
+        with torch.no_grad():
+            if engine == "vmap":
+
+                def one(blk: dict[str, Tensor], xi: Inputs) -> Tensor:
+                    xi = (
+                        {k: v.unsqueeze(0) for k, v in xi.items()}
+                        if isinstance(xi, Mapping)
+                        else xi.unsqueeze(0)
+                    )
+                    return self._call(blk, xi)[0]
+
+                jac = vmap(jacrev(one), in_dims=(None, 0))(block, x)
+                return {k: j.reshape(-1, block[k].numel()) for k, j in jac.items()}
+            logits, pullback = vjp(lambda blk: self._call(blk, x), block)
+            rows = logits.numel()
+            eye = torch.eye(rows, dtype=logits.dtype, device=logits.device).reshape(rows, *logits.shape)
+            if engine == "vjp":
+                (grads,) = vmap(pullback)(eye)
+            else:
+                per = [pullback(e)[0] for e in eye]
+                grads = {k: torch.stack([g[k] for g in per]) for k in block}
+            if rows % b:
+                raise ValueError(f"logits of {b} samples have {rows} entries, not a multiple of {b}")
+            return {k: g.reshape(rows, -1) for k, g in grads.items()}
+
+
+def column_selector(param_filter: ParamFilter, params: Mapping[str, Tensor]) -> dict[str, Tensor | None]:
+    """name → flat indices of the selected entries (None: the whole tensor); unselected names are absent."""
+    if param_filter is None:
+        return dict.fromkeys(params)
+    if isinstance(param_filter, Mapping):
+        out: dict[str, Tensor | None] = {}
+        for name, mask in param_filter.items():
+            if name not in params:
+                raise ValueError(
+                    f"param_filter names {name!r}, which is not a trainable parameter of the model"
+                )
+            mask = torch.as_tensor(mask, dtype=torch.bool)
+            if mask.shape != params[name].shape:
+                raise ValueError(
+                    f"param_filter mask for {name!r} has shape {tuple(mask.shape)}, "
+                    f"expected {tuple(params[name].shape)}"
+                )
+            idx = mask.flatten().nonzero().flatten()
+            if len(idx) == mask.numel():
+                out[name] = None
+            elif len(idx):
+                out[name] = idx.to(params[name].device)
+        return out
+    if callable(param_filter):
+        return {k: None for k in params if param_filter(k)}
+    wanted = [param_filter] if isinstance(param_filter, str) else list(param_filter)
+    unknown = [k for k in wanted if k not in params]
+    if unknown:
+        raise ValueError(
+            f"param_filter names {unknown[0]!r}, which is not a trainable parameter of the model"
+        )
+    return dict.fromkeys(wanted)
+
+
+def blocks(cols: Mapping[str, Tensor | None], params: Mapping[str, Tensor], budget: int) -> list[list[str]]:
+    """Consecutive parameter tensors grouped so that one block has at most ``budget`` selected entries
+    (a single tensor larger than the budget forms its own block)."""
+    out: list[list[str]] = []
+    size = 0
+    for name, idx in cols.items():
+        m = params[name].numel() if idx is None else len(idx)
+        if not out or size + m > budget:
+            out.append([])
+            size = 0
+        out[-1].append(name)
+        size += m
+    return out
+
+
+def select(rows: Mapping[str, Tensor], cols: Mapping[str, Tensor | None], dtype: torch.dtype) -> Tensor:
+    """The selected columns of a block's Jacobian rows, concatenated, in ``dtype``."""
+    parts = [r if cols[k] is None else r[:, cols[k]] for k, r in rows.items()]
+    return torch.cat(parts, dim=1).to(dtype)
+
+
+def accumulate(gram: Tensor, ja: Tensor, jb: Tensor, a: int, b: int, k: int, output: str) -> None:
+    """Add the (samples a.., samples b..) block of J Jᵀ, and its mirror, to ``gram``."""
+    na, nb = ja.shape[0] // k, jb.shape[0] // k
+    if output == "full":
+        blk = ja @ jb.T
+        gram[a * k : (a + na) * k, b * k : (b + nb) * k] += blk
+        if a != b:
+            gram[b * k : (b + nb) * k, a * k : (a + na) * k] += blk.T
+        return
+    blk = torch.einsum("icm,jcm->ij", ja.reshape(na, k, -1), jb.reshape(nb, k, -1))  # Σ over logits c
+    gram[a : a + na, b : b + nb] += blk
+    if a != b:
+        gram[b : b + nb, a : a + na] += blk.T
