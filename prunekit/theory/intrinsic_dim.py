@@ -32,7 +32,9 @@ _CHUNK = 1024
 def _as_points(X: Any) -> np.ndarray:
     arr = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
     if arr.ndim != 2:
-        raise ValueError(f"points must be a 2-D array (N, D), got shape {arr.shape}; flatten each point first")
+        raise ValueError(
+            f"points must be a 2-D array (N, D), got shape {arr.shape}; flatten each point first"
+        )
     arr = arr.astype(np.float64, copy=False)
     if not np.all(np.isfinite(arr)):
         raise ValueError("points contain NaN or inf; clean the features before estimating the dimension")
@@ -79,7 +81,9 @@ def twonn(X: Any, discard: float = 0.1, seed: int = 0, max_samples: int | None =
     ``max_samples`` is smaller than the number of points.
     """
     if not 0.0 <= discard < 1.0:
-        raise ValueError(f"discard must be in [0, 1), got {discard}; it is the fraction of largest ratios dropped")
+        raise ValueError(
+            f"discard must be in [0, 1), got {discard}; it is the fraction of largest ratios dropped"
+        )
     arr, n_dup = _deduplicate(_subsample(_as_points(X), max_samples, seed))
     if arr.shape[0] < 3:
         raise ValueError(f"TwoNN needs at least 3 distinct points, got {arr.shape[0]}")
@@ -157,7 +161,9 @@ def subsample_curve(
         values = [fn(arr[perm[i * n : (i + 1) * n]])["d"] for i in range(parts)]
         mean = float(np.mean(values))
         se = float(np.std(values, ddof=1) / math.sqrt(parts)) if parts > 1 else None
-        out.append({"fraction": float(frac), "n": n, "parts": parts, "mean": mean, "se": se, "values": values})
+        out.append(
+            {"fraction": float(frac), "n": n, "parts": parts, "mean": mean, "se": se, "values": values}
+        )
     return out
 
 

@@ -1,0 +1,409 @@
+"""T_opt: sharpness of the loss from Hessian-vector products (DESIGN.md section 3).
+
+The loss is the mean cross-entropy over *all* samples of ``batches`` (one ``(inputs, labels)`` batch or a
+list of them), model in eval mode; every trainable parameter (``requires_grad``) takes part, in
+``named_parameters()`` order. A list of batches is a micro-batching of the same loss: batch b enters with
+weight n_b / N, so splitting a batch changes nothing but memory. ``loss_fn(logits, labels)`` (the mean
+loss of one batch) replaces cross-entropy, e.g. for tests with a known quadratic.
+
+- :func:`hvp` — H v by double backward;
+- :func:`hessian_trace` — Hutchinson / Hutch++ trace with standard errors; the same probes give the
+  diagonal-block traces tr(H_ll) of each parameter tensor, per-group and per-unit traces, and the
+  layer-normalised trace T = Σ_l ‖θ_l‖² tr(H_ll) / P, where a "layer" l is one parameter tensor;
+- :func:`top_eigenvalue` — of H by power iteration or Lanczos;
+- :func:`gauss_newton_top_eigenvalue` — of G = Jᵀ H_out J, positive semi-definite even right after
+  pruning, when the weights are off a minimum and H is indefinite.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from prunekit.batch import Batch, batch_size_of, logits_of, move_to
+from prunekit.pruning.types import Group
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+Vectors = list[Tensor]
+
+
+def _batch_list(batches: Batch | Sequence[Batch]) -> list[Batch]:
+    if isinstance(batches, tuple) and len(batches) == 2 and isinstance(batches[1], Tensor):
+        if isinstance(batches[0], (Tensor, Mapping)):
+            return [batches]
+    out = list(batches)
+    if not out:
+        raise ValueError("no batches given: pass one (inputs, labels) batch or a non-empty list of them")
+    return out
+
+
+class _Objective:
+    """The weighted mean loss over a fixed list of batches, and products with its Hessian / Gauss-Newton."""
+
+    def __init__(self, model: nn.Module, batches: Batch | Sequence[Batch], loss_fn: LossFn | None):
+        self.model = model
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError("model has no trainable parameters (requires_grad); unfreeze some first")
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.device = self.params[0].device
+        self.batches = [(move_to(x, self.device), y.to(self.device)) for x, y in _batch_list(batches)]
+        sizes = [batch_size_of(x) for x, _ in self.batches]
+        self.num_samples = sum(sizes)
+        self.weights = [s / self.num_samples for s in sizes]
+        self.loss_fn = loss_fn or (lambda logits, labels: F.cross_entropy(logits, labels))
+
+    def _grads(self, outputs: Tensor, grad_outputs: Tensor | None = None, create: bool = False) -> Vectors:
+        gs = torch.autograd.grad(
+            outputs, self.params, grad_outputs, create_graph=create, retain_graph=True, allow_unused=True
+        )
+        return [torch.zeros_like(p) if g is None else g for g, p in zip(gs, self.params, strict=True)]
+
+    def hvp(self, vectors: Vectors) -> Vectors:
+        out = [torch.zeros_like(p) for p in self.params]
+        for (x, y), w in zip(self.batches, self.weights, strict=True):
+            loss = self.loss_fn(logits_of(self.model, x), y) * w
+            grads = self._grads(loss, create=True)
+            dot = sum((g * v).sum() for g, v in zip(grads, vectors, strict=True) if g.requires_grad)
+            if not isinstance(dot, Tensor):  # the loss is linear in every parameter: H = 0
+                continue
+            for acc, h in zip(out, self._grads(dot), strict=True):
+                acc.add_(h.detach())
+        return out
+
+    def gnvp(self, vectors: Vectors) -> Vectors:
+        """G v = Σ_b w_b J_bᵀ H_out J_b v, with H_out the Hessian of the loss with respect to the logits."""
+        out = [torch.zeros_like(p) for p in self.params]
+        for (x, y), w in zip(self.batches, self.weights, strict=True):
+            logits = logits_of(self.model, x)
+            loss = self.loss_fn(logits, y) * w
+            dz = torch.autograd.grad(loss, logits, create_graph=True)[0]
+            # J v by the double-backward trick: Jᵀu is linear in a dummy u, so d(vᵀJᵀu)/du = J v
+            u = torch.zeros_like(logits, requires_grad=True)
+            jtu = torch.autograd.grad(logits, self.params, u, create_graph=True, allow_unused=True)
+            pairs = [(g, v) for g, v in zip(jtu, vectors, strict=True) if g is not None and g.requires_grad]
+            if not pairs:
+                continue
+            jv = torch.autograd.grad([g for g, _ in pairs], u, [v for _, v in pairs])[0]
+            hjv = torch.autograd.grad(dz, logits, jv, retain_graph=True)[0]
+            for acc, g in zip(out, self._grads(logits, hjv.detach()), strict=True):
+                acc.add_(g.detach())
+        return out
+
+    def __enter__(self) -> _Objective:
+        self._was_training = self.model.training
+        self.model.eval()  # dropout off, BatchNorm on running statistics: a fixed, deterministic loss
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.model.train(self._was_training)
+
+
+def _check_vectors(obj: _Objective, vectors: Sequence[Tensor]) -> Vectors:
+    if len(vectors) != len(obj.params):
+        raise ValueError(
+            f"got {len(vectors)} vectors for {len(obj.params)} trainable parameters; pass one per parameter"
+        )
+    out = []
+    for name, p, v in zip(obj.names, obj.params, vectors, strict=True):
+        if v.shape != p.shape:
+            raise ValueError(f"vector for {name} has shape {tuple(v.shape)}, expected {tuple(p.shape)}")
+        out.append(v.to(device=p.device, dtype=p.dtype))
+    return out
+
+
+def hvp(
+    model: nn.Module,
+    batches: Batch | Sequence[Batch],
+    vectors: Sequence[Tensor],
+    loss_fn: LossFn | None = None,
+) -> Vectors:
+    """Hessian of the mean loss times ``vectors`` (one tensor per trainable parameter, in order)."""
+    with _Objective(model, batches, loss_fn) as obj:
+        return obj.hvp(_check_vectors(obj, vectors))
+
+
+def _rademacher(params: Vectors, gen: torch.Generator) -> Vectors:
+    return [(torch.randint(0, 2, p.shape, generator=gen).to(p.dtype) * 2 - 1).to(p.device) for p in params]
+
+
+def _flat(vs: Vectors) -> Tensor:
+    return torch.cat([v.reshape(-1) for v in vs])
+
+
+def _unflat(flat: Tensor, like: Vectors) -> Vectors:
+    out, i = [], 0
+    for p in like:
+        out.append(flat[i : i + p.numel()].view_as(p))
+        i += p.numel()
+    return out
+
+
+class _Reducer:
+    """Sums a per-entry tensor list over parameters, groups and units (the same for every probe)."""
+
+    def __init__(self, obj: _Objective, groups: Sequence[Group] | Mapping[str, Sequence[str]] | None):
+        self.obj = obj
+        index = {n: i for i, n in enumerate(obj.names)}
+        self.masks: dict[str, list[tuple[int, Tensor]]] = {}
+        self.units: dict[str, tuple[int, list[tuple[int, int, Tensor, Tensor]]]] = {}
+        all_names = {n for n, _ in obj.model.named_parameters()} | {n for n, _ in obj.model.named_buffers()}
+        if isinstance(groups, Mapping):  # a parameter partition: group name -> whole parameters
+            for gname, pnames in groups.items():
+                self.masks[gname] = []
+                for pname in pnames:
+                    if pname not in all_names:
+                        raise ValueError(f"group {gname!r} names unknown parameter {pname!r}")
+                    if pname in index:
+                        p = obj.params[index[pname]]
+                        self.masks[gname].append((index[pname], torch.ones_like(p, dtype=torch.bool)))
+            return
+        for g in groups or ():
+            masks: dict[int, Tensor] = {}
+            slices = []
+            for s in g.slices:
+                if s.param not in all_names:
+                    raise ValueError(
+                        f"group {g.name!r} names unknown parameter {s.param!r}; rebuild the groups"
+                    )
+                if s.param not in index:  # buffers and frozen parameters carry no Hessian
+                    continue
+                i = index[s.param]
+                p = obj.params[i]
+                flat_idx = torch.tensor([j for unit in s.index for j in unit], dtype=torch.long)
+                unit_ids = torch.tensor([u for u, unit in enumerate(s.index) for _ in unit], dtype=torch.long)
+                mask = masks.setdefault(i, torch.zeros_like(p, dtype=torch.bool))
+                mask.index_fill_(s.dim, flat_idx.to(p.device), True)
+                slices.append((i, s.dim, flat_idx.to(p.device), unit_ids.to(p.device)))
+            self.masks[g.name] = list(masks.items())
+            self.units[g.name] = (g.num_units, slices)
+
+    def __call__(self, entries: Vectors) -> dict[str, Any]:
+        per_tensor = np.array([float(e.sum()) for e in entries])
+        sq_norms = np.array([float(p.detach().double().pow(2).sum()) for p in self.obj.params])
+        num_params = sum(p.numel() for p in self.obj.params)
+        out: dict[str, Any] = {
+            "trace": float(per_tensor.sum()),
+            "per_tensor": per_tensor,
+            "normalized_trace": float((sq_norms * per_tensor).sum() / num_params),
+            "groups": {g: sum(float(entries[i][m].sum()) for i, m in ms) for g, ms in self.masks.items()},
+            "units": {},
+        }
+        for gname, (num_units, slices) in self.units.items():
+            acc = torch.zeros(num_units, dtype=torch.float64, device=self.obj.device)
+            for i, dim, flat_idx, unit_ids in slices:
+                e = entries[i].movedim(dim, 0)
+                along = e.reshape(e.shape[0], -1).sum(dim=1).double()
+                acc.index_add_(0, unit_ids, along[flat_idx])
+            out["units"][gname] = acc.cpu().numpy()
+        return out
+
+
+def _mean_se(det: Any, samples: list[Any]) -> tuple[Any, Any]:
+    arr = np.asarray(samples, dtype=np.float64)
+    se = (
+        arr.std(axis=0, ddof=1) / math.sqrt(arr.shape[0])
+        if arr.shape[0] > 1
+        else np.full(arr.shape[1:], np.nan)
+    )
+    return np.asarray(det, dtype=np.float64) + arr.mean(axis=0), se
+
+
+def hessian_trace(
+    model: nn.Module,
+    batches: Batch | Sequence[Batch],
+    num_probes: int = 32,
+    method: str = "hutchinson",
+    groups: Sequence[Group] | Mapping[str, Sequence[str]] | None = None,
+    seed: int = 0,
+    loss_fn: LossFn | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Stochastic trace of the Hessian and of its diagonal blocks, with standard errors.
+
+    ``method="hutchinson"``: ``num_probes`` Rademacher probes v; every per-entry product v ⊙ Hv has the
+    Hessian diagonal as its mean, so summing it over a parameter tensor, a group's slice entries (each entry
+    once) or one unit's slices gives unbiased traces of those diagonal blocks from the same probes.
+    ``method="hutchpp"`` (Meyer et al. 2021): a third of the budget sketches the dominant subspace Q, a third
+    computes HQ, whose part of every block trace, tr(D QQᵀH), is exact; the last third estimates the rest,
+    tr(D H(I − QQᵀ)), by Hutchinson. Far lower variance when a few eigenvalues dominate; the standard
+    errors cover the stochastic part only. Memory: 2·⌊num_probes/3⌋ copies of the parameters.
+
+    Returns trace/trace_se, normalized_trace/normalized_trace_se (T = Σ_l ‖θ_l‖² tr(H_ll) / P, l = one
+    parameter tensor, P = trainable parameter count), per_tensor/per_tensor_se ({name: value}),
+    groups/groups_se ({group: value}) and units/units_se ({group: [per-unit trace]}), plus bookkeeping.
+    """
+    if method not in ("hutchinson", "hutchpp"):
+        raise ValueError(f"unknown trace method {method!r}; choose 'hutchinson' or 'hutchpp'")
+    min_probes = 3 if method == "hutchpp" else 1
+    if num_probes < min_probes:
+        raise ValueError(f"{method} needs num_probes >= {min_probes}, got {num_probes}")
+    gen = torch.Generator().manual_seed(seed)
+    show = sys.stderr.isatty() if progress is None else progress
+    with _Objective(model, batches, loss_fn) as obj:
+        reduce = _Reducer(obj, groups)
+        zero = [torch.zeros_like(p) for p in obj.params]
+        basis: Tensor | None = None
+        det = reduce(zero)
+        hutch_probes = num_probes
+        bar = tqdm(total=num_probes, desc="Hessian trace", disable=not show, leave=False)
+        if method == "hutchpp":
+            k = num_probes // 3
+            hutch_probes = num_probes - 2 * k
+            sketch = []
+            for _ in range(k):
+                sketch.append(_flat(obj.hvp(_rademacher(obj.params, gen))))
+                bar.update()
+            basis = torch.linalg.qr(torch.stack(sketch, dim=1)).Q  # (P, k) orthonormal
+            det_entries = [torch.zeros_like(p) for p in obj.params]
+            for j in range(basis.shape[1]):
+                q = _unflat(basis[:, j], obj.params)
+                for acc, qi, hqi in zip(det_entries, q, obj.hvp(q), strict=True):
+                    acc.add_(qi * hqi)  # Σ_j Q_j ⊙ HQ_j: its sum over a block D is tr(D QQᵀH)
+                bar.update()
+            det = reduce(det_entries)
+        samples = []
+        for _ in range(hutch_probes):
+            v = _rademacher(obj.params, gen)
+            w = v
+            if basis is not None:  # project the probe off the sketched subspace: estimates tr(D H(I − QQᵀ))
+                fv = _flat(v)
+                w = _unflat(fv - basis @ (basis.T @ fv), obj.params)
+            samples.append(reduce([vi * hwi for vi, hwi in zip(v, obj.hvp(w), strict=True)]))
+            bar.update()
+        bar.close()
+    out: dict[str, Any] = {"method": method, "num_probes": num_probes, "seed": seed}
+    for key in ("trace", "normalized_trace"):
+        mean, se = _mean_se(det[key], [s[key] for s in samples])
+        out[key], out[key + "_se"] = float(mean), float(se)
+    mean, se = _mean_se(det["per_tensor"], [s["per_tensor"] for s in samples])
+    out["per_tensor"] = dict(zip(obj.names, mean.tolist(), strict=True))
+    out["per_tensor_se"] = dict(zip(obj.names, se.tolist(), strict=True))
+    gnames = list(det["groups"])
+    mean, se = _mean_se(
+        [det["groups"][g] for g in gnames], [[s["groups"][g] for g in gnames] for s in samples]
+    )
+    out["groups"] = dict(zip(gnames, np.atleast_1d(mean).tolist(), strict=True)) if gnames else {}
+    out["groups_se"] = dict(zip(gnames, np.atleast_1d(se).tolist(), strict=True)) if gnames else {}
+    out["units"], out["units_se"] = {}, {}
+    for g in det["units"]:
+        mean, se = _mean_se(det["units"][g], [s["units"][g] for s in samples])
+        out["units"][g], out["units_se"][g] = mean.tolist(), se.tolist()
+    out["num_params"] = sum(p.numel() for p in obj.params)
+    out["num_samples"] = obj.num_samples
+    return out
+
+
+def power_top(mv: Callable[[Tensor], Tensor], v: Tensor, iters: int, tol: float) -> dict[str, Any]:
+    """Power iteration: the Rayleigh quotient of the dominant (largest-magnitude) eigenvector."""
+    v = v / v.norm()
+    lam_prev, lam, converged, done = math.nan, math.nan, False, 0
+    for it in range(1, iters + 1):
+        done = it
+        w = mv(v)
+        lam = float(torch.dot(v.double(), w.double()))
+        norm = w.norm()
+        if norm == 0:  # v is in the null space: H = 0 along every direction tried
+            converged = True
+            break
+        v = w / norm
+        if abs(lam - lam_prev) <= tol * max(abs(lam), 1e-12):
+            converged = True
+            break
+        lam_prev = lam
+    return {"eigenvalue": lam, "iters": done, "converged": converged, "method": "power"}
+
+
+def lanczos_top(mv: Callable[[Tensor], Tensor], v: Tensor, iters: int, tol: float) -> dict[str, Any]:
+    """Lanczos with full reorthogonalisation: the largest Ritz value of the tridiagonal matrix."""
+    basis = [v / v.norm()]
+    alphas: list[float] = []
+    betas: list[float] = []
+    lam_prev, lam, converged = math.nan, math.nan, False
+    for it in range(1, iters + 1):
+        w = mv(basis[-1])
+        alphas.append(float(torch.dot(w.double(), basis[-1].double())))
+        for q in basis:  # reorthogonalise against every kept vector: round-off otherwise ghosts eigenvalues
+            w = w - torch.dot(w, q) * q
+        t = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+        lam = float(np.linalg.eigvalsh(t)[-1])
+        beta = float(w.norm())
+        if abs(lam - lam_prev) <= tol * max(abs(lam), 1e-12) or beta <= 1e-10 * max(abs(lam), 1e-30):
+            converged = True  # Ritz value settled, or an invariant subspace was found (exact)
+            break
+        lam_prev = lam
+        if it == iters or it >= v.numel():
+            converged = it >= v.numel()
+            break
+        betas.append(beta)
+        basis.append(w / beta)
+    return {"eigenvalue": lam, "iters": it, "converged": converged, "method": "lanczos"}
+
+
+def _top(
+    matvec: Callable[[Vectors], Vectors], obj: _Objective, iters: int, tol: float, seed: int, method: str
+):
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1, got {iters}")
+    if tol <= 0:
+        raise ValueError(f"tol must be > 0, got {tol}")
+    gen = torch.Generator().manual_seed(seed)
+    v0 = torch.randn(sum(p.numel() for p in obj.params), generator=gen).to(obj.device, obj.params[0].dtype)
+
+    def flat_mv(x: Tensor) -> Tensor:
+        return _flat(matvec(_unflat(x, obj.params)))
+
+    if method == "power":
+        return power_top(flat_mv, v0, iters, tol)
+    if method == "lanczos":
+        return lanczos_top(flat_mv, v0, iters, tol)
+    raise ValueError(f"unknown eigenvalue method {method!r}; choose 'power' or 'lanczos'")
+
+
+def top_eigenvalue(
+    model: nn.Module,
+    batches: Batch | Sequence[Batch],
+    iters: int = 20,
+    tol: float = 1e-3,
+    seed: int = 0,
+    method: str = "power",
+    loss_fn: LossFn | None = None,
+) -> dict[str, Any]:
+    """Top eigenvalue of the Hessian: {eigenvalue, iters, converged, method}.
+
+    ``power`` converges to the eigenvalue of largest *magnitude* (negative if H is dominated by negative
+    curvature, e.g. right after pruning); ``lanczos`` (full reorthogonalisation, ``iters`` vectors kept)
+    returns the largest *algebraic* Ritz value and converges faster. Stops when the relative change is
+    below ``tol``.
+    """
+    with _Objective(model, batches, loss_fn) as obj:
+        return _top(obj.hvp, obj, iters, tol, seed, method)
+
+
+def gauss_newton_top_eigenvalue(
+    model: nn.Module,
+    batches: Batch | Sequence[Batch],
+    iters: int = 20,
+    tol: float = 1e-3,
+    seed: int = 0,
+    method: str = "power",
+    loss_fn: LossFn | None = None,
+) -> dict[str, Any]:
+    """Top eigenvalue of the Gauss-Newton matrix G = (1/N) Σ_i J_iᵀ H_i J_i.
+
+    J_i is the Jacobian of sample i's logits, H_i the Hessian of its loss with respect to the logits —
+    for cross-entropy diag(p_i) − p_i p_iᵀ — taken by autograd, so G v costs one forward and three
+    backward passes (J v via the double-backward trick, then Jᵀ(H_out J v)). G is positive semi-definite
+    for any convex loss, so it is a valid sharpness even where H is indefinite.
+    """
+    with _Objective(model, batches, loss_fn) as obj:
+        return _top(obj.gnvp, obj, iters, tol, seed, method)
