@@ -1,0 +1,153 @@
+"""Building the :class:`accelerate.Accelerator`, and catching the launches that silently lose processes.
+
+Two launches look fine and are not (measured with accelerate 1.15 on a CPU-only machine):
+
+(a) ``accelerate launch --cpu --num_processes 2 script.py`` starts ONE process: ``--cpu`` selects the
+    simple launcher, which ignores ``--num_processes``. Nothing in the child's environment records the
+    request (no WORLD_SIZE, no ACCELERATE_NUM_PROCESSES), so we read it from the launcher's command line,
+    the parent process.
+(b) ``accelerate launch --multi_gpu --num_processes 2 script.py`` whose script builds a plain
+    ``Accelerator()`` without a GPU: both processes get WORLD_SIZE=2 but no process group is formed, so
+    each trains alone (``accelerator.num_processes == 1``) on the full data, with no error.
+
+In both cases the launch asked for N processes and the Accelerator sees fewer: :func:`check_launch`
+raises a one-line :class:`RuntimeError` with the launch that works. :func:`make_accelerator` avoids (b)
+by itself (it passes ``cpu=True`` when there is no GPU), and :func:`prunekit.train.finetune` /
+:func:`prunekit.train.evaluate` call :func:`check_launch` on any accelerator they are given.
+
+Mixed precision (decided here, see :func:`resolve_mixed_precision`): "fp16" needs a CUDA GPU; "bf16"
+needs a GPU that supports it, or runs on CPU through torch's CPU autocast (correct, but only fast on
+CPUs with native bf16). Anything a device cannot do falls back to "no" with a warning, never an error,
+so that one config runs on a laptop and on a GPU node.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+_WORKING_LAUNCH = (
+    "ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes {n} --num_machines 1 "
+    "--mixed_precision no --dynamo_backend no <script> (on N GPUs: accelerate launch --multi_gpu "
+    "--num_processes {n} <script>)"
+)
+
+
+def _launcher_argv(pid: int) -> list[str] | None:
+    """The options given to ``accelerate launch`` if process ``pid`` is one, else None."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # not Linux, or the parent is gone
+        return None
+    argv = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+    for i, arg in enumerate(argv):
+        # `accelerate launch ...`, `accelerate-launch ...`, `python -m accelerate.commands.launch ...`
+        if (arg == "launch" and i > 0 and "accelerate" in argv[i - 1]) or arg == "accelerate.commands.launch":
+            return argv[i + 1 :]
+        if Path(arg).name == "accelerate-launch":
+            return argv[i + 1 :]
+    return None
+
+
+def _num_processes_from_argv(argv: list[str]) -> int | None:
+    """``--num_processes`` as accelerate's own parser reads it (the script's arguments are not looked at)."""
+    import contextlib
+    import io
+
+    from accelerate.commands.launch import launch_command_parser
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            args, _ = launch_command_parser().parse_known_args(argv)
+    except SystemExit:  # a command line the launcher itself would have refused
+        return None
+    return args.num_processes
+
+
+def requested_processes() -> tuple[int, str]:
+    """How many processes the launch asked for, and where that number came from.
+
+    WORLD_SIZE is set by every multi-process launcher (torchrun, ``accelerate launch --multi_gpu``);
+    ``accelerate launch --cpu`` sets nothing, so the launcher's ``--num_processes`` is read from its
+    command line. Returns ``(1, "")`` for a plain ``python script.py``.
+    """
+    world = os.environ.get("WORLD_SIZE", "")
+    if world.isdigit() and int(world) > 1:
+        return int(world), f"WORLD_SIZE={world}"
+    argv = _launcher_argv(os.getppid())
+    n = _num_processes_from_argv(argv) if argv is not None else None
+    if n is not None and n > 1:
+        return n, f"accelerate launch --num_processes {n}"
+    return 1, ""
+
+
+def check_launch(accelerator) -> None:
+    """Raise a one-line RuntimeError when the launch asked for more processes than ``accelerator`` has."""
+    asked, source = requested_processes()
+    have = int(accelerator.num_processes)
+    if asked <= have:
+        return
+    if "WORLD_SIZE" in source:
+        what = (
+            f"{asked} processes were started ({source}) but this Accelerator sees {have}: each process "
+            "is training alone on all the data (a plain Accelerator() on a machine without a GPU forms "
+            "no process group)"
+        )
+    else:
+        what = (
+            f"the launch asked for {asked} processes ({source}) but only {have} is running: "
+            "`accelerate launch --cpu` ignores --num_processes"
+        )
+    raise RuntimeError(f"{what}; launch with: {_WORKING_LAUNCH.format(n=asked)}")
+
+
+def _has_gpu() -> bool:
+    return torch.cuda.is_available()
+
+
+def resolve_mixed_precision(requested: str, cpu: bool) -> str:
+    """The mixed-precision mode this device can run: the requested one, or "no" with a warning."""
+    if requested not in MIXED_PRECISION:
+        raise ValueError(f"mixed_precision={requested!r} is not one of {MIXED_PRECISION}: pick one of them")
+    if requested == "no":
+        return "no"
+    on_gpu = not cpu and _has_gpu()
+    if requested == "fp16" and not on_gpu:
+        warnings.warn("mixed_precision='fp16' needs a CUDA GPU; running in full precision ('no') on CPU", stacklevel=3)
+        return "no"
+    if requested == "bf16" and on_gpu and not torch.cuda.is_bf16_supported():
+        warnings.warn("this GPU does not support bf16; running in full precision ('no')", stacklevel=3)
+        return "no"
+    return requested  # bf16 on CPU runs through torch's CPU autocast
+
+
+def make_accelerator(
+    mixed_precision: str = "no",
+    grad_accum_steps: int = 1,
+    *,
+    seed: int | None = 0,
+    cpu: bool | None = None,
+):
+    """An Accelerator for this launch: one process, or DDP over the processes `accelerate launch` started.
+
+    ``cpu=None`` means "CPU when there is no CUDA GPU"; passing ``cpu=True`` explicitly is what lets a
+    multi-process launch form a gloo process group on CPU. ``seed`` seeds python, numpy and torch on
+    every process (None leaves the RNGs alone). Raises RuntimeError for the launches described above.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    if not isinstance(grad_accum_steps, int) or grad_accum_steps < 1:
+        raise ValueError(f"grad_accum_steps={grad_accum_steps!r} must be a positive integer (1 = no accumulation)")
+    use_cpu = (not _has_gpu()) if cpu is None else bool(cpu)
+    precision = resolve_mixed_precision(mixed_precision, use_cpu)
+    accelerator = Accelerator(cpu=use_cpu, mixed_precision=precision, gradient_accumulation_steps=grad_accum_steps)
+    check_launch(accelerator)
+    if seed is not None:
+        set_seed(seed)
+    return accelerator

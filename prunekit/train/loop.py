@@ -1,0 +1,229 @@
+"""Fine-tuning and evaluation: one readable loop on an :class:`accelerate.Accelerator`.
+
+Every :func:`finetune` call builds a fresh optimizer from the model's *current* trainable parameters
+and wraps the model afresh (DDP when several processes run): pruning replaces ``nn.Parameter``
+objects, and an optimizer or DDP wrapper built before a prune would hold the old ones. The caller's
+``model`` object is trained in place and stays usable (no wrapper, no patched forward left on it).
+
+Determinism: ``seed`` seeds python/numpy/torch and re-seeds the training loader's shuffling generator,
+so the same (model, data, cfg, seed) gives bit-identical parameters in one process. Across processes,
+accelerate copies rank 0's generator state to every rank at the start of each epoch, so all ranks
+shuffle alike and each takes its own slice of every global batch.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from prunekit.batch import batch_size_of, logits_of
+from prunekit.config import TrainConfig
+from prunekit.train.accel import check_launch
+from prunekit.train.optim import build_optimizer, lr_at
+
+
+def _is_prepared(loader: Any) -> bool:
+    from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
+
+    return isinstance(loader, (DataLoaderShard, DataLoaderDispatcher))
+
+
+def _prepare_loader(accelerator, loader):
+    return loader if _is_prepared(loader) else accelerator.prepare_data_loader(loader)
+
+
+def _reseed_loader(loader: Any, seed: int) -> None:
+    """Make the shuffling order a function of ``seed`` (the loader may have been iterated before)."""
+    seen: set[int] = set()
+    for owner in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+        for obj in (owner, getattr(owner, "sampler", None)):
+            gen = getattr(obj, "generator", None)
+            if isinstance(gen, torch.Generator) and id(gen) not in seen:
+                seen.add(id(gen))
+                gen.manual_seed(seed)
+
+
+def _release(accelerator, *objs: Any) -> None:
+    """Drop ``objs`` from the accelerator's registries so a pruned-away model can be freed.
+
+    ``accelerator.free_memory()`` would also drop what the caller prepared; this removes only ours.
+    """
+    for attr in ("_models", "_optimizers", "_dataloaders", "_schedulers"):
+        registry = getattr(accelerator, attr, None)
+        if isinstance(registry, list):
+            registry[:] = [o for o in registry if all(o is not x for x in objs)]
+
+
+def _strip_forward_patch(model: nn.Module, had_forward: bool) -> None:
+    """Remove the autocast forward that ``accelerator.prepare`` installs under mixed precision."""
+    original = model.__dict__.pop("_original_forward", None)
+    if had_forward:
+        if original is not None:
+            model.forward = original
+    else:
+        model.__dict__.pop("forward", None)
+
+
+def _accumulation(cfg: TrainConfig, accelerator) -> int:
+    """Micro-batches per optimizer step: from ``cfg``, or from ``make_accelerator(grad_accum_steps=)``."""
+    from_acc = int(accelerator.gradient_accumulation_steps)
+    if cfg.grad_accum_steps > 1 and from_acc > 1 and cfg.grad_accum_steps != from_acc:
+        raise ValueError(
+            f"grad_accum_steps is {cfg.grad_accum_steps} in the train config but {from_acc} in the "
+            "Accelerator: set it in one place only"
+        )
+    return max(cfg.grad_accum_steps, from_acc)
+
+
+def total_optimizer_steps(cfg: TrainConfig, micro_batches_per_epoch: int, accum: int) -> int:
+    """``cfg.max_steps`` when set (it overrides epochs), else ceil(epochs × micro-batches / accum)."""
+    if cfg.max_steps is not None:
+        return int(cfg.max_steps)
+    return math.ceil(cfg.epochs * micro_batches_per_epoch / accum)
+
+
+def finetune(
+    model: nn.Module,
+    train_loader,
+    cfg: TrainConfig,
+    accelerator,
+    val_loader=None,
+    desc: str = "finetune",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Train ``model`` in place with cross-entropy and return the history.
+
+    History: ``train_loss`` / ``val_loss`` / ``val_accuracy`` per epoch (a fractional last epoch counts
+    as one), ``steps`` (optimizer steps), ``epochs`` (fraction of passes over the data), ``seconds``,
+    ``lr_last``, ``grad_norm_last``, ``global_batch_size`` and ``num_processes``.
+    The global batch is ``cfg.batch_size``-sized loader batches × processes × accumulation steps: the
+    loader's batch size is per process.
+    """
+    from accelerate.utils import set_seed
+
+    check_launch(accelerator)
+    accum = _accumulation(cfg, accelerator)
+    set_seed(seed)
+    _reseed_loader(train_loader, seed)
+    was_training = model.training
+    had_forward = "forward" in model.__dict__
+
+    # Fresh every call: the model's parameters may have been replaced since the last one.
+    model.to(accelerator.device)
+    optimizer = build_optimizer(model, cfg)
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    loader = _prepare_loader(accelerator, train_loader)
+    micro_per_epoch = len(loader)
+    if micro_per_epoch == 0:
+        raise ValueError("the training loader yields no batches: check the split size and batch_size")
+    total_steps = total_optimizer_steps(cfg, micro_per_epoch, accum)
+    total_micro = total_steps * accum
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    history: dict[str, Any] = {"train_loss": [], "val_loss": [], "val_accuracy": [], "steps": 0}
+    saved_accum = accelerator.gradient_accumulation_steps
+    accelerator.gradient_accumulation_steps = accum  # accelerator.backward divides the loss by this
+    bar = tqdm(total=total_steps, desc=desc, disable=None if accelerator.is_main_process else True)
+    start = time.perf_counter()
+    micro, step, epoch = 0, 0, 0
+    lr = lr_at(0, max(total_steps, 1), cfg)
+    grad_norm = float("nan")
+    try:
+        while micro < total_micro:
+            wrapped.train()
+            loss_sum = torch.zeros(2, device=accelerator.device, dtype=torch.float64)  # (sum of losses, samples)
+            for inputs, labels in loader:
+                if micro % accum == 0:  # first micro-batch of an optimizer step: set its learning rate
+                    lr = lr_at(step, total_steps, cfg)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                last_micro = (micro + 1) % accum == 0
+                # Skip the gradient all-reduce on all but the last micro-batch of an accumulation.
+                with nullcontext() if last_micro else accelerator.no_sync(wrapped):
+                    with accelerator.autocast():
+                        logits = logits_of(wrapped, inputs)
+                    loss = F.cross_entropy(logits.float(), labels)
+                    accelerator.backward(loss)
+                n = batch_size_of(inputs)
+                loss_sum += torch.stack([loss.detach().double() * n, torch.tensor(float(n), dtype=torch.float64)]).to(
+                    loss_sum.device
+                )
+                micro += 1
+                if last_micro:
+                    if cfg.max_grad_norm is not None:
+                        grad_norm = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", refresh=False)
+                if micro >= total_micro:
+                    break
+            epoch += 1
+            totals = accelerator.reduce(loss_sum, reduction="sum")
+            history["train_loss"].append(float(totals[0] / totals[1].clamp(min=1)))
+            if val_loader is not None:
+                metrics = evaluate(model, val_loader, accelerator)
+                history["val_loss"].append(metrics["loss"])
+                history["val_accuracy"].append(metrics["accuracy"])
+    finally:
+        bar.close()
+        accelerator.gradient_accumulation_steps = saved_accum
+        optimizer.zero_grad(set_to_none=True)
+        _strip_forward_patch(model, had_forward)
+        _release(accelerator, wrapped, optimizer, loader)
+        del wrapped, optimizer, loader
+        gc.collect()  # drop the DDP reducer (and its autograd hooks) before the next prune + finetune
+        model.train(was_training)
+
+    history.update(
+        steps=step,
+        epochs=micro / micro_per_epoch,
+        seconds=time.perf_counter() - start,
+        lr_last=lr,
+        grad_norm_last=grad_norm,
+        grad_accum_steps=accum,
+        global_batch_size=(train_loader.batch_size or 0) * accelerator.num_processes * accum,
+        num_processes=accelerator.num_processes,
+    )
+    return history
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, accelerator) -> dict[str, float]:
+    """Mean cross-entropy, accuracy and sample count over ``loader``, gathered over all processes.
+
+    Each process evaluates its shard; ``gather_for_metrics`` drops the samples accelerate repeats to
+    even out the last batch, so every example counts exactly once. Every rank gets the same numbers.
+    """
+    check_launch(accelerator)
+    net = accelerator.unwrap_model(model)
+    was_training = net.training
+    net.to(accelerator.device).eval()
+    prepared = _prepare_loader(accelerator, loader)
+    losses, correct = [], []
+    try:
+        for inputs, labels in prepared:
+            with accelerator.autocast():
+                logits = logits_of(net, inputs)
+            loss = F.cross_entropy(logits.float(), labels, reduction="none")
+            hit = (logits.argmax(dim=-1) == labels).float()
+            loss, hit = accelerator.gather_for_metrics((loss, hit))
+            losses.append(loss.double())
+            correct.append(hit.double())
+    finally:
+        net.train(was_training)
+        if prepared is not loader:
+            _release(accelerator, prepared)
+    if not losses:
+        raise ValueError("the evaluation loader yields no batches: check the split size")
+    loss_all, hit_all = torch.cat(losses), torch.cat(correct)
+    return {"loss": float(loss_all.mean()), "accuracy": float(hit_all.mean()), "n": int(loss_all.numel())}

@@ -1,0 +1,47 @@
+"""Real MNIST-1D data and a tiny 1-D CNN, shared by the training tests and the scripts they launch."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from mnist1d.data import get_dataset_args, make_dataset
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def mnist1d_tensors(num_samples: int = 5000, seed: int = 42) -> dict[str, torch.Tensor]:
+    """MNIST-1D generated locally (never `get_dataset`, which tries a download): 80 % train, 20 % test."""
+    args = get_dataset_args()
+    args.num_samples = num_samples
+    args.seed = seed
+    d = make_dataset(args)
+    return {
+        "x": torch.from_numpy(np.asarray(d["x"], dtype=np.float32)).unsqueeze(1),  # (N, 1, 40)
+        "y": torch.from_numpy(np.asarray(d["y"], dtype=np.int64)),
+        "x_test": torch.from_numpy(np.asarray(d["x_test"], dtype=np.float32)).unsqueeze(1),
+        "y_test": torch.from_numpy(np.asarray(d["y_test"], dtype=np.int64)),
+    }
+
+
+def loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle, generator=gen)
+
+
+class TinyCNN1d(nn.Module):
+    """Two convs and a linear head; ``norm=False`` for DDP-vs-one-process comparisons (BatchNorm
+    statistics are per process under DDP, so they would differ from a single process by design)."""
+
+    def __init__(self, width: int = 16, num_classes: int = 10, norm: bool = True) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(1, width, 5, padding=2)
+        self.bn1 = nn.BatchNorm1d(width) if norm else nn.Identity()
+        self.conv2 = nn.Conv1d(width, width, 5, padding=2, stride=2)
+        self.bn2 = nn.BatchNorm1d(width) if norm else nn.Identity()
+        self.pool = nn.AdaptiveAvgPool1d(4)
+        self.fc = nn.Linear(width * 4, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(self.pool(x).flatten(1))
