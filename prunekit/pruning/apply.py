@@ -1,0 +1,184 @@
+"""``apply_plan_``: validate a plan against a model, then cut the model in place.
+
+Surgery works from the groups' parameter slices alone (not from torch-pruning's pruners): along each
+dimension of each parameter or buffer, the entries that no group removes survive, in their original
+order. So the surgery removes exactly what the estimators and :func:`remaining_size` were told, for
+CNNs and transformers alike. New ``nn.Parameter`` objects replace the old ones with the same
+``requires_grad`` (frozen weights stay frozen); optimizers must be rebuilt afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .sizes import removed_entries
+from .types import Group, Plan
+
+
+def validate_plan(groups: Sequence[Group], plan: Plan) -> None:
+    """Raise ValueError naming the first group the plan gets wrong; change nothing."""
+    by_name = {g.name: g for g in groups}
+    for name in list(plan.num_units) + list(plan.keep):
+        if name not in by_name:
+            near = sorted(by_name)[:3]
+            raise ValueError(
+                f"plan names group {name!r}, which this model does not have (a plan for another model, or "
+                f"groups found with other ignore patterns?); this model's groups start {near}"
+            )
+    for name, keep in plan.keep.items():
+        g = by_name[name]
+        if name not in plan.num_units:
+            raise ValueError(f"plan.num_units has no entry for group {name!r}; the plan is incomplete")
+        if plan.num_units[name] != g.num_units:
+            raise ValueError(
+                f"group {name!r} has {g.num_units} units in this model but {plan.num_units[name]} in the "
+                f"plan: the plan was made for another model (or an already pruned one)"
+            )
+        if any(not isinstance(i, int) or isinstance(i, bool) for i in keep):
+            raise ValueError(f"plan.keep[{name!r}] must hold integer unit indices")
+        if any(i < 0 or i >= g.num_units for i in keep):
+            bad = [i for i in keep if i < 0 or i >= g.num_units][:5]
+            raise ValueError(f"plan.keep[{name!r}] has indices {bad} outside [0, {g.num_units})")
+        if any(a >= b for a, b in zip(keep, keep[1:], strict=False)):
+            raise ValueError(f"plan.keep[{name!r}] must be sorted without duplicates, got {keep[:10]}...")
+        if len(keep) < g.min_units:
+            raise ValueError(
+                f"plan.keep[{name!r}] keeps {len(keep)} units but the group needs at least {g.min_units}; "
+                f"keep more or add the layer to ignore"
+            )
+
+
+def _owners(model: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]:
+    """Every (module, attribute) holding each parameter / buffer, by canonical name (tied weights share)."""
+    canonical = {id(p): n for n, p in model.named_parameters()}
+    canonical.update({id(b): n for n, b in model.named_buffers()})
+    owners: dict[str, list[tuple[nn.Module, str]]] = {}
+    for _, module in model.named_modules(remove_duplicate=False):
+        for attr, t in list(module._parameters.items()) + list(module._buffers.items()):
+            if t is not None and id(t) in canonical:
+                owners.setdefault(canonical[id(t)], []).append((module, attr))
+    return owners
+
+
+def _cut(tensor: torch.Tensor, keep_by_dim: Mapping[int, torch.Tensor]) -> torch.Tensor:
+    out = tensor.detach()
+    for dim, idx in sorted(keep_by_dim.items()):
+        out = out.index_select(dim, idx.to(out.device))
+    return out.contiguous()
+
+
+def _patch_standard(module: nn.Module, was: dict) -> None:
+    """Update the size attributes of standard layers from their new weights."""
+    w = getattr(module, "weight", None)
+    if isinstance(module, nn.modules.conv._ConvNd):
+        if was["groups"] > 1 and was["groups"] == was["in"] == was["out"]:  # depthwise
+            module.in_channels = module.out_channels = module.groups = w.shape[0]
+        elif module.transposed:
+            module.in_channels, module.out_channels = w.shape[0], w.shape[1] * module.groups
+        else:
+            module.out_channels, module.in_channels = w.shape[0], w.shape[1] * module.groups
+    elif isinstance(module, nn.Linear):
+        module.out_features, module.in_features = w.shape
+    elif isinstance(module, (nn.modules.batchnorm._NormBase,)):
+        ref = w if w is not None else module.running_mean
+        module.num_features = ref.shape[0]
+    elif isinstance(module, nn.LayerNorm) and w is not None:
+        module.normalized_shape = (*module.normalized_shape[:-1], w.shape[-1])
+    elif isinstance(module, nn.Embedding):
+        module.embedding_dim = w.shape[1]
+    elif isinstance(module, nn.PReLU):
+        module.num_parameters = w.numel()
+    elif isinstance(module, nn.GroupNorm) and w is not None:
+        module.num_channels = w.shape[0]
+
+
+def surgery_(model: nn.Module, groups: Sequence[Group], removed_units: Mapping[str, Sequence[int]]) -> None:
+    """Remove the given units of the given groups from ``model`` in place (no validation)."""
+    removed = {k: v for k, v in removed_entries(groups, removed_units).items() if v}
+    if not removed:
+        return
+    owners = _owners(model)
+    tensors = dict(model.named_parameters())
+    tensors.update(dict(model.named_buffers()))
+    plan: dict[str, dict[int, torch.Tensor]] = {}
+    for (name, dim), gone in removed.items():
+        size = tensors[name].shape[dim]
+        keep = [i for i in range(size) if i not in gone]
+        plan.setdefault(name, {})[dim] = torch.tensor(keep, dtype=torch.long)
+    touched: dict[int, tuple[nn.Module, dict]] = {}
+    for name in plan:
+        for module, _ in owners[name]:
+            if id(module) not in touched and isinstance(module, nn.modules.conv._ConvNd):
+                touched[id(module)] = (
+                    module,
+                    {"groups": module.groups, "in": module.in_channels, "out": module.out_channels},
+                )
+            touched.setdefault(id(module), (module, {}))
+    with torch.no_grad():
+        for name, keep_by_dim in plan.items():
+            old = tensors[name]
+            new = _cut(old, keep_by_dim)
+            if isinstance(old, nn.Parameter):
+                new = nn.Parameter(new, requires_grad=old.requires_grad)
+                for module, attr in owners[name]:
+                    module._parameters[attr] = new
+            else:
+                for module, attr in owners[name]:
+                    module._buffers[attr] = new
+    for module, was in touched.values():
+        _patch_standard(module, was)
+
+
+def _output_shape(model: nn.Module, example_inputs) -> tuple:
+    from ..batch import logits_of
+
+    was_training = model.training
+    try:
+        model.eval()  # no dropout, no BatchNorm statistics update
+        with torch.no_grad():
+            return tuple(logits_of(model, example_inputs).shape)
+    finally:
+        model.train(was_training)
+
+
+def apply_plan_(
+    model: nn.Module,
+    plan: Plan,
+    example_inputs,
+    groups: Sequence[Group] | None = None,
+    timeout_s: float = 120.0,
+) -> nn.Module:
+    """Keep exactly ``plan.keep[g]`` units of each group named in the plan; other groups stay whole.
+
+    The whole plan is checked before anything changes (a bad plan raises ValueError and leaves the
+    model as it was). Afterwards module attributes and the HF config are patched, a forward pass on
+    ``example_inputs`` must give the same output shape, and ``model._prunekit_plan`` holds the plan.
+    Pass ``groups`` from :func:`find_groups` to skip finding them again.
+    """
+    from .groups import find_groups
+    from .hf import patch_transformer
+
+    if not isinstance(plan, Plan):
+        raise ValueError(f"plan must be a prunekit Plan, got {type(plan).__name__}; use Plan.from_json(...)")
+    if groups is None:
+        groups = find_groups(model, example_inputs, timeout_s=timeout_s)
+    validate_plan(groups, plan)
+    by_name = {g.name: g for g in groups}
+    removed_units = {
+        name: sorted(set(range(by_name[name].num_units)) - set(keep)) for name, keep in plan.keep.items()
+    }
+    shape_before = _output_shape(model, example_inputs)
+    surgery_(model, groups, removed_units)
+    patch_transformer(model)
+    shape_after = _output_shape(model, example_inputs)
+    if shape_after != shape_before:
+        raise RuntimeError(
+            f"after pruning, {type(model).__name__} returns shape {shape_after} instead of {shape_before}; "
+            f"this is a prunekit bug, please report it with the plan"
+        )
+    model._prunekit_plan = plan  # the latest plan; all of them, in order, in _prunekit_plans
+    model._prunekit_plans = [*getattr(model, "_prunekit_plans", []), plan]
+    return model

@@ -1,0 +1,93 @@
+"""``find_groups``: every prunable group of a model, with the parameter entries each unit owns."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+
+from torch import nn
+
+from .sizes import mac_terms, param_shapes, removed_entries, size_after
+from .types import Group
+
+
+def _check_patterns(ignore: Sequence[str] | str) -> tuple[str, ...]:
+    if isinstance(ignore, str):
+        ignore = (ignore,)
+    patterns = tuple(ignore)
+    bad = [p for p in patterns if not isinstance(p, str) or not p]
+    if bad:
+        raise ValueError(f"ignore must be a list of layer-name patterns (fnmatch), got {bad!r}")
+    return patterns
+
+
+def _ignored(raw: dict, patterns: tuple[str, ...]) -> bool:
+    names = (raw["name"], raw["layer"], *raw.get("members", ()))
+    return any(fnmatch.fnmatchcase(n, p) for n in names for p in patterns)
+
+
+def _with_costs(model: nn.Module, raws: list[dict], example_inputs) -> list[Group]:
+    """Attach params_per_unit / macs_per_unit: what removing unit 0 alone saves."""
+    shapes = param_shapes(model)
+    terms = mac_terms(model, example_inputs)
+    full_params, full_macs = size_after(shapes, terms, {})
+    groups = []
+    for r in raws:
+        g = Group(r["name"], r["kind"], r["layer"], r["num_units"], r["slices"], 0, 0)
+        params, macs = size_after(shapes, terms, removed_entries([g], {g.name: [0]}))
+        groups.append(
+            Group(
+                g.name,
+                g.kind,
+                g.layer,
+                g.num_units,
+                g.slices,
+                params_per_unit=full_params - params,
+                macs_per_unit=int(round(full_macs - macs)),
+            )
+        )
+    return groups
+
+
+def find_groups(
+    model: nn.Module, example_inputs, ignore: Sequence[str] = (), timeout_s: float = 120.0
+) -> list[Group]:
+    """All prunable groups of ``model``, in model order.
+
+    Transformer models (BERT, ViT, LLaMA families; see blocks.py) get one ``:heads`` group per
+    attention module (plus ``:kv_heads`` with grouped-query attention) and one ``:neurons`` group per
+    feed-forward block. Other models are traced with torch-pruning under a ``timeout_s`` limit: one
+    ``"<layer>:out"`` group per set of coupled Conv / Linear outputs (a residual add couples all the
+    layers that feed it), never the classifier output. ``ignore`` holds fnmatch patterns of layer or
+    group names not to prune. ``macs_per_unit`` is per example of ``example_inputs``.
+    """
+    from .graph import graph_groups
+    from .transformer import transformer_groups
+
+    patterns = _check_patterns(ignore)
+    raws = transformer_groups(model)
+    if raws is None:
+        raws = [r for r in graph_groups(model, example_inputs, timeout_s) if not r["sink"]]
+    raws = [r for r in raws if not _ignored(r, patterns) and r["num_units"] > 0]
+    for r in raws:
+        if r.get("unsupported"):
+            raise ValueError(
+                f"group {r['name']} couples to {r['unsupported'][0]}, which prunekit cannot prune; "
+                f"add '{r['layer']}' to ignore"
+            )
+    return _with_costs(model, raws, example_inputs)
+
+
+def round_keep(count: int, num_units: int, round_to: int = 1, min_units: int = 1) -> int:
+    """``count`` rounded to the nearest multiple of ``round_to`` (ties up), within
+    [``min_units`` rounded up, ``num_units``]; keeping all units is always allowed."""
+    if round_to < 1:
+        raise ValueError(f"round_to must be >= 1, got {round_to}")
+    if num_units < 0 or count < 0:
+        raise ValueError(f"count ({count}) and num_units ({num_units}) must be >= 0")
+    if count >= num_units:
+        return num_units
+    rounded = int((count + round_to / 2) // round_to) * round_to
+    lowest = -(-min_units // round_to) * round_to  # the smallest multiple of round_to >= min_units
+    rounded = max(rounded, lowest)
+    return num_units if rounded >= num_units else rounded

@@ -1,0 +1,81 @@
+"""After surgery on a transformer: re-derive module attributes and patch the HF config.
+
+Attributes are recomputed from the pruned weights (idempotent, so rebuilding a checkpoint by applying
+the same plan gives the same result). The HF config can describe a pruned model only when every layer
+has the same widths *and* the family reads those widths from the config: LLaMA-style attention (and
+ViT in transformers >= 5) keeps ``head_dim`` explicit, so ``num_attention_heads`` /
+``num_key_value_heads`` can change; BERT derives its head size from ``hidden_size /
+num_attention_heads``, so pruned BERT heads cannot be expressed. The per-layer widths are therefore
+always recorded in ``config.prunekit_layer_widths`` and ``config.prunekit_config_exact`` says whether
+``from_pretrained`` on the config alone would rebuild the same shapes (when it is False, loading the
+weights into a model built from the config fails on shape mismatch, loudly).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .blocks import AttentionSpec, find_blocks
+from .llama import patch_qkvo
+
+
+def _patch_bert(model: nn.Module, a: AttentionSpec) -> dict[str, int]:
+    sa = model.get_submodule(a.name).self
+    rows = sa.query.out_features
+    sa.num_attention_heads = rows // sa.attention_head_size
+    sa.all_head_size = rows
+    return {"heads": sa.num_attention_heads, "kv_heads": sa.num_attention_heads}
+
+
+def _configs(model: nn.Module) -> list:
+    from transformers import PretrainedConfig
+
+    seen, out = set(), []
+    for m in model.modules():
+        cfg = getattr(m, "config", None)
+        if isinstance(cfg, PretrainedConfig) and id(cfg) not in seen:
+            seen.add(id(cfg))
+            out.append(cfg)
+    return out
+
+
+def _uniform(widths: dict[str, dict[str, int]], key: str) -> int | None:
+    values = {w[key] for w in widths.values() if key in w}
+    return values.pop() if len(values) == 1 else None
+
+
+def patch_transformer(model: nn.Module) -> dict[str, dict[str, int]]:
+    """Fix attributes and configs after surgery; return {layer: widths}. No-op for other models."""
+    attentions, ffns = find_blocks(model)
+    if not attentions:
+        return {}
+    widths: dict[str, dict[str, int]] = {}
+    for a in attentions:
+        layer = a.name.rsplit(".", 1)[0]
+        got = patch_qkvo(model, a) if a.style == "qkvo" else _patch_bert(model, a)
+        widths.setdefault(layer, {}).update(got)
+    for f in ffns:
+        width = model.get_submodule(f.out).in_features
+        container = model.get_submodule(f.name)
+        if hasattr(container, "intermediate_size"):
+            container.intermediate_size = width
+        widths.setdefault(f.name.rsplit(".", 1)[0], {})["neurons"] = width
+
+    styles = {a.style for a in attentions}
+    for cfg in _configs(model):
+        exact = True
+        heads, kv, neurons = (_uniform(widths, k) for k in ("heads", "kv_heads", "neurons"))
+        if styles == {"qkvo"} and heads is not None and kv is not None:
+            cfg.head_dim = attentions[0].head_dim  # explicit, so hidden/heads is never used
+            cfg.num_attention_heads = heads
+            if hasattr(cfg, "num_key_value_heads"):
+                cfg.num_key_value_heads = kv
+        elif heads != getattr(cfg, "num_attention_heads", heads):
+            exact = False  # BERT-style heads, or non-uniform heads: not expressible
+        if neurons is not None and hasattr(cfg, "intermediate_size"):
+            cfg.intermediate_size = neurons
+        elif any("neurons" in w for w in widths.values()):
+            exact = False
+        cfg.prunekit_layer_widths = widths
+        cfg.prunekit_config_exact = exact
+    return widths

@@ -1,0 +1,182 @@
+"""Exact parameter counts and consistent MAC estimates after keeping some units, without surgery.
+
+Every group lists the parameter entries it removes (``ParamSlice``), so the size after pruning follows
+from the slices alone: along each dimension of a parameter, an entry survives unless *some* group that
+cuts that dimension removes it; the parameter keeps the product of its surviving extents. Overlapping
+groups (a query head that belongs to both a ``:heads`` and a ``:kv_heads`` group) are therefore counted
+once. MACs come from one hooked forward pass: each Conv / Linear costs (output positions) x (weight
+entries), which stays exact when its weight shrinks, and self-attention's two matmuls cost
+2 x L x L x (query rows) per example, scaled by the surviving query rows.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .types import Group
+
+Key = tuple[str, int]  # (parameter or buffer name, dim)
+
+
+@dataclass(frozen=True)
+class MacTerm:
+    """``macs`` per example, scaled by the surviving fraction of ``param`` along each of ``dims``."""
+
+    param: str
+    dims: tuple[int, ...]
+    macs: float
+
+
+def _forward(model: nn.Module, inputs) -> object:
+    return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+
+
+def _batch_size(inputs) -> int:
+    if isinstance(inputs, Mapping):
+        return int(next(iter(inputs.values())).shape[0])
+    return int(inputs.shape[0])
+
+
+def collect_mac_terms(
+    model: nn.Module, example_inputs, attention_queries: Sequence[str] = ()
+) -> list[MacTerm]:
+    """One forward pass with hooks on every Conv / Linear (subclasses included).
+
+    ``attention_queries`` names the query projections of self-attention modules whose two matmuls
+    (scores and weighted values) are to be counted; their sequence length is read off the hook.
+    """
+    names = {m: n for n, m in model.named_modules()}
+    positions: dict[str, float] = {}
+    seq_len: dict[str, int] = {}
+    hooks = []
+
+    def hook(module, args, output):
+        out = output[0] if isinstance(output, tuple) else output
+        name = names[module]
+        if isinstance(module, nn.Linear):
+            positions[name] = positions.get(name, 0.0) + out.numel() / module.out_features
+            if name in attention_queries and out.dim() >= 3:
+                seq_len[name] = int(out.shape[-2])
+        else:  # convolution: a transposed one does its work per *input* position
+            ref = args[0] if module.transposed else out
+            channels = module.in_channels if module.transposed else module.out_channels
+            positions[name] = positions.get(name, 0.0) + ref.numel() / channels
+
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+            hooks.append(module.register_forward_hook(hook))
+    was_training = model.training
+    try:
+        model.eval()  # no dropout, and no update of BatchNorm running statistics
+        with torch.no_grad():
+            _forward(model, example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+
+    batch = _batch_size(example_inputs)
+    terms = []
+    for name, pos in positions.items():
+        weight = model.get_submodule(name).weight
+        terms.append(MacTerm(f"{name}.weight", tuple(range(weight.dim())), pos / batch * weight.numel()))
+    for name, length in seq_len.items():
+        rows = model.get_submodule(name).out_features
+        terms.append(MacTerm(f"{name}.weight", (0,), 2.0 * length * length * rows))
+    return terms
+
+
+def _input_signature(inputs) -> tuple:
+    if isinstance(inputs, Mapping):
+        return tuple(sorted((k, tuple(v.shape)) for k, v in inputs.items()))
+    return (tuple(inputs.shape),)
+
+
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def mac_terms(model: nn.Module, example_inputs) -> list[MacTerm]:
+    """:func:`collect_mac_terms` with the model's self-attention modules, cached per model while its
+    shapes and the input shapes are unchanged (planners call :func:`remaining_size` many times)."""
+    from .blocks import find_blocks
+
+    attention_queries = tuple(a.q for a in find_blocks(model)[0])
+    key = (
+        tuple((n, tuple(p.shape)) for n, p in model.named_parameters()),
+        _input_signature(example_inputs),
+        tuple(attention_queries),
+    )
+    hit = _CACHE.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    terms = collect_mac_terms(model, example_inputs, attention_queries)
+    _CACHE[model] = (key, terms)
+    return terms
+
+
+def removed_entries(
+    groups: Iterable[Group], removed_units: Mapping[str, Iterable[int]]
+) -> dict[Key, set[int]]:
+    """For each (parameter, dim), the union of the entries removed by the given units of each group."""
+    by_name = {g.name: g for g in groups}
+    out: dict[Key, set[int]] = {}
+    for name, units in removed_units.items():
+        group = by_name[name]
+        for s in group.slices:
+            bucket = out.setdefault((s.param, s.dim), set())
+            for u in units:
+                bucket.update(s.index[u])
+    return out
+
+
+def size_after(
+    shapes: Mapping[str, tuple[int, ...]], terms: Sequence[MacTerm], removed: Mapping[Key, set[int]]
+) -> tuple[int, float]:
+    """(parameters, MACs per example) left when ``removed`` entries are cut from the parameters."""
+    params = 0
+    for name, shape in shapes.items():
+        n = 1
+        for d, size in enumerate(shape):
+            n *= size - len(removed.get((name, d), ()))
+        params += n
+    macs = 0.0
+    for t in terms:
+        shape = shapes[t.param]
+        frac = 1.0
+        for d in t.dims:
+            frac *= (shape[d] - len(removed.get((t.param, d), ()))) / shape[d]
+        macs += t.macs * frac
+    return params, macs
+
+
+def param_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {n: tuple(p.shape) for n, p in model.named_parameters()}  # shared weights counted once
+
+
+def remaining_size(
+    model: nn.Module, groups: Sequence[Group], keep_counts: Mapping[str, int], example_inputs
+) -> tuple[int, int]:
+    """Exact parameter count and MACs per example after keeping ``keep_counts[g]`` units of each group.
+
+    Groups missing from ``keep_counts`` keep all their units. Which units are kept does not change the
+    count for the groups this package builds (their overlaps have product structure), so the first
+    ``keep_counts[g]`` units are taken.
+    """
+    by_name = {g.name: g for g in groups}
+    unknown = sorted(set(keep_counts) - set(by_name))
+    if unknown:
+        raise ValueError(f"keep_counts names unknown groups {unknown[:5]}; use names from find_groups(model)")
+    removed_units = {}
+    for name, count in keep_counts.items():
+        g = by_name[name]
+        if not 0 <= int(count) <= g.num_units:
+            raise ValueError(f"keep_counts[{name!r}] = {count} is outside [0, {g.num_units}]")
+        removed_units[name] = range(int(count), g.num_units)
+    terms = mac_terms(model, example_inputs)
+    params, macs = size_after(param_shapes(model), terms, removed_entries(groups, removed_units))
+    return params, int(round(macs))

@@ -1,0 +1,168 @@
+"""Tiny models for tests, built from code or from HF configs: no weights are downloaded.
+
+Each model is deterministic given ``seed`` and carries ``input_shape`` (per example) or an HF config,
+which :func:`example_inputs_for` reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+
+class _Block(nn.Module):
+    """CIFAR-style basic block: two 3x3 convs with BatchNorm and a residual add."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class TinyResNet(nn.Module):
+    def __init__(self, num_classes: int = 5, width: int = 8, in_channels: int = 3, image: int = 12):
+        super().__init__()
+        self.input_shape = (in_channels, image, image)
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.layer1 = nn.Sequential(_Block(width, width), _Block(width, width))
+        self.layer2 = nn.Sequential(_Block(width, 2 * width, stride=2))
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = self.layer2(self.layer1(x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class TinyMLP(nn.Module):
+    def __init__(self, in_features: int = 20, hidden: int = 16, num_classes: int = 5):
+        super().__init__()
+        self.input_shape = (in_features,)
+        self.net = nn.Sequential(
+            nn.Linear(in_features, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.flatten(1))
+
+
+def _seeded(seed: int):
+    torch.manual_seed(seed)
+
+
+def tiny_resnet(num_classes: int = 5, seed: int = 0) -> TinyResNet:
+    """ResNet with BatchNorm, two stages, residual adds and a 1x1-conv shortcut; input (3, 12, 12)."""
+    _seeded(seed)
+    model = TinyResNet(num_classes)
+    # non-trivial BatchNorm statistics, so that tests see them sliced
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+def tiny_mlp(num_classes: int = 5, seed: int = 0) -> TinyMLP:
+    """20 -> 16 -> 16 -> classes with ReLU; input (20,)."""
+    _seeded(seed)
+    return TinyMLP(num_classes=num_classes).eval()
+
+
+def tiny_bert(num_labels: int = 3, seed: int = 0, layers: int = 2):
+    """BertForSequenceClassification: hidden 32, 4 heads of 8, FFN 64, vocab 100."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    _seeded(seed)
+    cfg = BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        attn_implementation="eager",
+    )
+    return BertForSequenceClassification(cfg).eval()
+
+
+def tiny_vit(num_labels: int = 3, seed: int = 0, layers: int = 2):
+    """ViTForImageClassification: image 16, patch 8, hidden 32, 4 heads, FFN 64."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    _seeded(seed)
+    cfg = ViTConfig(
+        image_size=16,
+        patch_size=8,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=num_labels,
+        attn_implementation="eager",
+    )
+    return ViTForImageClassification(cfg).eval()
+
+
+def tiny_llama_gqa(num_labels: int = 3, seed: int = 0, layers: int = 2):
+    """LlamaForSequenceClassification with grouped-query attention: 8 query / 4 key-value heads of 8,
+    hidden 64, FFN 96, vocab 100. ``pad_token_id`` = 0 so batches of several sequences work."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    _seeded(seed)
+    cfg = LlamaConfig(
+        vocab_size=100,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=layers,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=8,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        pad_token_id=0,
+        attn_implementation="eager",
+    )
+    return LlamaForSequenceClassification(cfg).eval()
+
+
+def example_inputs_for(
+    model: nn.Module, batch: int = 2, seq_len: int = 8, seed: int = 0, input_shape: tuple | None = None
+) -> Tensor | Mapping[str, Tensor]:
+    """Deterministic example inputs: a tensor of ``(batch, *input_shape)`` for plain models (from the
+    argument or ``model.input_shape``), a dict for HF models (token ids or pixel values)."""
+    g = torch.Generator().manual_seed(seed)
+    config = getattr(model, "config", None)
+    if input_shape is None and config is not None:
+        if hasattr(config, "image_size"):
+            size = config.image_size
+            return {"pixel_values": torch.randn(batch, config.num_channels, size, size, generator=g)}
+        ids = torch.randint(1, config.vocab_size, (batch, seq_len), generator=g)  # 0 is padding
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        return inputs
+    shape = input_shape or getattr(model, "input_shape", None)
+    if shape is None:
+        raise ValueError(
+            f"cannot tell the input shape of {type(model).__name__}; pass input_shape=(C, H, W) or similar"
+        )
+    return torch.randn(batch, *shape, generator=g)
