@@ -38,11 +38,11 @@ def _item_slices(tp, dg, module, handler, name: str) -> list[tuple[str, int]]:
             raise UnsupportedLayer(f"{name} (depthwise conv with channel multiplier)")
         return [(f"{name}.weight", 0)] + ([(f"{name}.bias", 0)] if module.bias is not None else [])
     if isinstance(pruner, fn.ConvPruner):
+        if module.groups > 1:  # channels must stay divisible by the groups: not a per-channel cut
+            raise UnsupportedLayer(f"{name} (grouped conv, groups={module.groups})")
         if out:
             bias = [(f"{name}.bias", 0)] if module.bias is not None else []
             return [(f"{name}.weight", 1 if module.transposed else 0)] + bias
-        if module.groups > 1:
-            raise UnsupportedLayer(f"{name} (grouped conv, groups={module.groups})")
         return [(f"{name}.weight", 0 if module.transposed else 1)]
     if isinstance(pruner, fn.LinearPruner):
         if out:
@@ -138,7 +138,11 @@ def graph_groups(model: nn.Module, example_inputs, timeout_s: float) -> list[dic
         return raw
 
     was_training = model.training
+    hooks_before = {id(m): set(m._forward_hooks) for m in model.modules()}
     try:
         return call_with_timeout(build, timeout_s, f"{type(model).__name__} (torch-pruning trace)")
     finally:
         model.train(was_training)  # the trace switches the model to eval mode
+        for m in model.modules():  # an interrupted trace leaves its recording hooks behind
+            for key in set(m._forward_hooks) - hooks_before.get(id(m), set()):
+                m._forward_hooks.pop(key, None)

@@ -53,8 +53,10 @@ def call_with_timeout(fn: Callable[[], T], timeout_s: float, what: str) -> T:
         _interrupt(worker)
         worker.join(10.0)  # the trace stops at its next bytecode; give a slow C call time to return
         raise GraphTimeoutError(
-            f"building the dependency graph of {what} took longer than {timeout_s:g} s; raise timeout_s, "
-            f"or add the layers it stalls on to `ignore` (grouped-query attention is a known cause)"
+            f"building the dependency graph of {what} took longer than {timeout_s:g} s; raise timeout_s if "
+            f"the model is just large. Attention that prunekit does not recognise is traced and can stall "
+            f"(grouped-query attention never finishes): prunekit prunes BERT-, ViT- and LLaMA-style "
+            f"attention directly"
         )
     if "error" in box:
         raise box["error"]  # type: ignore[misc]
