@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from prunekit.batch import Batch, batch_size_of, logits_of, move_to
@@ -87,6 +88,8 @@ class _Objective:
             logits = logits_of(self.model, x)
             loss = self.loss_fn(logits, y) * w
             dz = torch.autograd.grad(loss, logits, create_graph=True)[0]
+            if not dz.requires_grad:  # the loss is linear in the logits: H_out = 0
+                continue
             # J v by the double-backward trick: Jᵀu is linear in a dummy u, so d(vᵀJᵀu)/du = J v
             u = torch.zeros_like(logits, requires_grad=True)
             jtu = torch.autograd.grad(logits, self.params, u, create_graph=True, allow_unused=True)
@@ -102,9 +105,14 @@ class _Objective:
     def __enter__(self) -> _Objective:
         self._was_training = self.model.training
         self.model.eval()  # dropout off, BatchNorm on running statistics: a fixed, deterministic loss
+        # fused scaled-dot-product attention kernels (flash, memory-efficient) have no double backward;
+        # the math kernel is plain differentiable ops, so second derivatives work for attention models
+        self._sdpa = sdpa_kernel([SDPBackend.MATH])
+        self._sdpa.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self._sdpa.__exit__(*exc)
         self.model.train(self._was_training)
 
 
@@ -153,6 +161,8 @@ class _Reducer:
 
     def __init__(self, obj: _Objective, groups: Sequence[Group] | Mapping[str, Sequence[str]] | None):
         self.obj = obj
+        self.sq_norms = np.array([float(p.detach().double().pow(2).sum()) for p in obj.params])
+        self.num_params = sum(p.numel() for p in obj.params)
         index = {n: i for i, n in enumerate(obj.names)}
         self.masks: dict[str, list[tuple[int, Tensor]]] = {}
         self.units: dict[str, tuple[int, list[tuple[int, int, Tensor, Tensor]]]] = {}
@@ -189,12 +199,10 @@ class _Reducer:
 
     def __call__(self, entries: Vectors) -> dict[str, Any]:
         per_tensor = np.array([float(e.sum()) for e in entries])
-        sq_norms = np.array([float(p.detach().double().pow(2).sum()) for p in self.obj.params])
-        num_params = sum(p.numel() for p in self.obj.params)
         out: dict[str, Any] = {
             "trace": float(per_tensor.sum()),
             "per_tensor": per_tensor,
-            "normalized_trace": float((sq_norms * per_tensor).sum() / num_params),
+            "normalized_trace": float((self.sq_norms * per_tensor).sum() / self.num_params),
             "groups": {g: sum(float(entries[i][m].sum()) for i, m in ms) for g, ms in self.masks.items()},
             "units": {},
         }
@@ -292,8 +300,8 @@ def hessian_trace(
     mean, se = _mean_se(
         [det["groups"][g] for g in gnames], [[s["groups"][g] for g in gnames] for s in samples]
     )
-    out["groups"] = dict(zip(gnames, np.atleast_1d(mean).tolist(), strict=True)) if gnames else {}
-    out["groups_se"] = dict(zip(gnames, np.atleast_1d(se).tolist(), strict=True)) if gnames else {}
+    out["groups"] = dict(zip(gnames, np.atleast_1d(mean).tolist(), strict=True))
+    out["groups_se"] = dict(zip(gnames, np.atleast_1d(se).tolist(), strict=True))
     out["units"], out["units_se"] = {}, {}
     for g in det["units"]:
         mean, se = _mean_se(det["units"][g], [s["units"][g] for s in samples])
@@ -303,7 +311,7 @@ def hessian_trace(
     return out
 
 
-def power_top(mv: Callable[[Tensor], Tensor], v: Tensor, iters: int, tol: float) -> dict[str, Any]:
+def _power_top(mv: Callable[[Tensor], Tensor], v: Tensor, iters: int, tol: float) -> dict[str, Any]:
     """Power iteration: the Rayleigh quotient of the dominant (largest-magnitude) eigenvector."""
     v = v / v.norm()
     lam_prev, lam, converged, done = math.nan, math.nan, False, 0
@@ -323,7 +331,7 @@ def power_top(mv: Callable[[Tensor], Tensor], v: Tensor, iters: int, tol: float)
     return {"eigenvalue": lam, "iters": done, "converged": converged, "method": "power"}
 
 
-def lanczos_top(mv: Callable[[Tensor], Tensor], v: Tensor, iters: int, tol: float) -> dict[str, Any]:
+def _lanczos_top(mv: Callable[[Tensor], Tensor], v: Tensor, iters: int, tol: float) -> dict[str, Any]:
     """Lanczos with full reorthogonalisation: the largest Ritz value of the tridiagonal matrix."""
     basis = [v / v.norm()]
     alphas: list[float] = []
@@ -332,8 +340,9 @@ def lanczos_top(mv: Callable[[Tensor], Tensor], v: Tensor, iters: int, tol: floa
     for it in range(1, iters + 1):
         w = mv(basis[-1])
         alphas.append(float(torch.dot(w.double(), basis[-1].double())))
-        for q in basis:  # reorthogonalise against every kept vector: round-off otherwise ghosts eigenvalues
-            w = w - torch.dot(w, q) * q
+        for _ in range(2):  # full reorthogonalisation, twice: round-off otherwise ghosts eigenvalues
+            for q in basis:
+                w = w - torch.dot(w, q) * q
         t = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
         lam = float(np.linalg.eigvalsh(t)[-1])
         beta = float(w.norm())
@@ -356,17 +365,21 @@ def _top(
         raise ValueError(f"iters must be >= 1, got {iters}")
     if tol <= 0:
         raise ValueError(f"tol must be > 0, got {tol}")
+    solvers = {"power": _power_top, "lanczos": _lanczos_top}
+    if method not in solvers:
+        raise ValueError(f"unknown eigenvalue method {method!r}; choose 'power' or 'lanczos'")
     gen = torch.Generator().manual_seed(seed)
     v0 = torch.randn(sum(p.numel() for p in obj.params), generator=gen).to(obj.device, obj.params[0].dtype)
+    bar = tqdm(total=iters, desc=f"top eigenvalue ({method})", disable=not sys.stderr.isatty(), leave=False)
 
     def flat_mv(x: Tensor) -> Tensor:
+        bar.update()
         return _flat(matvec(_unflat(x, obj.params)))
 
-    if method == "power":
-        return power_top(flat_mv, v0, iters, tol)
-    if method == "lanczos":
-        return lanczos_top(flat_mv, v0, iters, tol)
-    raise ValueError(f"unknown eigenvalue method {method!r}; choose 'power' or 'lanczos'")
+    try:
+        return solvers[method](flat_mv, v0, iters, tol)
+    finally:
+        bar.close()
 
 
 def top_eigenvalue(

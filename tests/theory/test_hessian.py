@@ -241,3 +241,30 @@ def test_dict_inputs_work_for_trace_and_gauss_newton():
     }
     gn = gauss_newton_top_eigenvalue(model, (inputs, y), iters=30)
     assert gn["eigenvalue"] > 0
+
+
+class TinyAttention(nn.Module):
+    """Uses fused scaled-dot-product attention, whose fast CPU/GPU kernels have no double backward."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(4, 12)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return self.head(F.scaled_dot_product_attention(q, k, v).mean(1))
+
+
+def test_attention_models_get_second_derivatives_and_a_symmetric_hessian():
+    torch.manual_seed(0)
+    model = TinyAttention()
+    x, y = torch.randn(3, 5, 4), torch.randint(0, 2, (3,))
+    u = [torch.randn_like(p) for p in model.parameters()]
+    v = [torch.randn_like(p) for p in model.parameters()]
+    hu, hv = hvp(model, (x, y), u), hvp(model, (x, y), v)
+    # uᵀHv = vᵀHu: a real Hessian, not an approximation
+    uhv = sum(float((a * b).sum()) for a, b in zip(u, hv, strict=True))
+    vhu = sum(float((a * b).sum()) for a, b in zip(v, hu, strict=True))
+    assert uhv == pytest.approx(vhu, rel=1e-4, abs=1e-6)
+    assert math.isfinite(gauss_newton_top_eigenvalue(model, (x, y), iters=5)["eigenvalue"])
