@@ -1,0 +1,393 @@
+"""``estimate(model, data, cfg)``: every quantity of the stated bound, measured on the training split.
+
+- C_arch: d_λ of the empirical NTK Gram on a class-balanced probe set of ``cfg.probe_samples`` training
+  inputs (:func:`prunekit.theory.ntk.ntk_gram`, :func:`prunekit.theory.spectrum.ntk_spectrum`);
+- T_opt: the layer-normalised Hessian trace of the mean training loss on the same probe set
+  (``cfg.hessian_probes`` Hutchinson probes), plus the top Hessian eigenvalue (``cfg.power_iters``);
+- n: the number of training samples; d_eff: TwoNN on ``cfg.id_samples`` points of ``cfg.id_representation``;
+- per-group NTK traces (``cfg.trace_probes`` probes) and Hessian traces when groups are given.
+
+Only the train split is read: the test split is for the final evaluation alone. Under data parallelism
+the Hutchinson probes are shared out across ranks and merged (:mod:`prunekit.theory.distributed`); the
+Gram, the top eigenvalue and TwoNN are computed identically on every rank.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunekit.batch import Batch, batch_size_of, concat_inputs, move_to, slice_inputs
+from prunekit.config import EstimateConfig
+from prunekit.theory.bound import stated_bound
+from prunekit.theory.distributed import rank_and_world, rank_seed, reduce_mean_se, shard_size
+
+log = logging.getLogger("prunekit.theory")
+
+ESTIMATES_FORMAT_VERSION = 1
+TOP_K = 10
+_HESSIAN_BATCH = 128  # micro-batch of the Hessian loss: memory only, the loss is the same (eval mode)
+
+
+@dataclass
+class Estimates:
+    """The estimators' results; ``to_dict()`` is JSON-ready (estimate.json)."""
+
+    C_arch: float
+    T_opt: float
+    n: int
+    d_eff: float
+    bound: float | None  # None when T_opt <= 0 (indefinite Hessian off a minimum): see notes
+    hessian_top_eigenvalue: float
+    ntk: dict[str, Any]  # spectrum summary of the Gram (d_lambda, trace, lambda_max, effective ranks, decay)
+    hessian: dict[str, Any]  # trace, trace_se, normalized_trace(_se), per_tensor, top eigenvalue details
+    intrinsic_dim: dict[str, Any]  # twonn, levina_bickel, subsample curve
+    groups: dict[str, dict[str, Any]]  # name -> ntk_trace(_se), hessian_trace(_se), per-unit lists
+    top_groups_ntk: list[dict[str, Any]]
+    top_groups_hessian: list[dict[str, Any]]
+    seconds: dict[str, float]
+    settings: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+    format_version: int = ESTIMATES_FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+
+def _jsonable(x: Any) -> Any:
+    """Floats, lists and dicts only: numpy/torch scalars and arrays become Python numbers; NaN/inf → None."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        return _jsonable(x.detach().cpu().tolist())
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(float(x)) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+# ------------------------------------------------------------------------------------------ data
+def balanced_order(labels: np.ndarray, seed: int) -> np.ndarray:
+    """Indices that cycle through the classes (each shuffled): every prefix is as class-balanced as it can be."""
+    rng = np.random.default_rng(seed)
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    depth = max(len(p) for p in per_class)
+    order = [p[i] for i in range(depth) for p in per_class if i < len(p)]
+    return np.asarray(order, dtype=np.int64)
+
+
+def _rows(data: Any, idx: np.ndarray) -> Batch:
+    x = data.arrays("train").inputs
+    y = torch.from_numpy(data.labels("train")[idx])
+    if isinstance(x, dict):
+        return {k: torch.from_numpy(np.ascontiguousarray(v[idx])) for k, v in x.items()}, y
+    return torch.from_numpy(np.ascontiguousarray(x[idx])), y
+
+
+def _is_splits(data: Any) -> bool:
+    return all(hasattr(data, a) for a in ("arrays", "labels", "n_train"))
+
+
+def _probe_from_batches(batches: Iterable[Batch], num: int, seed: int) -> Batch:
+    """A class-balanced probe set from a stream: scan up to 4·num examples, then cycle through classes."""
+    xs, ys, seen = [], [], 0
+    for x, y in batches:
+        xs.append(x)
+        ys.append(y.detach().cpu())
+        seen += batch_size_of(x)
+        if seen >= 4 * num:
+            break
+    if not xs:
+        raise ValueError("the data yields no batches: pass a non-empty iterable of (inputs, labels)")
+    x_all, y_all = concat_inputs(xs), torch.cat(ys)
+    idx = balanced_order(y_all.numpy(), seed)[:num]
+    t = torch.as_tensor(idx, dtype=torch.long)
+    return slice_inputs(x_all, t), y_all[t]
+
+
+def _chunks(batch: Batch, size: int) -> list[Batch]:
+    x, y = batch
+    n = batch_size_of(x)
+    return [(slice_inputs(x, slice(i, i + size)), y[i : i + size]) for i in range(0, n, size)]
+
+
+def _id_batches(data: Any, num: int, seed: int) -> Iterator[Batch]:
+    """Random training rows for the intrinsic dimension, in batches (the representation may need a forward)."""
+    rng = np.random.default_rng(seed + 1)
+    n = data.n_train
+    idx = np.sort(rng.choice(n, size=min(num, n), replace=False))
+    for i in range(0, len(idx), 256):
+        yield _rows(data, idx[i : i + 256])
+
+
+# ------------------------------------------------------------------------------------- estimators
+class _Timer:
+    def __init__(self, seconds: dict[str, float], name: str, show: bool):
+        self.seconds, self.name, self.show = seconds, name, show
+
+    def __enter__(self) -> None:
+        if self.show:
+            log.info("estimating %s ...", self.name)
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.seconds[self.name] = time.perf_counter() - self.t0
+        if self.show and exc[0] is None:
+            log.info("estimated %s in %.1f s", self.name, self.seconds[self.name])
+
+
+def _top(groups: dict[str, dict[str, Any]], key: str, k: int = TOP_K) -> list[dict[str, Any]]:
+    rows = [(g, v) for g, v in groups.items() if v.get(key) is not None]
+    rows.sort(key=lambda gv: -gv[1][key])
+    return [{"name": g, "trace": v[key], "se": v.get(key + "_se")} for g, v in rows[:k]]
+
+
+def estimate(
+    model: nn.Module,
+    data: Any,
+    cfg: EstimateConfig | None = None,
+    groups: Sequence[Any] | None = None,
+    accelerator: Any | None = None,
+    n: int | None = None,
+    seed: int = 0,
+) -> Estimates:
+    """Estimate C_arch, T_opt, n, d_eff, the stated bound and per-group NTK / Hessian traces.
+
+    ``data``: a :class:`prunekit.data.DataSplits` (its train split is used; ``n`` = ``n_train``) or a
+    re-iterable of ``(inputs, labels)`` training batches together with ``n``, the training-set size.
+    ``groups``: prunable groups (``prunekit.pruning.find_groups``) or ``{name: [param names]}``; without them
+    per-group traces are skipped. ``accelerator``: shares the Hutchinson probes across processes.
+    """
+    from prunekit.theory.hessian import hessian_trace, top_eigenvalue
+    from prunekit.theory.intrinsic_dim import levina_bickel, representation, subsample_curve, twonn
+    from prunekit.theory.ntk import group_ntk_traces, ntk_gram
+    from prunekit.theory.spectrum import ntk_spectrum
+
+    cfg = cfg or EstimateConfig()
+    rank, world = rank_and_world(accelerator)
+    show = rank == 0
+    if accelerator is not None:
+        model.to(accelerator.device)
+
+    if _is_splits(data):
+        n_train = int(data.n_train) if n is None else int(n)
+        probe = _rows(data, balanced_order(data.labels("train"), seed)[: cfg.probe_samples])
+        id_batches: Iterable[Batch] = list(_id_batches(data, cfg.id_samples, seed))
+    else:
+        if n is None:
+            raise ValueError("pass n (the number of training samples) when data is an iterable of batches")
+        if iter(data) is data:  # a one-shot iterator: keep its batches, they are read twice
+            data = list(data)
+        n_train = int(n)
+        probe = _probe_from_batches(data, cfg.probe_samples, seed)
+        id_batches = data
+    if n_train < 1:
+        raise ValueError(f"n must be a positive number of training samples, got {n_train}")
+    num_probe = batch_size_of(probe[0])
+    hess_batches = _chunks(probe, _HESSIAN_BATCH)
+    seconds: dict[str, float] = {}
+    notes: list[str] = []
+    per_group: dict[str, dict[str, Any]] = {}
+    my_seed = rank_seed(seed, rank)
+
+    if groups is not None and len(groups) > 0:
+        k_ntk = max(2, shard_size(cfg.trace_probes, rank, world))  # the estimator needs >= 2 probes
+        with _Timer(seconds, "ntk_group_traces", show):
+            tr = group_ntk_traces(model, probe, groups, num_probes=k_ntk, seed=my_seed)
+        stats = {f"g:{g}": (tr.group[g], tr.group_se[g], k_ntk) for g in tr.group}
+        stats |= {f"u:{g}": (tr.unit[g].numpy(), tr.unit_se[g].numpy(), k_ntk) for g in tr.unit}
+        stats["total"] = (tr.total, tr.total_se, k_ntk)
+        merged = reduce_mean_se(stats, accelerator)
+        for g in tr.group:
+            m, s, _ = merged[f"g:{g}"]
+            um, us, _ = merged[f"u:{g}"]
+            per_group[g] = {"ntk_trace": m, "ntk_trace_se": s, "ntk_unit_traces": um}
+        ntk_trace_total, ntk_trace_total_se, ntk_probes = merged["total"]
+    with _Timer(seconds, "ntk_gram", show):
+        gram = ntk_gram(model, probe, output="trace")
+        spectrum = ntk_spectrum(gram, ridge=cfg.ridge)
+    del gram
+    if groups:
+        spectrum |= {"hutchinson_trace": ntk_trace_total, "hutchinson_trace_se": ntk_trace_total_se}
+        spectrum["hutchinson_probes"] = ntk_probes
+
+    k_h = max(1, shard_size(cfg.hessian_probes, rank, world))
+    with _Timer(seconds, "hessian_trace", show):
+        h = hessian_trace(model, hess_batches, num_probes=k_h, groups=groups or None, seed=my_seed)
+    keys = {
+        "trace": (h["trace"], h["trace_se"], k_h),
+        "T": (h["normalized_trace"], h["normalized_trace_se"], k_h),
+    }
+    names = list(h["per_tensor"])
+    keys["tensors"] = (
+        np.array([h["per_tensor"][p] for p in names]),
+        np.array([h["per_tensor_se"][p] for p in names]),
+        k_h,
+    )
+    for g in h["groups"]:
+        keys[f"g:{g}"] = (h["groups"][g], h["groups_se"][g], k_h)
+    for g in h["units"]:
+        keys[f"u:{g}"] = (np.asarray(h["units"][g]), np.asarray(h["units_se"][g]), k_h)
+    hm = reduce_mean_se(keys, accelerator)
+    hessian = {
+        "trace": hm["trace"][0],
+        "trace_se": hm["trace"][1],
+        "normalized_trace": hm["T"][0],
+        "normalized_trace_se": hm["T"][1],
+        "num_probes": hm["T"][2],
+        "num_params": h["num_params"],
+        "per_tensor": dict(zip(names, np.atleast_1d(hm["tensors"][0]).tolist(), strict=True)),
+    }
+    for g in h["groups"]:
+        row = per_group.setdefault(g, {})
+        row["hessian_trace"], row["hessian_trace_se"] = hm[f"g:{g}"][0], hm[f"g:{g}"][1]
+        if f"u:{g}" in hm:
+            row["hessian_unit_traces"] = hm[f"u:{g}"][0]
+
+    with _Timer(seconds, "hessian_top_eigenvalue", show):
+        top = top_eigenvalue(model, hess_batches, iters=cfg.power_iters, seed=seed)
+    hessian["top_eigenvalue"] = top
+    if not top.get("converged", True):
+        notes.append(f"the top Hessian eigenvalue did not converge in {cfg.power_iters} power iterations")
+
+    with _Timer(seconds, "intrinsic_dim", show):
+        layer = cfg.id_representation
+        X = representation(
+            model if layer != "inputs" else None, id_batches, layer, max_samples=cfg.id_samples
+        )
+        tw = twonn(X)
+        lb = levina_bickel(X) if X.shape[0] > 21 else None
+        curve = (
+            subsample_curve(X, fractions=(1.0, 0.5, 0.25), repeats=4, seed=seed) if X.shape[0] >= 40 else None
+        )
+    intrinsic = {
+        "representation": layer,
+        "num_points": int(X.shape[0]),
+        "twonn": tw,
+        "levina_bickel": lb,
+        "curve": curve,
+    }
+
+    C, T, d = float(spectrum["d_lambda"]), float(hessian["normalized_trace"]), float(tw["d"])
+    try:
+        bound = stated_bound(C, T, n_train, d)
+    except ValueError as err:
+        bound = None
+        notes.append(f"no stated bound: {err} (T_opt <= 0 means an indefinite Hessian, e.g. off a minimum)")
+    seconds["total"] = sum(seconds.values())
+    settings = {
+        "estimate": cfg.model_dump(),
+        "seed": seed,
+        "num_processes": world,
+        "probe_samples": num_probe,
+        "num_groups": len(per_group),
+        "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
+    return Estimates(
+        C_arch=C,
+        T_opt=T,
+        n=n_train,
+        d_eff=d,
+        bound=bound,
+        hessian_top_eigenvalue=float(top["eigenvalue"]),
+        ntk=spectrum,
+        hessian=hessian,
+        intrinsic_dim=intrinsic,
+        groups=per_group,
+        top_groups_ntk=_top(per_group, "ntk_trace"),
+        top_groups_hessian=_top(per_group, "hessian_trace"),
+        seconds=seconds,
+        settings=settings,
+        notes=notes,
+    )
+
+
+# ------------------------------------------------------------------------------------ CLI command
+def _num(x: Any, se: Any = None) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.4g}" if se is None else f"{x:.4g} ± {se:.2g}"
+
+
+def format_summary(est: Estimates) -> str:
+    """A readable summary: the bound's quantities, the top groups and the seconds per estimator."""
+    h = est.hessian
+    lines = [
+        f"C_arch (NTK d_λ, ridge {est.ntk.get('ridge')}) : {_num(est.C_arch)}  on {est.settings['probe_samples']} inputs",
+        f"T_opt (layer-normalised Hessian trace)  : {_num(est.T_opt, h.get('normalized_trace_se'))}"
+        f"  ({h.get('num_probes')} probes)",
+        f"top Hessian eigenvalue                  : {_num(est.hessian_top_eigenvalue)}",
+        f"n (training samples)                    : {est.n}",
+        f"d_eff (TwoNN on {est.intrinsic_dim['representation']})".ljust(40) + f": {_num(est.d_eff)}",
+        f"bound sqrt(C·T/(n·d_eff))               : {_num(est.bound)}",
+    ]
+    for title, rows in (("NTK trace", est.top_groups_ntk), ("Hessian trace", est.top_groups_hessian)):
+        if rows:
+            lines.append(f"top {len(rows)} groups by {title}:")
+            lines += [f"  {r['name']:<44s} {_num(r['trace'], r['se'])}" for r in rows]
+    lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in est.seconds.items()))
+    lines += [f"note: {n}" for n in est.notes]
+    return "\n".join(lines)
+
+
+def run_estimate_command(cfg: Any, output: Any | None = None) -> dict[str, Any]:
+    """``prunekit estimate CONFIG``: estimates for the config's dense model; writes estimate.json.
+
+    The model is, in order of preference: ``model.checkpoint``; the ``dense`` checkpoint of an earlier
+    ``prunekit run`` in the output folder; or the built model, trained with ``train`` when
+    ``train.epochs > 0`` (not saved). ``output``: a folder (estimate.json goes inside) or a ``.json`` path;
+    default the run's output folder. Returns the estimates as a dict (with ``model_source``).
+    """
+    from pathlib import Path
+
+    from prunekit.atomic import write_json
+    from prunekit.pipeline import Task, output_folder
+    from prunekit.pruning import find_groups
+    from prunekit.pruning.checkpoint import load
+    from prunekit.train import make_accelerator
+
+    accelerator = make_accelerator(seed=cfg.seed)
+    root = logging.getLogger("prunekit")
+    if accelerator.is_main_process and not root.handlers:  # one progress line per estimator
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[prunekit] %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+    task = Task(cfg)
+    out = Path(output) if output is not None else output_folder(cfg, None)
+    path = out if out.suffix == ".json" else out / "estimate.json"
+    dense_dir = output_folder(cfg, None if out.suffix == ".json" else out) / "dense"
+    if cfg.model.checkpoint:
+        model, source = task.build_dense(), f"checkpoint {cfg.model.checkpoint}"
+    elif (dense_dir / "prunekit.json").is_file():
+        model, source = load(dense_dir)[0], f"dense checkpoint {dense_dir}"
+    else:
+        model = task.build_dense()
+        source = "built from the config, untrained"
+        if cfg.train.epochs > 0:
+            task.train(model, cfg.train, accelerator, seed=cfg.seed, desc="dense")
+            source = f"built from the config and trained for {cfg.train.epochs} epochs (not saved)"
+    model.to(accelerator.device)
+    groups = find_groups(model, move_to(task.example, accelerator.device), ignore=cfg.prune.ignore)
+    est = estimate(model, task.splits, cfg.estimate, groups=groups, accelerator=accelerator, seed=cfg.seed)
+    result = est.to_dict() | {"model_source": source, "config_name": cfg.name}
+    if accelerator.is_main_process:
+        print(f"estimates for '{cfg.name}' ({source}):")
+        print(format_summary(est))
+        write_json(path, result)
+        print(f"wrote {path}")
+    accelerator.wait_for_everyone()
+    return result

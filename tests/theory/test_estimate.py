@@ -1,0 +1,172 @@
+"""estimate(): every quantity on real MNIST-1D, train split only; run_estimate_command end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from prunekit.config import EstimateConfig, RunConfig, config_from_dict
+from prunekit.data import DataSplits, load_data
+from prunekit.models import build_model
+from prunekit.pruning import find_groups
+from prunekit.theory import Estimates, estimate, stated_bound
+from prunekit.theory.estimate import balanced_order
+from prunekit.theory.ntk import module_partition
+
+SMALL = EstimateConfig(probe_samples=60, trace_probes=24, hessian_probes=6, power_iters=5, id_samples=400)
+
+
+class TrainOnly(DataSplits):
+    """The real splits, but any touch of validation or test data fails: estimators may read train only."""
+
+    def arrays(self, split: str):
+        if split != "train":
+            raise AssertionError(f"the estimator read the {split} split")
+        return super().arrays(split)
+
+    def labels(self, split: str):
+        if split != "train":
+            raise AssertionError(f"the estimator read the {split} labels")
+        return super().labels(split)
+
+    def loader(self, split: str, *args, **kwargs):
+        if split != "train":
+            raise AssertionError(f"the estimator opened a {split} loader")
+        return super().loader(split, *args, **kwargs)
+
+    def dataset(self, split: str):
+        if split != "train":
+            raise AssertionError(f"the estimator read the {split} dataset")
+        return super().dataset(split)
+
+
+@pytest.fixture(scope="module")
+def splits() -> TrainOnly:
+    torch.set_num_threads(1)  # 2 shared cores: one thread avoids oversubscription stalls
+    cfg = RunConfig().data.model_copy(update={"max_train_samples": 600})
+    s = load_data(cfg, seed=0)
+    s.__class__ = TrainOnly
+    return s
+
+
+@pytest.fixture(scope="module")
+def model(splits: DataSplits) -> torch.nn.Module:
+    cfg = RunConfig().model.model_copy(update={"kwargs": {"width": 6}})
+    return build_model(cfg, splits.num_classes, splits.input_shape)
+
+
+@pytest.fixture(scope="module")
+def result(model, splits) -> tuple[Estimates, list]:
+    x = torch.from_numpy(splits.arrays("train").inputs[:2])
+    groups = find_groups(model, x)
+    return estimate(model, splits, SMALL, groups=groups, seed=3), groups
+
+
+def test_estimate_reports_every_quantity(result, splits) -> None:
+    est, groups = result
+    assert est.n == splits.n_train == 600
+    for v in (est.C_arch, est.T_opt, est.d_eff, est.hessian_top_eigenvalue):
+        assert math.isfinite(v)
+    assert 0 < est.C_arch <= SMALL.probe_samples  # d_λ counts at most one degree of freedom per input
+    assert est.settings["probe_samples"] == SMALL.probe_samples
+    assert 1 < est.d_eff < 40  # MNIST-1D signals have length 40
+    assert est.bound == pytest.approx(stated_bound(est.C_arch, est.T_opt, est.n, est.d_eff))
+    assert est.hessian["num_probes"] == SMALL.hessian_probes
+    assert set(est.seconds) >= {"ntk_group_traces", "ntk_gram", "hessian_trace", "hessian_top_eigenvalue"}
+    assert all(s >= 0 for s in est.seconds.values())
+    # JSON round trip keeps the numbers
+    d = json.loads(json.dumps(est.to_dict()))
+    assert d["C_arch"] == est.C_arch and d["n"] == 600
+
+
+def test_estimate_per_group_traces_and_top_lists(result) -> None:
+    est, groups = result
+    names = {g.name for g in groups}
+    assert set(est.groups) == names
+    for g in groups:
+        row = est.groups[g.name]
+        assert row["ntk_trace"] > 0 and row["ntk_trace_se"] >= 0
+        assert len(row["ntk_unit_traces"]) == g.num_units
+        assert "hessian_trace" in row and len(row["hessian_unit_traces"]) == g.num_units
+    top = est.top_groups_ntk
+    assert 1 <= len(top) <= 10 and len(top) == min(10, len(groups))
+    traces = [r["trace"] for r in top]
+    assert traces == sorted(traces, reverse=True)
+    assert top[0]["trace"] == max(r["ntk_trace"] for r in est.groups.values())
+    assert [r["name"] for r in est.top_groups_hessian][0] == max(
+        est.groups, key=lambda g: est.groups[g]["hessian_trace"]
+    )
+
+
+def test_hutchinson_total_matches_the_exact_gram_trace(model, splits) -> None:
+    """Negative-control-free invariant: the exact tr Θ (Gram) lies within a few Hutchinson SEs."""
+    est = estimate(model, splits, SMALL, groups=module_partition(model), seed=5)
+    exact, approx, se = est.ntk["trace"], est.ntk["hutchinson_trace"], est.ntk["hutchinson_trace_se"]
+    assert abs(exact - approx) < 4 * se + 1e-9 * exact
+    # a parameter partition: group traces add up to the total
+    total = sum(r["ntk_trace"] for r in est.groups.values())
+    assert total == pytest.approx(approx, rel=1e-9)
+
+
+def test_estimate_is_deterministic_and_seed_dependent(model, splits) -> None:
+    cfg = SMALL.model_copy(update={"probe_samples": 30, "power_iters": 2})
+    a = estimate(model, splits, cfg, seed=1).to_dict()
+    b = estimate(model, splits, cfg, seed=1).to_dict()
+    c = estimate(model, splits, cfg, seed=2).to_dict()
+    for k in ("C_arch", "T_opt", "d_eff", "hessian_top_eigenvalue"):
+        assert a[k] == b[k]
+    assert a["T_opt"] != c["T_opt"]  # other probes and another probe set
+
+
+def test_iterable_data_needs_n_and_gives_balanced_probes(model, splits) -> None:
+    batches = list(splits.loader("train", 50, shuffle=True, seed=0))
+    cfg = SMALL.model_copy(update={"probe_samples": 40, "power_iters": 2})
+    with pytest.raises(ValueError, match="pass n"):
+        estimate(model, batches, cfg)
+    est = estimate(model, iter(batches), cfg, n=600)  # a one-shot iterator works too
+    assert est.n == 600 and est.settings["probe_samples"] == 40
+    assert est.groups == {} and est.top_groups_ntk == []
+
+
+def test_balanced_order_cycles_through_classes() -> None:
+    labels = np.array([0] * 50 + [1] * 5 + [2] * 20)
+    order = balanced_order(labels, seed=0)
+    assert sorted(order.tolist()) == list(range(75))
+    first = labels[order[:15]]
+    assert np.bincount(first).tolist() == [5, 5, 5]
+    assert (balanced_order(labels, 0) == order).all() and not (balanced_order(labels, 1) == order).all()
+
+
+def test_run_estimate_command_end_to_end(tmp_path: Path, capsys) -> None:
+    from prunekit.theory.estimate import run_estimate_command
+
+    cfg = config_from_dict(
+        {
+            "name": "tiny",
+            "data": {"name": "mnist1d", "max_train_samples": 300},
+            "model": {"name": "cnn1d", "kwargs": {"width": 4}},
+            "train": {"epochs": 1, "batch_size": 50},
+            "estimate": {
+                "probe_samples": 40,
+                "trace_probes": 4,
+                "hessian_probes": 4,
+                "power_iters": 3,
+                "id_samples": 200,
+            },
+        }
+    )
+    out = run_estimate_command(cfg, tmp_path / "out")
+    path = tmp_path / "out" / "estimate.json"
+    saved = json.loads(path.read_text())
+    assert saved["C_arch"] == out["C_arch"] and saved["n"] == 300
+    assert "trained for 1" in saved["model_source"]
+    assert len(saved["top_groups_ntk"]) == 3  # the three convs of cnn1d (the classifier is never a group)
+    text = capsys.readouterr().out
+    for word in ("C_arch", "T_opt", "d_eff", "bound", "top 3 groups by NTK trace", "seconds"):
+        assert word in text
+    assert not list(path.parent.glob("*.tmp"))  # written atomically, no temp file left
