@@ -25,8 +25,8 @@ from torch import nn
 
 from prunekit.batch import Batch, batch_size_of, logits_of, move_to
 
-# distances are computed this many query rows at a time, so memory stays ~ chunk * N * 8 bytes
-_CHUNK = 1024
+# distances are computed in blocks of query rows holding at most this many float64 entries (128 MiB)
+_BLOCK_ENTRIES = 1 << 24
 
 
 def _as_points(X: Any) -> np.ndarray:
@@ -53,8 +53,9 @@ def _knn_distances(arr: np.ndarray, k: int) -> np.ndarray:
         raise ValueError(f"need more than {k} distinct points for {k} nearest neighbours, got {n}")
     pts = torch.from_numpy(np.ascontiguousarray(arr))
     out = np.empty((n, k), dtype=np.float64)
-    for start in range(0, n, _CHUNK):
-        stop = min(start + _CHUNK, n)
+    chunk = max(16, _BLOCK_ENTRIES // n)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
         d = torch.cdist(pts[start:stop], pts)
         # exclude each point itself by index: the matrix-product distance of a point to itself may be a
         # tiny positive number rather than exactly 0
