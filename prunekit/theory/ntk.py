@@ -178,7 +178,7 @@ def group_ntk_traces(
     unit_sum = [torch.zeros(r.num_units, dtype=torch.float64) for _, r in reducers]
     unit_sq = [torch.zeros(r.num_units, dtype=torch.float64) for _, r in reducers]
 
-    with eval_mode(model, eager_attention=False):
+    with eval_mode(model, eager_attention=False), torch.enable_grad():  # callers may hold no_grad
         starts = list(range(0, n, step))
         one_pass = len(starts) == 1
         out = logits_of(model, inputs) if one_pass else None  # reused by every probe (retain_graph)
@@ -198,14 +198,15 @@ def group_ntk_traces(
                 )
                 grads = [a if b is None else b if a is None else a + b for a, b in zip(grads, g, strict=True)]
             sq = {
-                k: g.detach().to(torch.float64).square().cpu()
+                k: g.detach().to(torch.float64).square()
                 for k, g in zip(names, grads, strict=True)
                 if g is not None
             }
-            total_probes[p] = sum((s.sum() for s in sq.values()), torch.zeros((), dtype=torch.float64))
+            total_probes[p] = float(sum(s.sum() for s in sq.values()))
             for i, (_, red) in enumerate(reducers):
                 units, tot = red(sq)
-                group_probes[i, p] = tot
+                units = units.cpu()
+                group_probes[i, p] = tot.cpu()
                 unit_sum[i] += units
                 unit_sq[i] += units.square()
 

@@ -124,10 +124,23 @@ class UnitReducer:
                         masks[u].index_fill_(dim, idx, True)
                 self.masked.append((pname, masks, torch.stack(masks).any(0)))
 
+    def _to(self, device: torch.device) -> None:
+        """Move the index tensors next to the values once, so that reductions stay on the accelerator."""
+        if getattr(self, "_device", torch.device("cpu")) == device:
+            return
+        self.fast = [
+            (p, d, i.to(device), o.to(device), None if u is None else u.to(device))
+            for p, d, i, o, u in self.fast
+        ]
+        self.masked = [(p, [m.to(device) for m in ms], u.to(device)) for p, ms, u in self.masked]
+        self._device = device
+
     def __call__(self, values: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """(per-unit sums, sum over the union of the group's entries), in float64."""
-        units = torch.zeros(self.num_units, dtype=torch.float64)
-        total = torch.zeros((), dtype=torch.float64)
+        """(per-unit sums, sum over the union of the group's entries), in float64, on the values' device."""
+        device = next(iter(values.values())).device if values else torch.device("cpu")
+        self._to(device)
+        units = torch.zeros(self.num_units, dtype=torch.float64, device=device)
+        total = torch.zeros((), dtype=torch.float64, device=device)
         for pname, dim, idx, owner, union in self.fast:
             s = values.get(pname)
             if s is None:
@@ -156,7 +169,7 @@ def removed_entry_masks(
     """name → boolean mask of the entries removed with ``removed`` (group name → unit indices; None: all).
 
     Only tensors with at least one removed entry appear. Trainable parameters only, unless ``buffers``
-    (then also frozen parameters and buffers, for masking the forward pass).
+    (then also frozen parameters and buffers).
     """
     specs, _ = normalise_groups(groups, model)
     by_name = dict(specs)
@@ -190,16 +203,22 @@ def removed_entry_masks(
 def masked_units(
     model: nn.Module, groups: Groups, removed: Mapping[str, Sequence[int] | None]
 ) -> Iterator[nn.Module]:
-    """Zero the removed units' entries (parameters and buffers) at fixed weights; restore them exactly on exit."""
+    """Zero the removed units' parameter entries at fixed weights; restore them bit for bit on exit.
+
+    Buffers (BatchNorm running statistics) are left alone, as in ``prunekit.pruning.mask_groups``: once a
+    channel's weight and bias are zero its output is zero whatever they hold, and a zeroed running
+    variance would blow up a channel whose weight is not in the slices.
+    """
     masks = removed_entry_masks(model, groups, removed, buffers=True)
-    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
-    saved = {k: tensors[k].detach().clone() for k in masks}
+    params = dict(model.named_parameters())
+    masks = {k: m for k, m in masks.items() if k in params}
+    saved = {k: params[k].detach().clone() for k in masks}
     try:
         with torch.no_grad():
             for k, m in masks.items():
-                tensors[k].masked_fill_(m.to(tensors[k].device), 0)
+                params[k].masked_fill_(m.to(params[k].device), 0)
         yield model
     finally:
         with torch.no_grad():
             for k, v in saved.items():
-                tensors[k].copy_(v)
+                params[k].copy_(v)
