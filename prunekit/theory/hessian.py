@@ -3,8 +3,8 @@
 The loss is the mean cross-entropy over *all* samples of ``batches`` (one ``(inputs, labels)`` batch or a
 list of them), model in eval mode; every trainable parameter (``requires_grad``) takes part, in
 ``named_parameters()`` order. A list of batches is a micro-batching of the same loss: batch b enters with
-weight n_b / N, so splitting a batch changes nothing but memory (exact because in eval mode no
-sample's loss depends on another's: BatchNorm uses its running statistics). ``loss_fn(logits, labels)`` (the mean
+weight n_b / N, so splitting a batch changes nothing but memory (exact because in eval mode no sample's
+loss depends on another's: BatchNorm uses its running statistics). ``loss_fn(logits, labels)`` (the mean
 loss of one batch) replaces cross-entropy, e.g. for tests with a known quadratic.
 
 - :func:`hvp` — H v by double backward;
