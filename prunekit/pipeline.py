@@ -82,7 +82,7 @@ class Task:
         if self.cfg.model.checkpoint:
             model, _ = load(self.cfg.model.checkpoint)
             return model
-        return build_model(self.cfg.model, self.splits.num_classes, self.splits.input_shape)
+        return build_model(self.cfg.model, self.splits.num_classes, self.splits.input_shape, seed=self.cfg.seed)
 
     def measure(self, model: nn.Module, accelerator) -> dict[str, Any]:
         """Test accuracy, params, MACs and CPU latency of ``model`` (the final evaluation)."""

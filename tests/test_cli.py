@@ -1,0 +1,76 @@
+"""The command line: bad input ends in one line and exit code 2, and nothing already written is lost."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+QUICK = ROOT / "configs" / "quickstart.yaml"
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "prunekit", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
+    import re
+
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("prunekit: error:")]
+    assert len(lines) == 1, proc.stderr
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+@pytest.mark.parametrize("command", ["run", "plan", "estimate", "evaluate", "info"])
+def test_every_command_has_help(command: str) -> None:
+    proc = cli(command, "--help")
+    assert proc.returncode == 0
+    assert "usage: prunekit " + command in proc.stdout
+
+
+def test_typo_in_config_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "x.yaml"
+    cfg.write_text(QUICK.read_text().replace("  epochs: 10", "  epoch: 10"))
+    assert_one_line_error(cli("run", str(cfg), "--output", str(tmp_path / "out")), r"unknown key 'finetune\.epoch'")
+    assert not (tmp_path / "out").exists()
+
+
+def test_ratio_out_of_range_via_override(tmp_path: Path) -> None:
+    proc = cli("run", str(QUICK), "--set", "prune.levels=[0.5, 1.2]", "--output", str(tmp_path / "o"))
+    assert_one_line_error(proc, r"prune\.levels.*outside \[0, 1\)")
+
+
+def test_missing_config_file() -> None:
+    assert_one_line_error(cli("run", "configs/does-not-exist.yaml"), "does not exist")
+
+
+def test_unknown_planner_leaves_existing_output_untouched(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    proc = cli("run", str(QUICK), "--set", "prune.planner=magic", "--output", str(out))
+    assert_one_line_error(proc, r"unknown planner 'magic'.*uniform")
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_missing_model_path(tmp_path: Path) -> None:
+    proc = cli("run", str(QUICK), "--set", "model.name=hf", "--set", f"model.path={tmp_path / 'nope'}", "--output", str(tmp_path / "o"))
+    assert_one_line_error(proc, "nope")
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_dataset(tmp_path: Path) -> None:
+    proc = cli("run", str(QUICK), "--set", "data.name=cifar11", "--output", str(tmp_path / "o"))
+    assert_one_line_error(proc, "cifar11")
+
+
+def test_info_on_a_folder_that_is_not_a_checkpoint(tmp_path: Path) -> None:
+    assert_one_line_error(cli("info", str(tmp_path)), "not a prunekit checkpoint")

@@ -1,0 +1,118 @@
+"""The whole pipeline end to end on real MNIST-1D, and resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+# The quickstart, shrunk to seconds: narrower CNN, fewer samples and epochs, two levels.
+SMALL = [
+    "model.kwargs.width=8",
+    "data.max_train_samples=1200",
+    "train.epochs=3",
+    "finetune.epochs=1",
+    "prune.levels=[0.5, 0.7]",
+    "evaluate.latency_repeats=5",
+]
+
+
+def run_cli(out: Path, *extra: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "prunekit", "run", "configs/quickstart.yaml", "--output", str(out)]
+    for s in SMALL + list(extra):
+        args += ["--set", s]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 400) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    return out
+
+
+def stable(report: dict) -> dict:
+    """A report without the fields that are wall-clock measurements."""
+    drop = set(report["volatile_fields"])
+    return {
+        **{k: v for k, v in report.items() if k not in ("dense", "levels")},
+        "dense": {k: v for k, v in report["dense"].items() if k not in drop},
+        "levels": [{k: v for k, v in lv.items() if k not in drop} for lv in report["levels"]],
+    }
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "run"
+    log = finish(run_cli(out))
+    assert "done in" in log.strip().splitlines()[-1]  # the one-line summary ends the run
+    return out
+
+
+def test_quickstart_writes_the_output_folder(reference_run: Path) -> None:
+    import prunekit
+
+    names = {p.name for p in reference_run.iterdir()}
+    assert {"report.json", "report.md", "accuracy_vs_params.png", "run.log", "state.json", "dense", "level-50", "level-70"} <= names
+    report = json.loads((reference_run / "report.json").read_text())
+    for key in ("task", "model", "planner", "seed", "dense", "levels"):
+        assert key in report
+    assert report["planner"] == "uniform" and report["seed"] == 0
+    assert set(report["dense"]) >= {"params", "macs", "accuracy", "latency_ms"}
+    assert report["dense"]["accuracy"] > 0.3  # well above 10-class chance after 3 short epochs
+    for lv in report["levels"]:
+        assert set(lv) >= {"target", "params", "macs", "accuracy", "accuracy_before_finetune", "params_saved", "latency_ms", "checkpoint"}
+        assert abs(lv["params_saved"] - lv["target"]) <= 0.01  # the ratio means what it says
+        assert lv["params"] < report["dense"]["params"]
+        model, meta = prunekit.load(reference_run / lv["checkpoint"])
+        assert sum(p.numel() for p in model.parameters()) == lv["params"]
+    md = (reference_run / "report.md").read_text()
+    assert "level-50" in md and "level-70" in md
+    assert (reference_run / "accuracy_vs_params.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rerun_of_finished_folder_recomputes_nothing(reference_run: Path) -> None:
+    before = (reference_run / "level-50" / "model.safetensors").stat().st_mtime_ns
+    log = finish(run_cli(reference_run))
+    assert "finished earlier" in log
+    assert (reference_run / "level-50" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_resume_after_sigkill_gives_the_same_report(reference_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "killed"
+    proc = run_cli(out)
+    # Kill it hard in the middle: after the dense stage is recorded, while the levels are running.
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        state = out / "state.json"
+        if state.is_file() and "dense" in json.loads(state.read_text() or "{}").get("done", {}):
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the dense stage never finished")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "report.json").exists()
+    dense_mtime = (out / "dense" / "model.safetensors").stat().st_mtime_ns
+
+    log = finish(run_cli(out))
+    assert "dense: finished earlier" in log
+    assert (out / "dense" / "model.safetensors").stat().st_mtime_ns == dense_mtime
+    resumed = json.loads((out / "report.json").read_text())
+    reference = json.loads((reference_run / "report.json").read_text())
+    assert stable(resumed) == stable(reference)
+
+
+def test_folder_of_another_config_is_refused(reference_run: Path) -> None:
+    proc = run_cli(reference_run, "seed=1")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert "different config" in out and "--overwrite" in out
+    assert json.loads((reference_run / "report.json").read_text())["seed"] == 0
