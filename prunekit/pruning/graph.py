@@ -139,10 +139,15 @@ def graph_groups(model: nn.Module, example_inputs, timeout_s: float) -> list[dic
 
     was_training = model.training
     hooks_before = {id(m): set(m._forward_hooks) for m in model.modules()}
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for p in frozen:  # the trace follows autograd: a frozen stem would drop out of its residual group
+        p.requires_grad_(True)
     try:
         return call_with_timeout(build, timeout_s, f"{type(model).__name__} (torch-pruning trace)")
     finally:
         model.train(was_training)  # the trace switches the model to eval mode
+        for p in frozen:
+            p.requires_grad_(False)
         for m in model.modules():  # an interrupted trace leaves its recording hooks behind
             for key in set(m._forward_hooks) - hooks_before.get(id(m), set()):
                 m._forward_hooks.pop(key, None)

@@ -11,8 +11,10 @@ torch-pruning 1.6.1), so the LLaMA family is described directly. HF's ``repeat_k
   rows) together with its ``n_rep`` query heads.
 
 The two overlap on the query rows; the remaining query heads are (kept kv heads) x (kept slots).
-Without grouping (``n_rep == 1``, e.g. ViT in transformers >= 5) there is one ``:heads`` group whose
-units are whole heads (query, key, value rows and output columns).
+Modules with a ``num_key_value_groups`` attribute (the LLaMA family) always get both groups, even when
+``n_rep`` is 1 (then ``:heads`` has a single unit and ``:kv_heads`` prunes whole heads), so group names
+stay the same from one pruning round to the next. Attention without grouping (ViT in
+transformers >= 5) has one ``:heads`` group whose units are whole heads (q, k, v rows, o columns).
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def qkvo_head_groups(model: nn.Module, a: AttentionSpec) -> list[dict]:
             f"heads; add '{a.name}' to ignore"
         )
     d, n_rep = a.head_dim, a.num_heads // a.num_kv_heads
-    if n_rep == 1:
+    grouped = n_rep > 1 or hasattr(model.get_submodule(a.name), "num_key_value_groups")
+    if not grouped:
         units = [_rows([h], d) for h in range(a.num_heads)]
         slices = _slices(model, {a.q: units, a.k: units, a.v: units}, a.o, units)
         return [dict(name=f"{a.name}:heads", kind="head", layer=a.name, num_units=a.num_heads, slices=slices)]

