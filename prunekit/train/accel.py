@@ -118,12 +118,29 @@ def resolve_mixed_precision(requested: str, cpu: bool) -> str:
         return "no"
     on_gpu = not cpu and _has_gpu()
     if requested == "fp16" and not on_gpu:
-        warnings.warn("mixed_precision='fp16' needs a CUDA GPU; running in full precision ('no') on CPU", stacklevel=3)
+        warnings.warn(
+            "mixed_precision='fp16' needs a CUDA GPU; running in full precision ('no') on CPU", stacklevel=3
+        )
         return "no"
     if requested == "bf16" and on_gpu and not torch.cuda.is_bf16_supported():
         warnings.warn("this GPU does not support bf16; running in full precision ('no')", stacklevel=3)
         return "no"
     return requested  # bf16 on CPU runs through torch's CPU autocast
+
+
+def _allow_new_precision(precision: str) -> None:
+    """Let a process switch mixed-precision mode between stages.
+
+    accelerate keeps one AcceleratorState per process and refuses an Accelerator with another
+    ``mixed_precision`` ("restart your runtime"). Clearing that state (not the process group, which
+    lives in PartialState) lets the new Accelerator set it; Accelerators built earlier share the state
+    and follow the new mode.
+    """
+    from accelerate.state import AcceleratorState
+
+    current = AcceleratorState._shared_state.get("_mixed_precision")
+    if current is not None and current != precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def make_accelerator(
@@ -143,10 +160,15 @@ def make_accelerator(
     from accelerate.utils import set_seed
 
     if not isinstance(grad_accum_steps, int) or grad_accum_steps < 1:
-        raise ValueError(f"grad_accum_steps={grad_accum_steps!r} must be a positive integer (1 = no accumulation)")
+        raise ValueError(
+            f"grad_accum_steps={grad_accum_steps!r} must be a positive integer (1 = no accumulation)"
+        )
     use_cpu = (not _has_gpu()) if cpu is None else bool(cpu)
     precision = resolve_mixed_precision(mixed_precision, use_cpu)
-    accelerator = Accelerator(cpu=use_cpu, mixed_precision=precision, gradient_accumulation_steps=grad_accum_steps)
+    _allow_new_precision(precision)
+    accelerator = Accelerator(
+        cpu=use_cpu, mixed_precision=precision, gradient_accumulation_steps=grad_accum_steps
+    )
     check_launch(accelerator)
     if seed is not None:
         set_seed(seed)

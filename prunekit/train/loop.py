@@ -139,7 +139,9 @@ def finetune(
     try:
         while micro < total_micro:
             wrapped.train()
-            loss_sum = torch.zeros(2, device=accelerator.device, dtype=torch.float64)  # (sum of losses, samples)
+            # Sample-weighted sum of this epoch's losses, and the number of samples, on this process.
+            epoch_loss = torch.zeros((), device=accelerator.device, dtype=torch.float64)
+            epoch_samples = 0
             for inputs, labels in loader:
                 if micro % accum == 0:  # first micro-batch of an optimizer step: set its learning rate
                     lr = lr_at(step, total_steps, cfg)
@@ -153,9 +155,8 @@ def finetune(
                     loss = F.cross_entropy(logits.float(), labels)
                     accelerator.backward(loss)
                 n = batch_size_of(inputs)
-                loss_sum += torch.stack([loss.detach().double() * n, torch.tensor(float(n), dtype=torch.float64)]).to(
-                    loss_sum.device
-                )
+                epoch_loss += loss.detach().double() * n
+                epoch_samples += n
                 micro += 1
                 if last_micro:
                     if cfg.max_grad_norm is not None:
@@ -168,7 +169,8 @@ def finetune(
                 if micro >= total_micro:
                     break
             epoch += 1
-            totals = accelerator.reduce(loss_sum, reduction="sum")
+            count = torch.tensor(float(epoch_samples), device=accelerator.device, dtype=torch.float64)
+            totals = accelerator.reduce(torch.stack([epoch_loss, count]), reduction="sum")
             history["train_loss"].append(float(totals[0] / totals[1].clamp(min=1)))
             if val_loader is not None:
                 metrics = evaluate(model, val_loader, accelerator)

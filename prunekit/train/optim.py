@@ -31,7 +31,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     """
     named = trainable_parameters(model)
     if not named:
-        raise ValueError("the model has no trainable parameters (all have requires_grad=False): unfreeze some to fine-tune")
+        raise ValueError(
+            "the model has no trainable parameters (all have requires_grad=False): unfreeze some to fine-tune"
+        )
     decay = [p for _, p in named if p.ndim >= 2]
     no_decay = [p for _, p in named if p.ndim < 2]
     groups = [

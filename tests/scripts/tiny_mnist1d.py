@@ -45,3 +45,35 @@ class TinyCNN1d(nn.Module):
         x = torch.relu(self.bn1(self.conv1(x)))
         x = torch.relu(self.bn2(self.conv2(x)))
         return self.fc(self.pool(x).flatten(1))
+
+
+def shrink_conv2_(model: TinyCNN1d, keep: int) -> TinyCNN1d:
+    """Simulate structured pruning in place: keep the first ``keep`` output channels of conv2.
+
+    Like real pruning it swaps in NEW nn.Conv1d / nn.Linear modules (new nn.Parameter objects) holding
+    slices of the old weights, so an optimizer built before the call would train orphaned tensors.
+    """
+    old_conv, old_fc = model.conv2, model.fc
+    pool = old_fc.in_features // old_conv.out_channels
+    conv = nn.Conv1d(
+        old_conv.in_channels, keep, old_conv.kernel_size, stride=old_conv.stride, padding=old_conv.padding
+    )
+    fc = nn.Linear(keep * pool, old_fc.out_features)
+    with torch.no_grad():
+        conv.weight.copy_(old_conv.weight[:keep])
+        conv.bias.copy_(old_conv.bias[:keep])
+        # flatten(1) of (B, C, pool) puts channel c at columns c*pool .. c*pool+pool-1
+        fc.weight.copy_(
+            old_fc.weight.view(old_fc.out_features, -1, pool)[:, :keep].reshape(old_fc.out_features, -1)
+        )
+        fc.bias.copy_(old_fc.bias)
+    model.conv2, model.fc = conv, fc
+    if isinstance(model.bn2, nn.BatchNorm1d):
+        bn = nn.BatchNorm1d(keep)
+        with torch.no_grad():
+            for name in ("weight", "bias"):
+                getattr(bn, name).copy_(getattr(model.bn2, name)[:keep])
+            bn.running_mean.copy_(model.bn2.running_mean[:keep])
+            bn.running_var.copy_(model.bn2.running_var[:keep])
+        model.bn2 = bn
+    return model
