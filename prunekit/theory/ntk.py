@@ -99,6 +99,25 @@ class GroupTraces:
     is_partition: bool
     group_probes: dict[str, Tensor]  # per-probe values, for merging shards or bootstrap
 
+    def to_dict(self) -> dict[str, object]:
+        """JSON-serialisable summary (per-unit traces as lists; per-probe values left out)."""
+        return {
+            "total": self.total,
+            "total_se": self.total_se,
+            "num_probes": self.num_probes,
+            "num_samples": self.num_samples,
+            "is_partition": self.is_partition,
+            "groups": {
+                g: {
+                    "trace": self.group[g],
+                    "se": self.group_se[g],
+                    "unit_traces": self.unit[g].tolist(),
+                    "unit_se": self.unit_se[g].tolist(),
+                }
+                for g in self.group
+            },
+        }
+
 
 # --------------------------------------------------------------------------------------------- helpers
 def inputs_of(batch: object) -> Inputs:

@@ -426,3 +426,59 @@ def test_groups_from_find_groups(name: str) -> None:
         ours = ntk_gram(model, x, param_filter=keep, engine="vjp")
     assert torch.equal(ours, ref)
     assert not torch.allclose(ours, ntk_gram(model, x, param_filter=only, engine="vjp"))
+
+
+class _Tied(nn.Module):
+    """y = V tanh(W tanh(W x)): unit j of W's output owns row j AND column j of the same tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Linear(5, 5)
+        self.v = nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.v(torch.tanh(self.w(torch.tanh(self.w(x)))))
+
+
+def test_overlapping_slices_of_one_tensor_count_once() -> None:
+    torch.manual_seed(4)
+    model = _Tied().to(D)
+    x = torch.randn(6, 5, dtype=D)
+    _, sq = _jacobian(model, x)
+    units = tuple((j,) for j in range(5))
+    g = Group(
+        "w:out", "neuron", "w", 5, (ParamSlice("w.weight", 0, units), ParamSlice("w.weight", 1, units)), 9, 0
+    )
+    w = sq["w.weight"]
+    exact = w.sum(1) + w.sum(0) - w.diagonal()  # row j ∪ column j
+    t = group_ntk_traces(model, x, [g], num_probes=200, seed=2)
+    assert (t.unit["w:out"] - exact).abs().le(3 * t.unit_se["w:out"]).all()
+    assert abs(t.group["w:out"] - float(w.sum())) <= 3 * t.group_se["w:out"]  # the union is all of W
+    d = t.to_dict()
+    assert d["groups"]["w:out"]["unit_traces"] == t.unit["w:out"].tolist() and d["total"] == t.total
+
+
+def test_unit_reducer_is_exact_on_exact_squares() -> None:
+    """The per-unit / per-group bookkeeping itself, without Monte-Carlo noise: fed the exact Σ J² per entry
+    it returns the exact traces (fast path for an MLP group, mask path for row ∪ column of one tensor)."""
+    from prunekit.theory.ntk_units import UnitReducer, normalise_groups
+
+    torch.manual_seed(4)
+    tied = _Tied().to(D)
+    _, sq = _jacobian(tied, torch.randn(6, 5, dtype=D))
+    units = tuple((j,) for j in range(5))
+    g = Group(
+        "w:out", "neuron", "w", 5, (ParamSlice("w.weight", 0, units), ParamSlice("w.weight", 1, units)), 9, 0
+    )
+    [(_, spec)], _ = normalise_groups([g], tied)
+    per_unit, total = UnitReducer(spec, {k: v.shape for k, v in sq.items()})(sq)
+    w = sq["w.weight"]
+    assert torch.allclose(per_unit, w.sum(1) + w.sum(0) - w.diagonal(), rtol=1e-12)
+    assert float(total) == pytest.approx(float(w.sum()), rel=1e-12)
+
+    mlp = _mlp()
+    _, sq = _jacobian(mlp, torch.randn(5, 4, dtype=D))
+    [(_, spec)], _ = normalise_groups([_hidden_group(mlp, 2)], mlp)
+    per_unit, total = UnitReducer(spec, {k: v.shape for k, v in sq.items()})(sq)
+    assert torch.allclose(per_unit, _exact_unit_traces(mlp, sq, 2), rtol=1e-12)
+    assert float(total) == pytest.approx(float(per_unit.sum()), rel=1e-12)
