@@ -113,6 +113,15 @@ def test_hf_bert_macs_include_attention_matmuls(tmp_path):
     assert breakdown["bert.encoder.layer.1.attention.self:attention"] == 4096
     assert not any(k.endswith("layer.1.attention:attention") for k in breakdown)  # counted once, innermost
 
+    # two of four heads pruned in layer 0 (what head pruning leaves): the count follows the weights
+    attn = model.bert.encoder.layer[0].attention
+    for name in ("query", "key", "value"):
+        setattr(attn.self, name, nn.Linear(32, 16))
+    attn.self.num_attention_heads, attn.self.all_head_size = 2, 16
+    attn.output.dense = nn.Linear(16, 32)
+    pruned_layer = 3 * 8 * 32 * 16 + 8 * 16 * 32 + 32768 + 2 * 8 * 8 * 16
+    assert count_macs(model, inputs) == pruned_layer + per_layer + 32 * 32 + 3 * 32
+
 
 def test_efficientnet_lite0_macs_match_the_published_size():
     model = build_model(

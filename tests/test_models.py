@@ -265,6 +265,14 @@ def test_efficientnet_lite0_pretrained_imagenet_and_new_head():
     }
 
 
+def test_example_inputs_from_a_model_config(tmp_path):
+    x = example_inputs(_cfg("cnn1d"), (1, 40), batch=4)
+    assert isinstance(x, torch.Tensor) and x.shape == (4, 1, 40)
+    assert torch.equal(x, example_inputs(_cfg("cnn1d"), (1, 40), batch=4))  # deterministic
+    text = example_inputs(ModelConfig(name="hf", path=str(_tiny_bert(tmp_path))), (10,), batch=2)
+    assert text["input_ids"].shape == (2, 10) and int(text["input_ids"].max()) < 100
+
+
 def test_example_inputs_validates_kind():
     model = build_model(_cfg("cnn1d"), 10, (1, 40))
     with pytest.raises(ValueError, match="kind must be"):

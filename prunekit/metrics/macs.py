@@ -10,12 +10,14 @@ What is counted (per example: the total over the batch divided by the batch size
 * ``nn.MultiheadAttention`` (whose projections run functionally, so their Linear hooks never fire): the
   q/k/v/out projections plus the two attention matmuls;
 * attention score and context matmuls of other attention modules (HF): ``2 x B x L_q x L_k x W_q``, i.e.
-  ``Q K^T`` and ``softmax(.) V``, each ``heads x head_dim`` MACs per query-key pair. ``W_q`` is the
-  output width of the module's query projection child (``query``, ``q_proj``, ``q_lin`` or ``q``), else
-  ``num_attention_heads|num_heads x attention_head_size|head_dim`` of a module whose class name contains
-  "Attention". ``L_q`` is the sequence length of the module's input hidden states (``(B, L, D)``),
-  ``L_k`` that of ``encoder_hidden_states`` / ``key_value_states`` when given, else ``L_q``. Only the
-  innermost qualifying module of a nest counts, so BertAttention and BertSelfAttention count once.
+  ``Q K^T`` and ``softmax(.) V``, each ``heads x head_dim`` MACs per query-key pair. Attention modules
+  are those whose class name contains "Attention" or "Attn" (any case). ``W_q`` is the output width of
+  the module's query projection child (``query``, ``q_proj``, ``q_lin`` or ``q``; read from its weight,
+  so pruned heads count correctly), else ``num_attention_heads|num_heads|n_head x
+  attention_head_size|head_dim`` attributes (fused projections, e.g. GPT-2). ``L_q`` is the sequence
+  length of the module's input hidden states (``(B, L, D)``), ``L_k`` that of ``encoder_hidden_states``
+  / ``key_value_states`` when given, else ``L_q``. Only the innermost qualifying module of a nest counts
+  (BertAttention and BertSelfAttention count once), and none that wraps an ``nn.MultiheadAttention``.
 
 Not counted: biases, normalisation, activations, pooling, softmax, embeddings lookups (no multiplies or
 negligible against the above, and the usual convention of MAC counters).
@@ -47,13 +49,14 @@ def _hf_conv1d_type() -> type | None:
 
 def _query_width(module: nn.Module) -> int | None:
     """Total query width (heads x head_dim) if ``module`` is an attention module, else None."""
+    kind = type(module).__name__.lower()
+    if "attention" not in kind and "attn" not in kind:
+        return None  # a child named "query" alone does not make a module attention
     for name in _Q_NAMES:
         child = getattr(module, name, None)
         weight = getattr(child, "weight", None)
         if isinstance(child, nn.Linear) and isinstance(weight, Tensor):
             return int(weight.shape[0])
-    if "Attention" not in type(module).__name__:
-        return None
     heads = next((getattr(module, a) for a in _HEADS if isinstance(getattr(module, a, None), int)), None)
     dim = next((getattr(module, a) for a in _HEAD_DIM if isinstance(getattr(module, a, None), int)), None)
     return heads * dim if heads and dim else None
@@ -63,8 +66,11 @@ def _attention_modules(model: nn.Module) -> dict[nn.Module, int]:
     found = {
         m: w for m in model.modules() if not isinstance(m, nn.MultiheadAttention) and (w := _query_width(m))
     }
-    # keep only the innermost: drop a module when one of its descendants qualifies as well
-    return {m: w for m, w in found.items() if not any(c in found for c in m.modules() if c is not m)}
+
+    def nested(m: nn.Module) -> bool:  # a descendant is counted already (innermost wins; MHA counts itself)
+        return any(c is not m and (c in found or isinstance(c, nn.MultiheadAttention)) for c in m.modules())
+
+    return {m: w for m, w in found.items() if not nested(m)}
 
 
 def _mha_macs(m: nn.MultiheadAttention, args: tuple, kwargs: dict[str, Any]) -> int:
