@@ -31,6 +31,8 @@ def _load(name: str, *args: Any, **kwargs: Any) -> Any:
     try:
         return datasets.load_dataset(*args, **kwargs)
     except (OSError, ValueError, FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as err:
+        if "corresponds to no data" in str(err):  # what `datasets` says for a header-only file
+            raise ValueError(f"dataset '{name}' is empty: it has no rows") from None
         raise ValueError(f"cannot load dataset '{name}': {_short(err)}") from None
 
 

@@ -46,13 +46,51 @@ class _LazyEncoder:
         return tokenize(self._tokenizer, texts, self.max_length)
 
 
-def _subsample(
-    x: np.ndarray, y: np.ndarray, limit: int | None, seed: int, stream: int
-) -> tuple[np.ndarray, np.ndarray]:
-    if limit is None or limit >= len(y):
-        return x, y
-    idx = stratified_pick(y, limit, rng_for(seed, stream))
-    return x[idx], y[idx]
+def _subsample(idx: np.ndarray, y_all: np.ndarray, limit: int | None, seed: int, stream: int) -> np.ndarray:
+    if limit is None or limit >= len(idx):
+        return idx
+    return idx[stratified_pick(y_all[idx], limit, rng_for(seed, stream))]
+
+
+def split_rows(src: SourceData, cfg: DataConfig, seed: int) -> dict[str, np.ndarray]:
+    """Row ids of each split in the source's rows stacked as [train; test] (sorted, disjoint)."""
+    n_train = len(src.y_train)
+    y_all = src.y_train if src.y_test is None else np.concatenate([src.y_train, src.y_test])
+    text_groups = src.kind == "text"  # identical texts stay together: no retweet in both train and test
+    train = np.arange(n_train, dtype=np.int64)
+    if src.y_test is None:
+        keep, taken = split_off(
+            src.y_train, TEST_FRACTION, rng_for(seed, STREAM_TEST), src.x_train if text_groups else None
+        )
+        train, test = train[keep], train[taken]
+    else:
+        test = np.arange(n_train, len(y_all), dtype=np.int64)
+    x_train = src.x_train[train] if text_groups else None
+    keep, taken = split_off(y_all[train], cfg.validation_fraction, rng_for(seed, STREAM_VALIDATION), x_train)
+    train, validation = train[keep], train[taken]
+    if len(train) == 0:
+        raise ValueError(
+            f"dataset '{cfg.name}' leaves no training rows after the test / validation splits: "
+            "lower data.validation_fraction or add data"
+        )
+    return {
+        "train": _subsample(train, y_all, cfg.max_train_samples, seed, STREAM_TRAIN_SUBSET),
+        "validation": _subsample(validation, y_all, cfg.max_eval_samples, seed, STREAM_VALIDATION_SUBSET),
+        "test": _subsample(test, y_all, cfg.max_eval_samples, seed, STREAM_TEST_SUBSET),
+    }
+
+
+def _take(src: SourceData, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and labels of source rows ``rows`` without concatenating train and test inputs."""
+    n_train = len(src.y_train)
+    in_train = rows < n_train
+    if in_train.all() or src.x_test is None or src.y_test is None:
+        return src.x_train[rows], src.y_train[rows]
+    if not in_train.any():
+        return src.x_test[rows - n_train], src.y_test[rows - n_train]
+    x = np.concatenate([src.x_train[rows[in_train]], src.x_test[rows[~in_train] - n_train]])
+    y = np.concatenate([src.y_train[rows[in_train]], src.y_test[rows[~in_train] - n_train]])
+    return x, y
 
 
 def load_data(cfg: DataConfig, seed: int, model_cfg: ModelConfig | None = None) -> DataSplits:
@@ -65,42 +103,24 @@ def load_data(cfg: DataConfig, seed: int, model_cfg: ModelConfig | None = None) 
     if not isinstance(src, SourceData):
         raise ValueError(f"the loader of dataset '{cfg.name}' returned {type(src).__name__}, not SourceData")
     src.validate()
-    groups = (lambda x: x) if src.kind == "text" else (lambda x: None)
-
-    x, y = src.x_train, src.y_train
-    test_carved = src.x_test is None
-    if test_carved:
-        keep, taken = split_off(y, TEST_FRACTION, rng_for(seed, STREAM_TEST), groups(x))
-        x_test, y_test = x[taken], y[taken]
-        x, y = x[keep], y[keep]
-    else:
-        x_test, y_test = src.x_test, src.y_test
-    keep, taken = split_off(y, cfg.validation_fraction, rng_for(seed, STREAM_VALIDATION), groups(x))
-    x_val, y_val = x[taken], y[taken]
-    x, y = x[keep], y[keep]
-    if len(y) == 0:
-        raise ValueError(
-            f"dataset '{cfg.name}' leaves no training rows after the test / validation splits: "
-            "lower data.validation_fraction or add data"
-        )
-
-    x, y = _subsample(x, y, cfg.max_train_samples, seed, STREAM_TRAIN_SUBSET)
-    x_val, y_val = _subsample(x_val, y_val, cfg.max_eval_samples, seed, STREAM_VALIDATION_SUBSET)
-    x_test, y_test = _subsample(x_test, y_test, cfg.max_eval_samples, seed, STREAM_TEST_SUBSET)
-
-    parts = {"train": (x, y), "validation": (x_val, y_val), "test": (x_test, y_test)}
-    info = {"seed": seed, "test_split": "carved" if test_carved else "source"}
+    rows = split_rows(src, cfg, seed)
+    info: dict[str, Any] = {"seed": seed, "test_split": "carved" if src.x_test is None else "source"}
+    splits: dict[str, SplitArrays] = {}
     if src.kind == "text":
         from prunekit.data.text import check_tokenizer_path, tokenizer_path
 
         path = tokenizer_path(cfg, model_cfg)
         check_tokenizer_path(path)
         encode = _LazyEncoder(path, cfg.max_length)
-        splits = {name: SplitArrays(None, ys, text=xs, encode=encode) for name, (xs, ys) in parts.items()}
+        for name, r in rows.items():
+            x, y = _take(src, r)
+            splits[name] = SplitArrays(None, y, text=x, encode=encode, rows=r)
         input_shape: tuple[int, ...] = (cfg.max_length,)
         info.update(tokenizer=path, max_length=cfg.max_length)
     else:
-        splits = {name: SplitArrays(np.ascontiguousarray(xs), ys) for name, (xs, ys) in parts.items()}
+        for name, r in rows.items():
+            x, y = _take(src, r)
+            splits[name] = SplitArrays(np.ascontiguousarray(x), y, rows=r)
         input_shape = tuple(src.x_train.shape[1:])
     return DataSplits(
         name=cfg.name,

@@ -34,6 +34,7 @@ class SplitArrays:
         labels: np.ndarray,
         text: np.ndarray | None = None,
         encode: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None,
+        rows: np.ndarray | None = None,
     ):
         if inputs is None and (text is None or encode is None):
             raise ValueError("SplitArrays needs inputs, or text together with an encode function")
@@ -41,6 +42,10 @@ class SplitArrays:
         self._encode = encode
         self.labels = np.asarray(labels, dtype=np.int64)
         self.text = text  # raw strings of a text split, kept for inspection in the Dataset view
+        # Row ids in the source (its train rows, then its test rows): provenance, and overlap checks.
+        self.rows = (
+            np.arange(len(self.labels), dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+        )
 
     @property
     def inputs(self) -> np.ndarray | dict[str, np.ndarray]:
@@ -128,6 +133,10 @@ class DataSplits:
 
     def labels(self, split: str) -> np.ndarray:
         return self._arrays[self._check(split)].labels
+
+    def rows(self, split: str) -> np.ndarray:
+        """Source row ids of ``split`` (the source's train rows numbered first, then its test rows)."""
+        return self._arrays[self._check(split)].rows
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready summary for reports."""
