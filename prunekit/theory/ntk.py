@@ -17,14 +17,17 @@ partitions the trainable parameters gives traces that sum to the total exactly.
 
 **Gram matrix** (:func:`ntk_gram`). Θ on up to 1024 inputs by Jacobian contraction streamed over blocks
 of parameter tensors: the Jacobian of one block (n·k × m entries) is built, J_b J_bᵀ is accumulated
-in float64, and the block is dropped, so memory stays near ``block_elements``. Cost: one Jacobian
-pass per block (≈ n·k backward passes) plus n²k²P flops for the products. Engines:
-``"vmap"`` vmaps ``jacrev`` over samples (fastest); ``"vjp"`` does a normal forward on a chunk and vmaps
-only the backward over one-hot output cotangents (works where the forward has data-dependent control
-flow, e.g. HF attention-mask creation, which ``vmap`` over inputs cannot trace); ``"loop"`` does one
-backward per output row. ``"auto"`` tries them in that order. HF models are run with eager attention
-(``config._attn_implementation`` is set to ``"eager"`` during the call and restored): SDPA has no
-batching rule for its backward and would be slow or fail under vmap.
+in float64, and the block is dropped, so memory stays near ``block_elements`` Jacobian entries.
+Cost: ⌈P·n·k / block_elements⌉ Jacobian passes of n·k rows each (one row ≈ one sample's backward;
+a tensor bigger than the budget is recomputed on pairs of sample chunks, same order of work) plus
+n²k²P flops for the products. So raise ``block_elements`` where memory allows (on a large GPU, 2**30+):
+the work falls in proportion. Engines: ``"vmap"`` vmaps ``jacrev`` over samples (fast for MLPs and
+transformers); ``"vjp"`` does an ordinary forward on a chunk and vmaps only the backward over one-hot
+output cotangents (works where the forward has data-dependent control flow, e.g. HF BERT's
+attention-mask creation, which ``vmap`` over inputs cannot trace; on small CNNs it was as fast as
+``vmap``); ``"loop"`` does one backward per output row. ``"auto"`` tries them in that order. HF models
+are run with eager attention (``config._attn_implementation`` is set to ``"eager"`` during the call and
+restored): SDPA has no batching rule for its backward, so it is slow under vmap.
 
 **Removal of units.** Level 1 (:func:`level1_trace_drop`, :func:`level1_gram`) subtracts the removed
 entries' own contribution, Θ − Θ_S: a screening heuristic that ignores how removing a unit changes the
@@ -270,8 +273,10 @@ def ntk_gram(
     kernel, rows ordered (sample, logit). ``param_filter`` restricts J to some trainable parameters: a
     predicate on names, a list of names, or a dict name → boolean mask of entries (then only the named
     tensors count): Θ_g blocks and Level-1 kernels. ``block_elements`` bounds the Jacobian entries held at
-    once (default 2**26: 256 MiB in float32); a tensor too big for it is handled by recomputing its
-    Jacobian on pairs of sample chunks. ``chunk``: samples per Jacobian call (activation memory).
+    once (default 2**26: 256 MiB in float32, twice that once cast to float64); the work is inversely
+    proportional to it, so raise it on a large accelerator. A tensor too big for it is handled by
+    recomputing its Jacobian on pairs of sample chunks. ``chunk``: samples per Jacobian call (activation
+    memory; default 64 for vmap, 8 for vjp/loop, whose work grows as chunk²). ``engine``: see above.
     """
     if output not in ("trace", "full"):
         raise ValueError(f"output must be 'trace' or 'full'; got {output!r}")
