@@ -13,8 +13,10 @@ from prunekit.pruning import Plan, apply_plan_, find_groups, mask_groups, remain
 from prunekit.testing import (
     example_inputs_for,
     tiny_bert,
+    tiny_grouped_conv,
     tiny_llama_gqa,
     tiny_mlp,
+    tiny_mobile,
     tiny_resnet,
     tiny_vit,
 )
@@ -24,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CASES = {
     "resnet": tiny_resnet,
     "mlp": tiny_mlp,
+    "mobile": tiny_mobile,
     "bert": tiny_bert,
     "vit": tiny_vit,
     "llama_gqa": tiny_llama_gqa,
@@ -221,3 +224,31 @@ def test_pretrained_minilm_prunes_exactly():
     apply_plan_(model, plan, x, groups=groups)
     assert predicted == sum(p.numel() for p in model.parameters())
     assert model.config.intermediate_size == 768
+
+
+def test_groups_of_another_model_are_rejected():
+    model, x, _ = _setup("resnet")
+    other = tiny_resnet()
+    other_x = example_inputs_for(other)
+    groups = find_groups(other, other_x)
+    plan = _random_plan(groups)
+    apply_plan_(other, plan, other_x, groups=groups)  # `other` is now narrower than its groups say
+    for call in (
+        lambda: remaining_size(other, groups, {}, other_x),
+        lambda: mask_groups(other, groups, {}).__enter__(),
+        lambda: apply_plan_(other, plan, other_x, groups=groups),
+    ):
+        with pytest.raises(ValueError, match="does not fit this model"):
+            call()
+
+
+def test_apply_without_groups_finds_them_and_skips_uncuttable_layers():
+    model = tiny_grouped_conv()
+    x = example_inputs_for(model)
+    apply_plan_(model, Plan(keep={}, num_units={}), x)  # nothing to cut, and no error about `grouped`
+    with pytest.raises(ValueError, match="does not have"):
+        apply_plan_(model, Plan(keep={"stem:out": [0]}, num_units={"stem:out": 8}), x)
+    mlp = tiny_mlp()
+    plan = Plan(keep={"net.2:out": [1, 5]}, num_units={"net.2:out": 16}, extra={"ignore": ["net.0"]})
+    apply_plan_(mlp, plan, example_inputs_for(mlp))
+    assert mlp.net[2].out_features == 2 and mlp.net[4].in_features == 2 and mlp.net[0].out_features == 16

@@ -7,15 +7,15 @@ import threading
 import time
 
 import pytest
-import torch
-from torch import nn
 
 from prunekit.pruning import GraphTimeoutError, find_groups, round_keep
 from prunekit.testing import (
     example_inputs_for,
     tiny_bert,
+    tiny_grouped_conv,
     tiny_llama_gqa,
     tiny_mlp,
+    tiny_mobile,
     tiny_resnet,
     tiny_vit,
 )
@@ -74,6 +74,14 @@ def test_mlp_groups_and_per_unit_costs():
     assert model.training is True
 
 
+def test_depthwise_conv_joins_the_group_of_the_conv_that_feeds_it():
+    groups = _groups(tiny_mobile())
+    assert list(groups) == ["stem.0:out", "expand.0:out"]  # the residual add couples stem and project
+    expand = _slice_keys(groups["expand.0:out"])
+    assert {("depthwise.0.weight", 0), ("depthwise.1.weight", 0), ("project.0.weight", 1)} <= expand
+    assert ("project.0.weight", 0) in _slice_keys(groups["stem.0:out"])
+
+
 def test_ignore_patterns_skip_groups_that_prune_matching_layers():
     model = tiny_resnet()
     names = set(_groups(model, ignore=["layer1.0.conv1"]))
@@ -85,21 +93,8 @@ def test_ignore_patterns_skip_groups_that_prune_matching_layers():
         find_groups(model, example_inputs_for(model), ignore=[3])
 
 
-class _Grouped(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
-        self.head = nn.Linear(8, 4)
-        self.input_shape = (3, 8, 8)
-
-    def forward(self, x):
-        x = self.grouped(torch.relu(self.stem(x)))
-        return self.head(x.mean((2, 3)))
-
-
 def test_a_layer_that_cannot_be_cut_is_named_with_the_ignore_fix():
-    model = _Grouped()
+    model = tiny_grouped_conv()
     with pytest.raises(ValueError, match=r"grouped.*add 'stem' to ignore"):
         find_groups(model, example_inputs_for(model))
     assert find_groups(model, example_inputs_for(model), ignore=["stem", "grouped"]) == []

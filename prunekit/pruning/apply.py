@@ -9,12 +9,13 @@ CNNs and transformers alike. New ``nn.Parameter`` objects replace the old ones w
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
-from .sizes import removed_entries
+from .sizes import check_groups_match, removed_entries
 from .types import Group, Plan
 
 
@@ -37,8 +38,9 @@ def validate_plan(groups: Sequence[Group], plan: Plan) -> None:
                 f"group {name!r} has {g.num_units} units in this model but {plan.num_units[name]} in the "
                 f"plan: the plan was made for another model (or an already pruned one)"
             )
-        if any(not isinstance(i, int) or isinstance(i, bool) for i in keep):
+        if any(isinstance(i, bool) or not isinstance(i, numbers.Integral) for i in keep):
             raise ValueError(f"plan.keep[{name!r}] must hold integer unit indices")
+        keep = [int(i) for i in keep]
         if any(i < 0 or i >= g.num_units for i in keep):
             bad = [i for i in keep if i < 0 or i >= g.num_units][:5]
             raise ValueError(f"plan.keep[{name!r}] has indices {bad} outside [0, {g.num_units})")
@@ -155,8 +157,10 @@ def apply_plan_(
 
     The whole plan is checked before anything changes (a bad plan raises ValueError and leaves the
     model as it was). Afterwards module attributes and the HF config are patched, a forward pass on
-    ``example_inputs`` must give the same output shape, and ``model._prunekit_plan`` holds the plan.
-    Pass ``groups`` from :func:`find_groups` to skip finding them again.
+    ``example_inputs`` must give the same output shape, ``model._prunekit_plan`` holds the plan and
+    ``model._prunekit_plans`` every plan applied so far. Pass ``groups`` from :func:`find_groups` to
+    skip finding them again; otherwise they are found with ``plan.extra["ignore"]`` (if any) and groups
+    that prunekit cannot cut are left out rather than reported, since the plan does not name them.
     """
     from .groups import find_groups
     from .hf import patch_transformer
@@ -164,11 +168,14 @@ def apply_plan_(
     if not isinstance(plan, Plan):
         raise ValueError(f"plan must be a prunekit Plan, got {type(plan).__name__}; use Plan.from_json(...)")
     if groups is None:
-        groups = find_groups(model, example_inputs, timeout_s=timeout_s)
+        ignore = plan.extra.get("ignore", ()) if isinstance(plan.extra, Mapping) else ()
+        groups = find_groups(model, example_inputs, ignore=ignore, timeout_s=timeout_s, strict=False)
+    check_groups_match(model, groups)
     validate_plan(groups, plan)
     by_name = {g.name: g for g in groups}
     removed_units = {
-        name: sorted(set(range(by_name[name].num_units)) - set(keep)) for name, keep in plan.keep.items()
+        name: sorted(set(range(by_name[name].num_units)) - {int(i) for i in keep})
+        for name, keep in plan.keep.items()
     }
     shape_before = _output_shape(model, example_inputs)
     surgery_(model, groups, removed_units)

@@ -50,7 +50,11 @@ def _with_costs(model: nn.Module, raws: list[dict], example_inputs) -> list[Grou
 
 
 def find_groups(
-    model: nn.Module, example_inputs, ignore: Sequence[str] = (), timeout_s: float = 120.0
+    model: nn.Module,
+    example_inputs,
+    ignore: Sequence[str] = (),
+    timeout_s: float = 120.0,
+    strict: bool = True,
 ) -> list[Group]:
     """All prunable groups of ``model``, in model order.
 
@@ -59,7 +63,8 @@ def find_groups(
     feed-forward block. Other models are traced with torch-pruning under a ``timeout_s`` limit: one
     ``"<layer>:out"`` group per set of coupled Conv / Linear outputs (a residual add couples all the
     layers that feed it), never the classifier output. ``ignore`` holds fnmatch patterns of layer or
-    group names not to prune. ``macs_per_unit`` is per example of ``example_inputs``.
+    group names not to prune. ``macs_per_unit`` is per example of ``example_inputs``. A group that
+    couples to a layer prunekit cannot cut raises ValueError naming it (``strict=False``: left out).
     """
     from .graph import graph_groups
     from .transformer import transformer_groups
@@ -69,6 +74,8 @@ def find_groups(
     if raws is None:
         raws = [r for r in graph_groups(model, example_inputs, timeout_s) if not r["sink"]]
     raws = [r for r in raws if not _ignored(r, patterns) and r["num_units"] > 0]
+    if not strict:
+        raws = [r for r in raws if not r.get("unsupported")]
     for r in raws:
         if r.get("unsupported"):
             raise ValueError(

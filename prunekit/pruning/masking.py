@@ -17,6 +17,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from .sizes import check_groups_match
 from .types import Group
 
 
@@ -25,6 +26,7 @@ def mask_groups(
     model: nn.Module, groups: Sequence[Group], removed: Mapping[str, Sequence[int]]
 ) -> Iterator[nn.Module]:
     """Within the block, the units ``removed[g]`` of each group are zeroed in place."""
+    check_groups_match(model, groups)
     by_name = {g.name: g for g in groups}
     params = dict(model.named_parameters())
     saved: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = []

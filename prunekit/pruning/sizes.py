@@ -177,6 +177,22 @@ def remaining_size(
         if not 0 <= int(count) <= g.num_units:
             raise ValueError(f"keep_counts[{name!r}] = {count} is outside [0, {g.num_units}]")
         removed_units[name] = range(int(count), g.num_units)
+    check_groups_match(model, groups)
     terms = mac_terms(model, example_inputs)
     params, macs = size_after(param_shapes(model), terms, removed_entries(groups, removed_units))
     return params, int(round(macs))
+
+
+def check_groups_match(model: nn.Module, groups: Sequence[Group]) -> None:
+    """ValueError if the groups cut entries the model does not have (groups of another model, or of
+    this model before it was pruned)."""
+    tensors = dict(model.named_parameters())
+    tensors.update(dict(model.named_buffers()))
+    for g in groups:
+        for s in g.slices:
+            t = tensors.get(s.param)
+            top = max((i for unit in s.index for i in unit), default=-1)
+            if t is None or s.dim >= t.dim() or top >= t.shape[s.dim]:
+                raise ValueError(
+                    f"group {g.name!r} does not fit this model ({s.param}); call find_groups on this model"
+                )

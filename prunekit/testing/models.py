@@ -63,6 +63,43 @@ class TinyMLP(nn.Module):
         return self.net(x.flatten(1))
 
 
+class TinyMobile(nn.Module):
+    """An inverted-residual block (1x1 expand, 3x3 depthwise, 1x1 project) added to its input."""
+
+    def __init__(self, num_classes: int = 5, width: int = 8, image: int = 8):
+        super().__init__()
+        self.input_shape = (3, image, image)
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width))
+        self.expand = nn.Sequential(nn.Conv2d(width, 2 * width, 1, bias=False), nn.BatchNorm2d(2 * width))
+        self.depthwise = nn.Sequential(
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1, groups=2 * width, bias=False),
+            nn.BatchNorm2d(2 * width),
+        )
+        self.project = nn.Sequential(nn.Conv2d(2 * width, width, 1, bias=False), nn.BatchNorm2d(width))
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = nn.functional.relu6(self.stem(x))
+        y = nn.functional.relu6(self.depthwise(nn.functional.relu6(self.expand(x))))
+        x = x + self.project(y)
+        return self.fc(x.mean((2, 3)))
+
+
+class TinyGroupedConv(nn.Module):
+    """A conv feeding a grouped conv (groups=2), which channel pruning cannot cut: for error paths."""
+
+    def __init__(self, num_classes: int = 4):
+        super().__init__()
+        self.input_shape = (3, 8, 8)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.grouped(torch.relu(self.stem(x)))
+        return self.head(x.mean((2, 3)))
+
+
 def _seeded(seed: int):
     torch.manual_seed(seed)
 
@@ -79,6 +116,18 @@ def tiny_resnet(num_classes: int = 5, seed: int = 0) -> TinyResNet:
                 m.running_var.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.2, 0.2)
     return model.eval()
+
+
+def tiny_mobile(num_classes: int = 5, seed: int = 0) -> TinyMobile:
+    """Stem + one inverted-residual block with a depthwise conv; input (3, 8, 8)."""
+    _seeded(seed)
+    return TinyMobile(num_classes).eval()
+
+
+def tiny_grouped_conv(num_classes: int = 4, seed: int = 0) -> TinyGroupedConv:
+    """Conv -> grouped conv -> linear; input (3, 8, 8). Its conv groups are not prunable."""
+    _seeded(seed)
+    return TinyGroupedConv(num_classes).eval()
 
 
 def tiny_mlp(num_classes: int = 5, seed: int = 0) -> TinyMLP:
