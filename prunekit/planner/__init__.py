@@ -1,0 +1,42 @@
+"""Planning: which units of each group to keep so that a size target is met.
+
+``make_plan(model, groups, Target("params", 0.5), "uniform", example_inputs=x) -> Plan``. Planners are
+registered by name with a small config dataclass each (:func:`register_planner`); the baselines are
+``uniform``, ``global_magnitude``, ``global_taylor``, ``lamp`` and ``random``.
+"""
+
+from __future__ import annotations
+
+from prunekit.planner.baselines import (
+    GlobalMagnitudeConfig,
+    GlobalTaylorConfig,
+    LampConfig,
+    RandomConfig,
+    UniformConfig,
+)
+from prunekit.planner.registry import (
+    PlanContext,
+    PlannerConfig,
+    get_planner,
+    known_planners,
+    make_plan,
+    planner_config,
+    register_planner,
+)
+from prunekit.planner.target import Target
+
+__all__ = [
+    "GlobalMagnitudeConfig",
+    "GlobalTaylorConfig",
+    "LampConfig",
+    "PlanContext",
+    "PlannerConfig",
+    "RandomConfig",
+    "Target",
+    "UniformConfig",
+    "get_planner",
+    "known_planners",
+    "make_plan",
+    "planner_config",
+    "register_planner",
+]
