@@ -203,6 +203,9 @@ def test_csv_text_source_with_test_file(tmp_path: Path) -> None:
     )
     x, y = next(iter(s.loader("test", 5)))
     assert x["input_ids"].shape == (5, 16) and y.tolist() == [0, 1, 0, 1, 0]
+    # The same folder through the generic `hf` source (datasets.load_dataset on a local folder).
+    h = load_data(DataConfig(name="hf", path=str(tmp_path), max_length=16), seed=0, model_cfg=MINILM)
+    assert h.size("test") == 10 and np.array_equal(h.arrays("test").text, s.arrays("test").text)
 
 
 def test_json_and_imagefolder_sources(tmp_path: Path) -> None:
@@ -243,13 +246,14 @@ def test_missing_file_unknown_name_and_empty_dataset(tmp_path: Path) -> None:
 
 def test_register_dataset_custom_and_duplicate() -> None:
     def squares(cfg: DataConfig, model_cfg: ModelConfig | None) -> SourceData:
-        x = np.arange(40, dtype=np.float32).reshape(20, 2)
+        x = np.arange(40).reshape(20, 2)  # int64: load_data hands models float32
         return SourceData(name="squares", kind="tensor", x_train=x, y_train=np.arange(20) % 2, num_classes=2)
 
     register_dataset("test_squares", squares)
     assert "test_squares" in available_datasets()
     s = load_data(DataConfig(name="test_squares", validation_fraction=0.25), seed=0)
     assert (s.n_train, s.size("validation"), s.size("test")) == (12, 4, 4)
+    assert next(iter(s.loader("train", 4)))[0].dtype == torch.float32
     with pytest.raises(ValueError, match="already registered"):
         register_dataset("test_squares", squares)
     with pytest.raises(ValueError, match="already registered"):
@@ -261,3 +265,10 @@ def test_register_dataset_custom_and_duplicate() -> None:
     register_dataset("test_empty", empty)
     with pytest.raises(ValueError, match="dataset 'nothing' is empty"):
         load_data(DataConfig(name="test_empty"), seed=0)
+
+    def flat(cfg: DataConfig, model_cfg: ModelConfig | None) -> SourceData:
+        return SourceData("flat", "tensor", np.zeros(6, np.float32), np.zeros(6, np.int64), 1)
+
+    register_dataset("test_flat", flat)
+    with pytest.raises(ValueError, match=r"shaped \(N, \*features\)"):
+        load_data(DataConfig(name="test_flat"), seed=0)

@@ -120,7 +120,8 @@ def load_data(cfg: DataConfig, seed: int, model_cfg: ModelConfig | None = None) 
     else:
         for name, r in rows.items():
             x, y = _take(src, r)
-            splits[name] = SplitArrays(np.ascontiguousarray(x), y, rows=r)
+            # Models take float32; a custom loader may hand over float64 or integer pixels.
+            splits[name] = SplitArrays(np.ascontiguousarray(x, dtype=np.float32), y, rows=r)
         input_shape = tuple(src.x_train.shape[1:])
     return DataSplits(
         name=cfg.name,

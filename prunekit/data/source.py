@@ -54,7 +54,15 @@ class SourceData:
                 )
 
     def _check_split(self, split: str, x: np.ndarray, y: np.ndarray | None) -> None:
-        assert y is not None  # internal invariant: checked by the caller
+        if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
+            raise ValueError(f"dataset '{self.name}': {split} inputs and labels must be numpy arrays")
+        if self.kind == "tensor" and (x.ndim < 2 or x.dtype.kind not in "biuf"):
+            raise ValueError(
+                f"dataset '{self.name}': {split} inputs must be numbers shaped (N, *features), "
+                f"got {x.dtype} {x.shape}"
+            )
+        if self.kind == "text" and x.ndim != 1:
+            raise ValueError(f"dataset '{self.name}': {split} texts must be a 1-D array, got shape {x.shape}")
         if len(y) == 0:
             raise ValueError(f"dataset '{self.name}' is empty: its {split} split has no rows")
         if len(x) != len(y):
