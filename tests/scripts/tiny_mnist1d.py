@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
-from mnist1d.data import get_dataset_args, make_dataset
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 
 def mnist1d_tensors(num_samples: int = 5000, seed: int = 42) -> dict[str, torch.Tensor]:
     """MNIST-1D generated locally (never `get_dataset`, which tries a download): 80 % train, 20 % test."""
+    from mnist1d.data import get_dataset_args, make_dataset  # ~3 s of scipy imports: only when generating
+
     args = get_dataset_args()
     args.num_samples = num_samples
     args.seed = seed
@@ -21,6 +25,14 @@ def mnist1d_tensors(num_samples: int = 5000, seed: int = 42) -> dict[str, torch.
         "x_test": torch.from_numpy(np.asarray(d["x_test"], dtype=np.float32)).unsqueeze(1),
         "y_test": torch.from_numpy(np.asarray(d["y_test"], dtype=np.int64)),
     }
+
+
+def save_tensors(data: dict[str, torch.Tensor], path: Path) -> None:
+    save_file({k: v.contiguous() for k, v in data.items()}, str(path))
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
 
 
 def loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
