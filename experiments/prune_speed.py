@@ -1,0 +1,182 @@
+"""Does structured pruning turn MAC reductions into CPU speed-ups?
+
+For three models — the MNIST-1D 1-D CNN (``cnn1d``), a Fashion-MNIST-shaped ResNet-20 (2-D, input
+1x28x28) and MiniLM (BERT, batch 1 x 64 tokens) — plan with the ``uniform`` planner at each level, cut the
+model with ``apply_plan_``, and measure params, MACs (per example) and single-thread CPU latency of the
+dense and the pruned model. Latency does not depend on the weights' values, so the CNNs are randomly
+initialised (seeded); MiniLM carries its bundled pretrained weights (with a new, random head).
+
+Usage:  python experiments/prune_speed.py [--levels 0.5 0.7] [--rounds 3 --repeats 20] [--out results/prune_speed]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from prunekit.config import ModelConfig
+from prunekit.metrics import count_macs, count_params, measure_latency
+from prunekit.models import build_model
+from prunekit.models.inputs import example_inputs
+from prunekit.planner import Target, make_plan
+from prunekit.pruning import apply_plan_, find_groups
+
+# name -> (registry name, kwargs, num_classes, input_shape, latency input description)
+MODELS: dict[str, tuple[str, dict[str, Any], int, tuple[int, ...], str]] = {
+    "cnn1d": ("cnn1d", {}, 10, (1, 40), "1 x (1, 40) signal"),
+    "resnet20": ("resnet20", {}, 10, (1, 28, 28), "1 x (1, 28, 28) image"),
+    "minilm": ("minilm", {}, 3, (64,), "1 x 64 tokens"),
+}
+
+
+def _machine() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def measure_model(key: str, levels: list[float], rounds: int, repeats: int, warmup: int) -> dict[str, Any]:
+    name, kwargs, classes, shape, desc = MODELS[key]
+    model = build_model(ModelConfig(name=name, kwargs=kwargs), classes, shape, seed=0).eval()
+    plan_inputs = example_inputs(model, shape, batch=2)
+    lat_inputs = example_inputs(model, shape, batch=1)
+    groups = find_groups(model, plan_inputs)
+    dense = {"params": count_params(model), "macs": count_macs(model, lat_inputs)}
+    variants, rows = [model], []
+    for level in levels:
+        metric, note = "params", ""
+        t0 = time.perf_counter()
+        try:
+            plan = make_plan(model, groups, Target("params", level), "uniform", example_inputs=plan_inputs)
+        except ValueError as err:  # e.g. MiniLM: half its params are embeddings, which are not pruned
+            metric, note = "macs", f"params target infeasible ({err}); MACs target used instead"
+            plan = make_plan(model, groups, Target("macs", level), "uniform", example_inputs=plan_inputs)
+        plan_s = time.perf_counter() - t0
+        pruned = apply_plan_(copy.deepcopy(model), plan, plan_inputs, groups=groups)
+        variants.append(pruned)
+        params, macs = count_params(pruned), count_macs(pruned, lat_inputs)
+        rows.append(
+            {
+                "level": level,
+                "metric": metric,
+                "note": note,
+                "plan_seconds": plan_s,
+                "keep_fraction": plan.extra.get("keep_fraction"),
+                "params": params,
+                "macs": macs,
+                "params_saved": 1 - params / dense["params"],
+                "macs_saved": 1 - macs / dense["macs"],
+                "mac_reduction": dense["macs"] / macs,
+            }
+        )
+    # interleave the variants round by round, so that load on the shared machine hits them alike
+    medians: list[list[float]] = [[] for _ in variants]
+    for _ in range(rounds):
+        for i, v in enumerate(variants):
+            lat = measure_latency(v, lat_inputs, repeats=repeats, warmup=warmup, threads=1)
+            medians[i].append(lat["median_ms"])
+
+    def summary(ms: list[float]) -> dict[str, float]:
+        return {"median_ms": float(np.median(ms)), "min_round_ms": min(ms), "max_round_ms": max(ms)}
+
+    dense.update(summary(medians[0]))
+    for row, ms in zip(rows, medians[1:], strict=True):
+        row.update(summary(ms))
+        row["speedup"] = dense["median_ms"] / row["median_ms"]
+        row["speedup_per_mac_reduction"] = row["speedup"] / row["mac_reduction"]
+    return {"model": key, "input": desc, "groups": len(groups), "dense": dense, "pruned": rows}
+
+
+def to_markdown(results: list[dict[str, Any]], command: str, machine: dict[str, Any], settings: dict) -> str:
+    lines = [
+        "# Pruning speed: params, MACs and CPU latency, dense vs uniform-pruned",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {machine['cpu']}, {machine['logical_cpus']} logical CPUs, torch {machine['torch']}, "
+        f"Python {machine['python']}. Latency: single thread, batch 1, eval mode, no grad; "
+        f"{settings['warmup']} warm-up passes then {settings['repeats']} timed passes, repeated "
+        f"{settings['rounds']} times; the table gives the median of the per-round medians (range in brackets). "
+        "The machine is shared with other jobs, so latencies are noisy.",
+        "",
+        "Weights: cnn1d and resnet20 are randomly initialised (seeded); latency does not depend on weight "
+        "values. MiniLM uses its bundled pretrained weights with a new classification head. MACs are per "
+        "example at the latency input size.",
+        "",
+        "| model | input | level | target | params | MACs | latency ms | params saved | MACs saved "
+        "| speed-up | MAC reduction | speed-up ÷ MAC reduction |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        d = r["dense"]
+        lat = f"{d['median_ms']:.3f} [{d['min_round_ms']:.3f}–{d['max_round_ms']:.3f}]"
+        lines.append(
+            f"| {r['model']} | {r['input']} | dense | – | {d['params']:,} | {d['macs']:,} | {lat} "
+            "| – | – | 1.00 | 1.00 | – |"
+        )
+        for p in r["pruned"]:
+            lat = f"{p['median_ms']:.3f} [{p['min_round_ms']:.3f}–{p['max_round_ms']:.3f}]"
+            lines.append(
+                f"| {r['model']} | {r['input']} | {p['level']:.0%} | {p['metric']} | {p['params']:,} "
+                f"| {p['macs']:,} | {lat} | {p['params_saved']:.1%} | {p['macs_saved']:.1%} "
+                f"| {p['speedup']:.2f} | {p['mac_reduction']:.2f} | {p['speedup_per_mac_reduction']:.2f} |"
+            )
+    notes = [
+        f"- {r['model']} {p['level']:.0%}: {p['note']}" for r in results for p in r["pruned"] if p["note"]
+    ]
+    if notes:
+        lines += ["", "Notes:", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--levels", nargs="+", type=float, default=[0.5, 0.7])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--out", default="results/prune_speed")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    command = "python experiments/prune_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    settings = {"rounds": args.rounds, "repeats": args.repeats, "warmup": args.warmup, "threads": 1}
+    results = [
+        measure_model(k, args.levels, args.rounds, args.repeats, args.warmup)
+        for k in tqdm(args.models, desc="models", disable=not sys.stderr.isatty())
+    ]
+    machine = _machine()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"command": command.strip(), "machine": machine, "settings": settings, "results": results}
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    out.with_suffix(".md").write_text(to_markdown(results, command.strip(), machine, settings))
+    print(out.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()
