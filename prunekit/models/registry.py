@@ -77,15 +77,13 @@ def _user_params(factory: Factory) -> tuple[list[str], bool]:
 
 def _check_kwargs(name: str, factory: Factory, kwargs: dict[str, Any]) -> None:
     allowed, open_ended = _user_params(factory)
-    if open_ended:
-        return
     for key in kwargs:
         if key in _RESERVED:
             raise ValueError(
                 f"model.kwargs.{key} is not allowed for model '{name}': it comes from "
                 f"{'the data' if key in ('num_classes', 'input_shape') else f'model.{key}'}"
             )
-        if key not in allowed:
+        if key not in allowed and not open_ended:
             raise ValueError(
                 f"unknown model.kwargs.{key} for model '{name}'; allowed: {', '.join(allowed) or '(none)'}"
             )
