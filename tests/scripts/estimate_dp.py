@@ -1,9 +1,10 @@
 """Estimates of a tiny MLP on real MNIST-1D, one process or data-parallel (tests/theory/test_estimate_distributed.py).
 
-Usage: python tests/scripts/estimate_dp.py OUT_DIR                      (one process)
+Usage: python tests/scripts/estimate_dp.py OUT_DIR [DATA.npz]             (one process)
        ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \
-           --mixed_precision no --dynamo_backend no tests/scripts/estimate_dp.py OUT_DIR
-Every rank writes OUT_DIR/rank<r>.json with its (reduced) estimates.
+           --mixed_precision no --dynamo_backend no tests/scripts/estimate_dp.py OUT_DIR [DATA.npz]
+Every rank writes OUT_DIR/rank<r>.json with its (reduced) estimates. DATA.npz (arrays x, y from
+:func:`mnist1d_train`) saves each process the seconds of importing mnist1d and generating the data.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mnist1d.data import get_dataset_args, make_dataset
 from torch import nn
 
 from prunekit.config import EstimateConfig
@@ -22,27 +22,43 @@ from prunekit.theory import estimate
 from prunekit.theory.ntk import module_partition
 from prunekit.train import make_accelerator
 
-CFG = EstimateConfig(probe_samples=80, trace_probes=48, hessian_probes=24, power_iters=4, id_samples=500)
+CFG = EstimateConfig(probe_samples=32, trace_probes=32, hessian_probes=16, power_iters=3, id_samples=400)
 N_TRAIN = 800
 
 
-def main(out_dir: Path) -> None:
-    torch.set_num_threads(1)  # two processes share two cores
-    accelerator = make_accelerator(seed=0)
+def mnist1d_train() -> tuple[np.ndarray, np.ndarray]:
+    """The first N_TRAIN MNIST-1D training signals, generated locally."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
     args = get_dataset_args()
     args.num_samples = 1000  # never get_dataset: it tries a download first
     d = make_dataset(args)
-    x = torch.from_numpy(np.asarray(d["x"][:N_TRAIN], dtype=np.float32))
-    y = torch.from_numpy(np.asarray(d["y"][:N_TRAIN], dtype=np.int64))
+    return np.asarray(d["x"][:N_TRAIN], dtype=np.float32), np.asarray(d["y"][:N_TRAIN], dtype=np.int64)
+
+
+def run(accelerator, data: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """The estimates of the fixed tiny model and data; ``accelerator=None`` is the one-process reference."""
+    torch.set_num_threads(1)  # two processes share two cores
+    x_np, y_np = mnist1d_train() if data is None else data
+    x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
     batches = [(x[i : i + 100], y[i : i + 100]) for i in range(0, N_TRAIN, 100)]
     torch.manual_seed(0)  # the same weights on every rank
-    model = nn.Sequential(nn.Linear(40, 24), nn.ReLU(), nn.Linear(24, 24), nn.ReLU(), nn.Linear(24, 10))
+    model = nn.Sequential(nn.Linear(40, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 10))
     est = estimate(model, batches, CFG, groups=module_partition(model), accelerator=accelerator, n=N_TRAIN)
+    return est.to_dict()
+
+
+def main(out_dir: Path, data_file: Path | None) -> None:
+    accelerator = make_accelerator(seed=0)
+    data = None
+    if data_file is not None:
+        with np.load(data_file) as f:
+            data = (f["x"], f["y"])
+    result = run(accelerator, data) | {"rank": accelerator.process_index, "world": accelerator.num_processes}
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = est.to_dict() | {"rank": accelerator.process_index, "world": accelerator.num_processes}
     (out_dir / f"rank{accelerator.process_index}.json").write_text(json.dumps(result))
     accelerator.wait_for_everyone()
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else None)
