@@ -252,3 +252,27 @@ def test_apply_without_groups_finds_them_and_skips_uncuttable_layers():
     plan = Plan(keep={"net.2:out": [1, 5]}, num_units={"net.2:out": 16}, extra={"ignore": ["net.0"]})
     apply_plan_(mlp, plan, example_inputs_for(mlp))
     assert mlp.net[2].out_features == 2 and mlp.net[4].in_features == 2 and mlp.net[0].out_features == 16
+
+
+def test_uniform_vit_prune_round_trips_through_from_pretrained(tmp_path):
+    from transformers import ViTForImageClassification
+
+    model, x, groups = _setup("vit")
+    keep = {g.name: list(range(0, g.num_units, 2)) for g in groups}
+    apply_plan_(model, Plan(keep=keep, num_units={g.name: g.num_units for g in groups}), x, groups=groups)
+    assert model.config.prunekit_config_exact is True
+    model.save_pretrained(tmp_path)
+    again = ViTForImageClassification.from_pretrained(tmp_path).eval()
+    assert torch.allclose(_logits(again, x), _logits(model, x), atol=1e-6)
+
+
+def test_llama_config_left_valid_when_widths_cannot_be_expressed(tmp_path):
+    model, x, groups = _setup("llama_gqa")
+    # 3 kv heads x 2 slots = 6 query heads: LLaMA's config wants hidden (64) % heads == 0
+    keep = {g.name: [0, 1, 3] if g.kind == "kv_head" else list(range(g.num_units)) for g in groups}
+    apply_plan_(model, Plan(keep=keep, num_units={g.name: g.num_units for g in groups}), x, groups=groups)
+    assert model.model.layers[0].self_attn.num_key_value_groups == 2
+    assert model.config.prunekit_config_exact is False
+    assert model.config.num_attention_heads == 8  # unchanged, and still valid
+    assert model.config.prunekit_layer_widths["model.layers.1"] == {"heads": 6, "kv_heads": 3, "neurons": 96}
+    model.config.save_pretrained(tmp_path)  # validates the config

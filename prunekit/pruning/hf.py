@@ -62,20 +62,38 @@ def patch_transformer(model: nn.Module) -> dict[str, dict[str, int]]:
         widths.setdefault(f.name.rsplit(".", 1)[0], {})["neurons"] = width
 
     styles = {a.style for a in attentions}
+    heads, kv, neurons = (_uniform(widths, k) for k in ("heads", "kv_heads", "neurons"))
     for cfg in _configs(model):
-        exact = True
-        heads, kv, neurons = (_uniform(widths, k) for k in ("heads", "kv_heads", "neurons"))
+        exact, new = True, {}
         if styles == {"qkvo"} and heads is not None and kv is not None:
-            cfg.head_dim = attentions[0].head_dim  # explicit, so hidden/heads is never used
-            cfg.num_attention_heads = heads
+            new["head_dim"] = attentions[0].head_dim  # explicit, so hidden/heads is never used
+            new["num_attention_heads"] = heads
             if hasattr(cfg, "num_key_value_heads"):
-                cfg.num_key_value_heads = kv
+                new["num_key_value_heads"] = kv
         elif heads != getattr(cfg, "num_attention_heads", heads):
             exact = False  # BERT-style heads, or non-uniform heads: not expressible
         if neurons is not None and hasattr(cfg, "intermediate_size"):
-            cfg.intermediate_size = neurons
+            new["intermediate_size"] = neurons
         elif any("neurons" in w for w in widths.values()):
             exact = False
+        exact = _set_valid(cfg, new) and exact
         cfg.prunekit_layer_widths = widths
         cfg.prunekit_config_exact = exact
     return widths
+
+
+def _set_valid(cfg, new: dict) -> bool:
+    """Set ``new`` on ``cfg`` if the config still validates (e.g. LLaMA wants hidden % heads == 0, even
+    with an explicit head_dim); otherwise leave it unchanged (save_pretrained would fail) -> False."""
+    old = {k: getattr(cfg, k, None) for k in new}
+    for k, v in new.items():
+        setattr(cfg, k, v)
+    validate = getattr(cfg, "validate", None)
+    try:
+        if callable(validate):
+            validate()
+    except Exception:
+        for k, v in old.items():
+            setattr(cfg, k, v)
+        return False
+    return True
