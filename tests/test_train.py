@@ -230,3 +230,52 @@ def test_bf16_finetune_on_cpu_runs_and_leaves_a_plain_model(data):
     assert "forward" not in model.__dict__ and "_original_forward" not in model.__dict__
     assert model(data["x_test"][:4]).dtype == torch.float32  # no autocast left on the model
     assert make_accelerator().mixed_precision == "no"  # switching back within one process works
+
+
+def test_launch_checks_read_world_size_and_the_launcher_command_line(accelerator, monkeypatch):
+    from prunekit.train.accel import _num_processes_from_argv, requested_processes
+
+    # what `accelerate launch` passes on: its own options, then the script and the script's options
+    assert (
+        _num_processes_from_argv(["--cpu", "--num_processes", "2", "train.py", "--num_processes", "5"]) == 2
+    )
+    assert _num_processes_from_argv(["--num_processes=3", "train.py"]) == 3
+    assert _num_processes_from_argv(["train.py", "--num_processes", "5"]) is None  # the script's own flag
+    assert requested_processes() == (1, "")  # pytest is not launched by accelerate
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert requested_processes() == (4, "WORLD_SIZE=4")
+    with pytest.raises(
+        RuntimeError, match=r"4 processes were started .* sees 1: each process is training alone"
+    ):
+        finetune(TinyCNN1d(width=4), [], TrainConfig(), accelerator)
+    with pytest.raises(
+        RuntimeError, match=r"ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 4 "
+    ):
+        evaluate(TinyCNN1d(width=4), [], accelerator)
+
+
+def test_dict_inputs_of_a_transformers_model(accelerator, monkeypatch):
+    """HF models take dict batches (model(**inputs)) and return an output object with .logits."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=16, num_labels=2,
+    )  # fmt: skip
+    model = BertForSequenceClassification(config)  # built from a config: nothing is downloaded
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, 32, (256, 8), generator=g)
+    labels = (ids == 7).any(dim=1).long()  # label: does token 7 occur?
+    mask = torch.ones(8, dtype=torch.long)
+    samples = [({"input_ids": ids[i], "attention_mask": mask}, labels[i]) for i in range(256)]
+    batches = torch.utils.data.DataLoader(samples, batch_size=32)  # collates to ({...}, labels)
+    with pytest.raises(ValueError, match="must be a torch DataLoader"):
+        evaluate(model, list(batches), accelerator)
+    before = evaluate(model, batches, accelerator)
+    hist = finetune(model, batches, TrainConfig(epochs=5, lr=1e-2, schedule="constant"), accelerator)
+    after = evaluate(model, batches, accelerator)
+    assert before["n"] == after["n"] == 256
+    assert hist["steps"] == 40 and hist["train_loss"][-1] < hist["train_loss"][0]
+    assert after["loss"] < before["loss"]

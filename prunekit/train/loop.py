@@ -37,6 +37,11 @@ def _is_prepared(loader: Any) -> bool:
 
 
 def _prepare_loader(accelerator, loader):
+    if not isinstance(loader, torch.utils.data.DataLoader):
+        raise ValueError(
+            f"the loader must be a torch DataLoader yielding (inputs, labels), got {type(loader).__name__}: "
+            "wrap the data in torch.utils.data.DataLoader (accelerate shards it over processes)"
+        )
     return loader if _is_prepared(loader) else accelerator.prepare_data_loader(loader)
 
 
