@@ -151,6 +151,8 @@ def test_loader_batches_order_and_speed(mnist1d: DataSplits) -> None:
     assert x0.shape == (256, 1, 40) and x0.dtype == torch.float32 and y0.dtype == torch.int64
     assert torch.equal(x0, torch.from_numpy(mnist1d.arrays("test").inputs[:256]))  # unshuffled = in order
     assert len(list(mnist1d.loader("test", 256, drop_last=True))) == 3
+    empty = load_data(DataConfig(name="mnist1d", validation_fraction=0.0), seed=0)
+    assert empty.size("validation") == 0 and list(empty.loader("validation", 8, shuffle=True)) == []
 
     def order(seed: int) -> torch.Tensor:
         return torch.cat([y for _, y in mnist1d.loader("train", 128, shuffle=True, seed=seed)])
@@ -194,7 +196,9 @@ def test_csv_numeric_source_with_string_labels(tmp_path: Path) -> None:
 
 def test_csv_text_source_with_test_file(tmp_path: Path) -> None:
     for split, n in (("train", 30), ("test", 10)):
-        rows = ["text,label"] + [f"sample {i} {'good' if i % 2 else 'bad'},{i % 2}" for i in range(n)]
+        # Row 3 has an empty text cell (read as None): it must tokenize as an empty string, not crash.
+        texts = ["" if i == 3 else f"sample {i} {'good' if i % 2 else 'bad'}" for i in range(n)]
+        rows = ["text,label"] + [f"{t},{i % 2}" for i, t in enumerate(texts)]
         (tmp_path / f"{split}.csv").write_text("\n".join(rows) + "\n")
     files = {k: str(tmp_path / f"{k}.csv") for k in ("train", "test")}
     s = load_data(DataConfig(name="csv", files=files, max_length=16), seed=0, model_cfg=MINILM)
@@ -203,6 +207,7 @@ def test_csv_text_source_with_test_file(tmp_path: Path) -> None:
     )
     x, y = next(iter(s.loader("test", 5)))
     assert x["input_ids"].shape == (5, 16) and y.tolist() == [0, 1, 0, 1, 0]
+    assert s.arrays("test").text[3] == "" and int(x["attention_mask"][3].sum()) == 2  # [CLS] [SEP]
     # The same folder through the generic `hf` source (datasets.load_dataset on a local folder).
     h = load_data(DataConfig(name="hf", path=str(tmp_path), max_length=16), seed=0, model_cfg=MINILM)
     assert h.size("test") == 10 and np.array_equal(h.arrays("test").text, s.arrays("test").text)

@@ -46,6 +46,12 @@ class _LazyEncoder:
         return tokenize(self._tokenizer, texts, self.max_length)
 
 
+def _as_strings(x: np.ndarray) -> np.ndarray:
+    return np.array(
+        ["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in x], dtype=object
+    )
+
+
 def _subsample(idx: np.ndarray, y_all: np.ndarray, limit: int | None, seed: int, stream: int) -> np.ndarray:
     if limit is None or limit >= len(idx):
         return idx
@@ -103,6 +109,9 @@ def load_data(cfg: DataConfig, seed: int, model_cfg: ModelConfig | None = None) 
     if not isinstance(src, SourceData):
         raise ValueError(f"the loader of dataset '{cfg.name}' returned {type(src).__name__}, not SourceData")
     src.validate()
+    if src.kind == "text":  # empty CSV cells arrive as None / NaN; they tokenize as empty strings
+        src.x_train = _as_strings(src.x_train)
+        src.x_test = None if src.x_test is None else _as_strings(src.x_test)
     rows = split_rows(src, cfg, seed)
     info: dict[str, Any] = {"seed": seed, "test_split": "carved" if src.x_test is None else "source"}
     splits: dict[str, SplitArrays] = {}

@@ -184,9 +184,11 @@ class DataSplits:
         split = self._check(split)
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        rows = _Rows(self._arrays[split])
+        shuffle = shuffle and len(rows) > 0  # torch's RandomSampler rejects an empty split
         generator = torch.Generator().manual_seed(int(seed)) if shuffle else None
         return DataLoader(
-            _Rows(self._arrays[split]),
+            rows,
             batch_size=batch_size,
             shuffle=shuffle,
             generator=generator,
