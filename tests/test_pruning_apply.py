@@ -13,6 +13,7 @@ from prunekit.pruning import Plan, apply_plan_, find_groups, mask_groups, remain
 from prunekit.testing import (
     example_inputs_for,
     tiny_bert,
+    tiny_distilbert,
     tiny_grouped_conv,
     tiny_llama_gqa,
     tiny_mlp,
@@ -28,6 +29,7 @@ CASES = {
     "mlp": tiny_mlp,
     "mobile": tiny_mobile,
     "bert": tiny_bert,
+    "distilbert": tiny_distilbert,
     "vit": tiny_vit,
     "llama_gqa": tiny_llama_gqa,
 }

@@ -150,6 +150,16 @@ def test_llama_gqa_groups_never_trace_and_finish_fast():
     assert groups["model.layers.0.mlp:neurons"].num_units == 96
 
 
+def test_hf_attention_without_an_adapter_is_refused_not_traced():
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    cfg = GPT2Config(vocab_size=100, n_embd=32, n_layer=1, n_head=4, pad_token_id=0, bos_token_id=1)
+    cfg.eos_token_id = 1
+    model = GPT2ForSequenceClassification(cfg).eval()
+    with pytest.raises(ValueError, match=r"no adapter.*transformer\.h\.0\.attn \(GPT2Attention\)"):
+        find_groups(model, example_inputs_for(model))
+
+
 def test_graph_build_timeout_names_the_model_and_leaves_it_clean():
     model = tiny_resnet()
     hooks = sum(len(m._forward_hooks) for m in model.modules())

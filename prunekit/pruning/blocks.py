@@ -6,13 +6,14 @@ trace of HF models is slow, breaks on their control flow and never finishes on g
 (torch-pruning 1.6.1). Detection goes by attribute names, not class names, so look-alike families
 (RoBERTa, ELECTRA, MiniLM as BERT; Mistral, Qwen2 as LLaMA) are covered too.
 
-Two attention styles are known:
+Three attention styles are known:
 - "qkvo": children ``q_proj, k_proj, v_proj, o_proj`` (Linear) and an int ``head_dim`` (LLaMA family,
   ViT in transformers >= 5); ``k_proj`` may have fewer heads (grouped-query attention).
+- "lin": ``q_lin, k_lin, v_lin, out_lin`` and ``attention_head_size`` (DistilBERT).
 - "bert": child ``self`` with Linear ``query, key, value`` and int ``attention_head_size``, and child
   ``output`` with Linear ``dense`` (BERT family).
 Feed-forward blocks are looked for next to each attention module: ``gate_proj/up_proj/down_proj``,
-``fc1/fc2``, or ``intermediate.dense`` with ``output.dense``.
+``fc1/fc2``, ``lin1/lin2``, or ``intermediate.dense`` with ``output.dense``.
 """
 
 from __future__ import annotations
@@ -52,19 +53,26 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+_QKVO = (  # (projection names, head-size attribute, style)
+    (("q_proj", "k_proj", "v_proj", "o_proj"), "head_dim", "qkvo"),
+    (("q_lin", "k_lin", "v_lin", "out_lin"), "attention_head_size", "lin"),  # DistilBERT
+)
+
+
 def _attention(name: str, m: nn.Module) -> AttentionSpec | None:
-    projs = [_linear(m, a) for a in ("q_proj", "k_proj", "v_proj", "o_proj")]
-    head_dim = getattr(m, "head_dim", None)
-    if all(p is not None for p in projs) and isinstance(head_dim, int) and head_dim > 0:
-        q, k = projs[0], projs[1]
-        return AttentionSpec(
-            name,
-            "qkvo",
-            *(_join(name, a) for a in ("q_proj", "k_proj", "v_proj", "o_proj")),
-            head_dim,
-            q.out_features // head_dim,
-            k.out_features // head_dim,
-        )
+    for names, size_attr, style in _QKVO:
+        projs = [_linear(m, a) for a in names]
+        head_dim = getattr(m, size_attr, None)
+        if all(p is not None for p in projs) and isinstance(head_dim, int) and head_dim > 0:
+            q, k = projs[0], projs[1]
+            return AttentionSpec(
+                name,
+                style,
+                *(_join(name, a) for a in names),
+                head_dim,
+                q.out_features // head_dim,
+                k.out_features // head_dim,
+            )
     sa, out = getattr(m, "self", None), getattr(m, "output", None)
     if sa is None or out is None or _linear(out, "dense") is None:
         return None
@@ -96,9 +104,10 @@ def _ffn(layer_name: str, layer: nn.Module, attention_name: str) -> FFNSpec | No
         if gate is not None and up is not None and down is not None:
             ins = (_join(full, "gate_proj"), _join(full, "up_proj"))
             return FFNSpec(full, ins, _join(full, "down_proj"), down.in_features)
-        fc1, fc2 = _linear(child, "fc1"), _linear(child, "fc2")
-        if fc1 is not None and fc2 is not None:
-            return FFNSpec(full, (_join(full, "fc1"),), _join(full, "fc2"), fc2.in_features)
+        for up_name, down_name in (("fc1", "fc2"), ("lin1", "lin2")):
+            up, down = _linear(child, up_name), _linear(child, down_name)
+            if up is not None and down is not None:
+                return FFNSpec(full, (_join(full, up_name),), _join(full, down_name), down.in_features)
     inter, out = getattr(layer, "intermediate", None), getattr(layer, "output", None)
     if inter is not None and out is not None and _linear(inter, "dense") and _linear(out, "dense"):
         name = _join(layer_name, "intermediate")
@@ -122,3 +131,18 @@ def find_blocks(model: nn.Module) -> tuple[list[AttentionSpec], list[FFNSpec]]:
         if ffn is not None and all(f.name != ffn.name for f in ffns):
             ffns.append(ffn)
     return attentions, ffns
+
+
+def unrecognised_attention(model: nn.Module) -> str | None:
+    """The first attention module of an HF model that no style above matches, or None.
+
+    Tracing cannot split such a module's projections into heads (it would cut single channels and
+    break the head reshape), so such models must be refused rather than traced."""
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) is None:
+        return None
+    for name, m in model.named_modules():
+        cls = type(m).__name__
+        if cls.endswith("Attention") and any(True for _ in m.parameters()):
+            return f"{name} ({cls})"
+    return None

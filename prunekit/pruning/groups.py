@@ -66,12 +66,19 @@ def find_groups(
     group names not to prune. ``macs_per_unit`` is per example of ``example_inputs``. A group that
     couples to a layer prunekit cannot cut raises ValueError naming it (``strict=False``: left out).
     """
+    from .blocks import unrecognised_attention
     from .graph import graph_groups
     from .transformer import transformer_groups
 
     patterns = _check_patterns(ignore)
     raws = transformer_groups(model)
     if raws is None:
+        unknown = unrecognised_attention(model)
+        if unknown is not None:
+            raise ValueError(
+                f"prunekit has no adapter for the attention module {unknown}: tracing cannot split it into "
+                f"heads. Supported: BERT-, DistilBERT-, ViT- and LLaMA-style attention"
+            )
         raws = [r for r in graph_groups(model, example_inputs, timeout_s) if not r["sink"]]
     raws = [r for r in raws if not _ignored(r, patterns) and r["num_units"] > 0]
     if not strict:

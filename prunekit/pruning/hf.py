@@ -5,7 +5,8 @@ the same plan gives the same result). The HF config can describe a pruned model 
 has the same widths *and* the family reads those widths from the config: LLaMA-style attention (and
 ViT in transformers >= 5) keeps ``head_dim`` explicit, so ``num_attention_heads`` /
 ``num_key_value_heads`` can change; BERT derives its head size from ``hidden_size /
-num_attention_heads``, so pruned BERT heads cannot be expressed. The per-layer widths are therefore
+num_attention_heads`` (DistilBERT likewise from ``dim / n_heads``), so their pruned heads cannot be
+expressed. The per-layer widths are therefore
 always recorded in ``config.prunekit_layer_widths`` and ``config.prunekit_config_exact`` says whether
 ``from_pretrained`` on the config alone would rebuild the same shapes (when it is False, loading the
 weights into a model built from the config fails on shape mismatch, loudly).
@@ -52,7 +53,7 @@ def patch_transformer(model: nn.Module) -> dict[str, dict[str, int]]:
     widths: dict[str, dict[str, int]] = {}
     for a in attentions:
         layer = a.name.rsplit(".", 1)[0]
-        got = patch_qkvo(model, a) if a.style == "qkvo" else _patch_bert(model, a)
+        got = _patch_bert(model, a) if a.style == "bert" else patch_qkvo(model, a)
         widths.setdefault(layer, {}).update(got)
     for f in ffns:
         width = model.get_submodule(f.out).in_features
@@ -72,8 +73,9 @@ def patch_transformer(model: nn.Module) -> dict[str, dict[str, int]]:
                 new["num_key_value_heads"] = kv
         elif heads != getattr(cfg, "num_attention_heads", heads):
             exact = False  # BERT-style heads, or non-uniform heads: not expressible
-        if neurons is not None and hasattr(cfg, "intermediate_size"):
-            new["intermediate_size"] = neurons
+        ffn_key = next((k for k in ("intermediate_size", "hidden_dim") if hasattr(cfg, k)), None)
+        if neurons is not None and ffn_key is not None:  # hidden_dim: DistilBERT's FFN width
+            new[ffn_key] = neurons
         elif any("neurons" in w for w in widths.values()):
             exact = False
         exact = _set_valid(cfg, new) and exact

@@ -73,7 +73,7 @@ def patch_qkvo(model: nn.Module, a: AttentionSpec) -> dict[str, int]:
     heads, kv = q.out_features // a.head_dim, k.out_features // a.head_dim
     if hasattr(module, "num_key_value_groups"):
         module.num_key_value_groups = heads // max(kv, 1)  # read by repeat_kv at every forward
-    for attr in ("num_heads", "num_attention_heads"):
+    for attr in ("num_heads", "num_attention_heads", "n_heads"):
         if hasattr(module, attr):
             setattr(module, attr, heads)
     if hasattr(module, "num_key_value_heads"):

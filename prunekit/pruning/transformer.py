@@ -30,7 +30,7 @@ def transformer_groups(model: nn.Module) -> list[dict] | None:
     ffn_by_layer = {f.name.rsplit(".", 1)[0]: f for f in ffns}
     raw: list[dict] = []
     for a in attentions:
-        raw += qkvo_head_groups(model, a) if a.style == "qkvo" else bert_head_groups(model, a)
+        raw += bert_head_groups(model, a) if a.style == "bert" else qkvo_head_groups(model, a)
         layer = a.name.rsplit(".", 1)[0]
         f = ffn_by_layer.pop(layer, None)
         if f is not None:

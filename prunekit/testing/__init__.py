@@ -3,6 +3,7 @@
 from .models import (
     example_inputs_for,
     tiny_bert,
+    tiny_distilbert,
     tiny_grouped_conv,
     tiny_llama_gqa,
     tiny_mlp,
@@ -14,6 +15,7 @@ from .models import (
 __all__ = [
     "example_inputs_for",
     "tiny_bert",
+    "tiny_distilbert",
     "tiny_grouped_conv",
     "tiny_llama_gqa",
     "tiny_mlp",

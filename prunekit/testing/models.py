@@ -154,6 +154,24 @@ def tiny_bert(num_labels: int = 3, seed: int = 0, layers: int = 2):
     return BertForSequenceClassification(cfg).eval()
 
 
+def tiny_distilbert(num_labels: int = 3, seed: int = 0, layers: int = 2):
+    """DistilBertForSequenceClassification: dim 32, 4 heads of 8, FFN 64, vocab 100."""
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    _seeded(seed)
+    cfg = DistilBertConfig(
+        vocab_size=100,
+        dim=32,
+        n_layers=layers,
+        n_heads=4,
+        hidden_dim=64,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        attn_implementation="eager",
+    )
+    return DistilBertForSequenceClassification(cfg).eval()
+
+
 def tiny_vit(num_labels: int = 3, seed: int = 0, layers: int = 2):
     """ViTForImageClassification: image 16, patch 8, hidden 32, 4 heads, FFN 64."""
     from transformers import ViTConfig, ViTForImageClassification
