@@ -42,6 +42,7 @@ def cached_arrays(key: str, make: Callable[[], dict[str, np.ndarray]]) -> dict[s
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, **arrays)
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared cache should be readable by all
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
