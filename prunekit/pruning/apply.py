@@ -119,17 +119,17 @@ def surgery_(model: nn.Module, groups: Sequence[Group], removed_units: Mapping[s
                     {"groups": module.groups, "in": module.in_channels, "out": module.out_channels},
                 )
             touched.setdefault(id(module), (module, {}))
-    with torch.no_grad():
-        for name, keep_by_dim in plan.items():
-            old = tensors[name]
-            new = _cut(old, keep_by_dim)
-            if isinstance(old, nn.Parameter):
-                new = nn.Parameter(new, requires_grad=old.requires_grad)
-                for module, attr in owners[name]:
-                    module._parameters[attr] = new
-            else:
-                for module, attr in owners[name]:
-                    module._buffers[attr] = new
+    with torch.no_grad():  # cut everything first, so that a failure (out of memory) changes nothing
+        cut = {name: _cut(tensors[name], keep_by_dim) for name, keep_by_dim in plan.items()}
+    for name, new in cut.items():
+        old = tensors[name]
+        if isinstance(old, nn.Parameter):
+            new = nn.Parameter(new, requires_grad=old.requires_grad)
+            for module, attr in owners[name]:
+                module._parameters[attr] = new
+        else:
+            for module, attr in owners[name]:
+                module._buffers[attr] = new
     for module, was in touched.values():
         _patch_standard(module, was)
 
