@@ -277,3 +277,20 @@ def test_register_dataset_custom_and_duplicate() -> None:
     register_dataset("test_flat", flat)
     with pytest.raises(ValueError, match=r"shaped \(N, \*features\)"):
         load_data(DataConfig(name="test_flat"), seed=0)
+
+
+def test_array_cache_hit_miss_and_corrupt_file(tmp_path: Path, monkeypatch) -> None:
+    from prunekit.data.cache import cached_arrays
+
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def make() -> dict[str, np.ndarray]:
+        calls.append(1)
+        return {"a": np.arange(5)}
+
+    assert cached_arrays("k", make)["a"].tolist() == [0, 1, 2, 3, 4] and len(calls) == 1
+    assert cached_arrays("k", make)["a"].tolist() == [0, 1, 2, 3, 4] and len(calls) == 1  # a hit
+    (tmp_path / "cache" / "k.npz").write_bytes(b"not a zip file")
+    assert cached_arrays("k", make)["a"].tolist() == [0, 1, 2, 3, 4] and len(calls) == 2  # regenerated
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["k.npz"]  # no temporary files left behind
