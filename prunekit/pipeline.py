@@ -96,7 +96,7 @@ class Task:
             "accuracy": ev["accuracy"],
             "loss": ev["loss"],
             "params": count_params(model),
-            "macs": count_macs(model, self.example) // _batch(self.example),
+            "macs": count_macs(model, self.example),  # per example
             "latency_ms": lat["median_ms"],
         }
 
@@ -107,12 +107,6 @@ class Task:
         train_loader = self.loader("train", recipe.batch_size, shuffle=True, seed=seed)
         val_loader = self.loader("validation", self.cfg.data.batch_size)
         return finetune(model, train_loader, recipe, accelerator, val_loader=val_loader, desc=desc, seed=seed)
-
-
-def _batch(example) -> int:
-    from prunekit.batch import batch_size_of
-
-    return batch_size_of(example)
 
 
 def _dense_stage(task: Task, state: RunState, accelerator) -> dict[str, Any]:
@@ -149,6 +143,20 @@ def _tokenizer_source(cfg: RunConfig) -> str | None:
     return None
 
 
+def planner_config_for(cfg: RunConfig, seed: int):
+    """The planner's config object from the ``prune`` section (options it lacks are not passed)."""
+    import dataclasses
+
+    from prunekit.planner import get_planner, planner_config
+
+    p = cfg.prune
+    fields = {f.name for f in dataclasses.fields(get_planner(p.planner).config_cls)}
+    options = {"min_keep_fraction": p.min_keep_fraction, "round_to": p.round_to, "seed": seed, "num_batches": p.importance_batches}
+    if "importance" in fields:
+        options["importance"] = p.importance
+    return planner_config(p.planner, **{k: v for k, v in options.items() if k in fields})
+
+
 def make_level_plan(task: Task, model: nn.Module, level: float, seed: int):
     """The plan for one level (groups → scores → allocation), at fixed weights; changes nothing."""
     from prunekit.planner import Target, make_plan
@@ -156,15 +164,15 @@ def make_level_plan(task: Task, model: nn.Module, level: float, seed: int):
 
     p = task.cfg.prune
     groups = find_groups(model, task.example, ignore=p.ignore)
-    batches = [b for _, b in zip(range(p.importance_batches), task.loader("train", task.cfg.finetune.batch_size, shuffle=True, seed=seed))]
+    loader = task.loader("train", task.cfg.finetune.batch_size, shuffle=True, seed=seed)
+    batches = [b for _, b in zip(range(p.importance_batches), loader)]
     return make_plan(
         model,
         groups,
         Target(metric=p.metric, saved=level),
-        config=p.planner,
+        config=planner_config_for(task.cfg, seed),
         batches=batches,
         example_inputs=task.example,
-        options={"importance": p.importance, "round_to": p.round_to, "min_keep_fraction": p.min_keep_fraction, "seed": seed},
     )
 
 
