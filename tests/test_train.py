@@ -3,8 +3,10 @@ gradient accumulation, schedules, evaluation and mixed-precision fallbacks."""
 
 from __future__ import annotations
 
+import gc
 import sys
 import warnings
+import weakref
 from pathlib import Path
 
 import pytest
@@ -120,6 +122,19 @@ def test_finetune_trains_the_new_parameters_after_a_prune(data, accelerator):
     assert torch.equal(old_conv2.weight, old_weight)  # the orphaned parameters were not optimised
     assert not model.training  # the caller's train/eval mode is restored
     assert "forward" not in model.__dict__  # no wrapper left on the caller's model
+    # Nothing (optimizer, accelerator registries) keeps the pruned-away parameters alive.
+    gone = weakref.ref(old_conv2.weight)
+    del old_conv2
+    gc.collect()
+    assert gone() is None
+
+
+def test_empty_loader_is_a_clear_error(accelerator):
+    empty = loader(torch.zeros(0, 1, 40), torch.zeros(0, dtype=torch.long), 8, shuffle=False)
+    with pytest.raises(ValueError, match="the training loader yields no batches"):
+        finetune(TinyCNN1d(width=4), empty, TrainConfig(), accelerator)
+    with pytest.raises(ValueError, match="the evaluation loader yields no batches"):
+        evaluate(TinyCNN1d(width=4), empty, accelerator)
 
 
 def test_gradient_accumulation_matches_a_larger_batch(data, accelerator):
@@ -223,13 +238,18 @@ def test_bf16_finetune_on_cpu_runs_and_leaves_a_plain_model(data):
     torch.manual_seed(0)
     model = TinyCNN1d(width=8)
     before = _params(model)
-    hist = finetune(model, _small(data), TrainConfig(epochs=1, lr=3e-3), acc)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the recipe and the accelerator agree: no warning
+        hist = finetune(model, _small(data), TrainConfig(epochs=1, lr=3e-3, mixed_precision="bf16"), acc)
     assert all(torch.isfinite(torch.tensor(hist["train_loss"])))
     assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
     assert not torch.allclose(before["fc.weight"], model.fc.weight)
     assert "forward" not in model.__dict__ and "_original_forward" not in model.__dict__
     assert model(data["x_test"][:4]).dtype == torch.float32  # no autocast left on the model
-    assert make_accelerator().mixed_precision == "no"  # switching back within one process works
+    acc = make_accelerator()
+    assert acc.mixed_precision == "no"  # switching back within one process works
+    with pytest.warns(UserWarning, match="asks for mixed_precision='bf16' but the Accelerator runs 'no'"):
+        finetune(model, _small(data), TrainConfig(max_steps=1, mixed_precision="bf16"), acc)
 
 
 def test_launch_checks_read_world_size_and_the_launcher_command_line(accelerator, monkeypatch):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import math
 import time
+import warnings
 from contextlib import nullcontext
 from typing import Any
 
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from prunekit.batch import batch_size_of, logits_of
 from prunekit.config import TrainConfig
-from prunekit.train.accel import check_launch
+from prunekit.train.accel import check_launch, resolve_mixed_precision
 from prunekit.train.optim import build_optimizer, lr_at
 
 
@@ -88,6 +89,20 @@ def _accumulation(cfg: TrainConfig, accelerator) -> int:
     return max(cfg.grad_accum_steps, from_acc)
 
 
+def _warn_on_precision_mismatch(cfg: TrainConfig, accelerator) -> None:
+    """The Accelerator fixes the precision; say so when the recipe asks for another one."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the device fallback itself was reported by make_accelerator
+        wanted = resolve_mixed_precision(cfg.mixed_precision, cpu=accelerator.device.type == "cpu")
+    have = str(accelerator.mixed_precision)
+    if wanted != have:
+        warnings.warn(
+            f"the train config asks for mixed_precision={cfg.mixed_precision!r} but the Accelerator runs "
+            f"{have!r}: build it with make_accelerator(mixed_precision={cfg.mixed_precision!r})",
+            stacklevel=3,
+        )
+
+
 def total_optimizer_steps(cfg: TrainConfig, micro_batches_per_epoch: int, accum: int) -> int:
     """``cfg.max_steps`` when set (it overrides epochs), else ceil(epochs × micro-batches / accum)."""
     if cfg.max_steps is not None:
@@ -115,6 +130,7 @@ def finetune(
     from accelerate.utils import set_seed
 
     check_launch(accelerator)
+    _warn_on_precision_mismatch(cfg, accelerator)
     accum = _accumulation(cfg, accelerator)
     set_seed(seed)
     _reseed_loader(train_loader, seed)
@@ -124,13 +140,14 @@ def finetune(
     # Fresh every call: the model's parameters may have been replaced since the last one.
     model.to(accelerator.device)
     optimizer = build_optimizer(model, cfg)
-    wrapped, optimizer = accelerator.prepare(model, optimizer)
     loader = _prepare_loader(accelerator, train_loader)
     micro_per_epoch = len(loader)
     if micro_per_epoch == 0:
+        _release(accelerator, loader)
         raise ValueError("the training loader yields no batches: check the split size and batch_size")
     total_steps = total_optimizer_steps(cfg, micro_per_epoch, accum)
     total_micro = total_steps * accum
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
     params = [p for p in model.parameters() if p.requires_grad]
 
     history: dict[str, Any] = {"train_loss": [], "val_loss": [], "val_accuracy": [], "steps": 0}
@@ -183,6 +200,7 @@ def finetune(
                 history["val_accuracy"].append(metrics["accuracy"])
     finally:
         bar.close()
+        loader.end()  # an epoch cut short (fractional epochs, max_steps) never tells accelerate it ended
         accelerator.gradient_accumulation_steps = saved_accum
         optimizer.zero_grad(set_to_none=True)
         _strip_forward_patch(model, had_forward)
