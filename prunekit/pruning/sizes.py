@@ -98,6 +98,7 @@ def _input_signature(inputs) -> tuple:
 
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def mac_terms(model: nn.Module, example_inputs) -> list[MacTerm]:
@@ -105,15 +106,14 @@ def mac_terms(model: nn.Module, example_inputs) -> list[MacTerm]:
     shapes and the input shapes are unchanged (planners call :func:`remaining_size` many times)."""
     from .blocks import find_blocks
 
-    attention_queries = tuple(a.q for a in find_blocks(model)[0])
     key = (
         tuple((n, tuple(p.shape)) for n, p in model.named_parameters()),
         _input_signature(example_inputs),
-        tuple(attention_queries),
     )
     hit = _CACHE.get(model)
     if hit is not None and hit[0] == key:
         return hit[1]
+    attention_queries = tuple(a.q for a in find_blocks(model)[0])
     terms = collect_mac_terms(model, example_inputs, attention_queries)
     _CACHE[model] = (key, terms)
     return terms
@@ -188,6 +188,9 @@ def check_groups_match(model: nn.Module, groups: Sequence[Group]) -> None:
     this model before it was pruned)."""
     tensors = dict(model.named_parameters())
     tensors.update(dict(model.named_buffers()))
+    key = (tuple((n, tuple(t.shape)) for n, t in tensors.items()), tuple((g.name, id(g)) for g in groups))
+    if _CHECKED.get(model) == key:  # planners ask again and again with the same groups
+        return
     for g in groups:
         for s in g.slices:
             t = tensors.get(s.param)
@@ -196,3 +199,4 @@ def check_groups_match(model: nn.Module, groups: Sequence[Group]) -> None:
                 raise ValueError(
                     f"group {g.name!r} does not fit this model ({s.param}); call find_groups on this model"
                 )
+    _CHECKED[model] = key
