@@ -278,3 +278,21 @@ def test_llama_config_left_valid_when_widths_cannot_be_expressed(tmp_path):
     assert model.config.num_attention_heads == 8  # unchanged, and still valid
     assert model.config.prunekit_layer_widths["model.layers.1"] == {"heads": 6, "kv_heads": 3, "neurons": 96}
     model.config.save_pretrained(tmp_path)  # validates the config
+
+
+def test_pretrained_efficientnet_lite0_with_depthwise_convs_prunes_exactly():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from prunekit.models import efficientnet_lite0
+
+    model = efficientnet_lite0(10, (3, 32, 32)).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    groups = find_groups(model, x)
+    assert len(groups) == 24 and groups[0].name == "_conv_stem:out"
+    plan = _random_plan(groups, fraction=0.5)
+    predicted, predicted_macs = remaining_size(model, groups, {k: len(v) for k, v in plan.keep.items()}, x)
+    with mask_groups(model, groups, _removed(groups, plan)):
+        masked = _logits(model, x)
+    apply_plan_(model, plan, x, groups=groups)
+    assert predicted == sum(p.numel() for p in model.parameters())
+    assert predicted_macs == count_macs(model, x)
+    assert torch.allclose(_logits(model, x), masked, atol=1e-5, rtol=1e-4)
