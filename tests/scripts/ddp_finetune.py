@@ -37,7 +37,14 @@ def run(out: Path, batch_size: int, accelerator_kind: str = "make", data: Path |
     cfg = TrainConfig(epochs=2, batch_size=batch_size, lr=1e-2, schedule="cosine", warmup_fraction=0.1)
     h1 = finetune(model, train, cfg, accelerator, val_loader=test, desc="dense", seed=0)
     shrink_conv2_(model, keep=5)
-    h2 = finetune(model, train, cfg.model_copy(update={"epochs": 1.0}), accelerator, desc="pruned", seed=1)
+    h2 = finetune(
+        model,
+        train,
+        cfg.model_copy(update={"epochs": 1.0, "grad_accum_steps": 2}),
+        accelerator,
+        desc="pruned",
+        seed=1,
+    )
     metrics = evaluate(model, test, accelerator)
     rank = accelerator.process_index
     out.mkdir(parents=True, exist_ok=True)
