@@ -255,3 +255,32 @@ def test_registry_and_input_errors():
     bad = [_group("fc9:out", 2, [("fc9.weight", 0)])]
     with pytest.raises(ValueError, match="not a parameter or buffer"):
         unit_scores(make_mlp(), bad)
+
+
+def test_scores_on_found_groups_match_the_hand_built_ones():
+    from prunekit.pruning import find_groups
+
+    m, data = make_cnn(), batches((1, 10), 2)
+    found = find_groups(m, data[0][0])
+    assert [g.name for g in found] == [g.name for g in cnn_groups()]
+    for crit in ("l2", "taylor"):
+        a = unit_scores(m, found, data, criterion=crit)
+        b = unit_scores(m, cnn_groups(), data, criterion=crit)
+        for k in b:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_data_driven_scores_work_with_dict_inputs_of_hf_models():
+    from prunekit.pruning import find_groups
+    from prunekit.testing.models import example_inputs_for, tiny_bert
+
+    m = tiny_bert()
+    x = example_inputs_for(m, batch=4, seq_len=8)
+    groups = find_groups(m, x)
+    data = [(x, torch.tensor([0, 1, 2, 1]))]
+    for crit in ("taylor", "hessian"):
+        scores = unit_scores(m, groups, data, criterion=crit)
+        for g in groups:
+            s = scores[g.name]
+            assert s.shape == (g.num_units,) and torch.isfinite(s).all() and (s > 0).any(), (crit, g.name)
+    assert all(p.grad is None for p in m.parameters())
