@@ -10,8 +10,9 @@ Three attention styles are known:
 - "qkvo": children ``q_proj, k_proj, v_proj, o_proj`` (Linear) and an int ``head_dim`` (LLaMA family,
   ViT in transformers >= 5); ``k_proj`` may have fewer heads (grouped-query attention).
 - "lin": ``q_lin, k_lin, v_lin, out_lin`` and ``attention_head_size`` (DistilBERT).
-- "bert": child ``self`` with Linear ``query, key, value`` and int ``attention_head_size``, and child
-  ``output`` with Linear ``dense`` (BERT family).
+- "bert": child ``self`` (or ``attention``) with Linear ``query, key, value`` and int
+  ``attention_head_size``, and child ``output`` with Linear ``dense`` (BERT family, ViT before
+  transformers 5).
 Feed-forward blocks are looked for next to each attention module: ``gate_proj/up_proj/down_proj``,
 ``fc1/fc2``, ``lin1/lin2``, or ``intermediate.dense`` with ``output.dense``.
 """
@@ -26,7 +27,7 @@ from torch import nn
 @dataclass(frozen=True)
 class AttentionSpec:
     name: str  # the module that owns the heads (group names are f"{name}:heads")
-    style: str  # "qkvo" | "bert"
+    style: str  # "qkvo" | "lin" | "bert"
     q: str  # module names of the projections
     k: str
     v: str
@@ -73,26 +74,21 @@ def _attention(name: str, m: nn.Module) -> AttentionSpec | None:
                 q.out_features // head_dim,
                 k.out_features // head_dim,
             )
-    sa, out = getattr(m, "self", None), getattr(m, "output", None)
-    if sa is None or out is None or _linear(out, "dense") is None:
+    out = getattr(m, "output", None)
+    if out is None or _linear(out, "dense") is None:
         return None
-    if any(_linear(sa, a) is None for a in ("query", "key", "value")):
-        return None
-    size = getattr(sa, "attention_head_size", None)
-    if not isinstance(size, int) or size <= 0:
-        return None
-    heads = sa.query.out_features // size
-    return AttentionSpec(
-        name,
-        "bert",
-        _join(name, "self.query"),
-        _join(name, "self.key"),
-        _join(name, "self.value"),
-        _join(name, "output.dense"),
-        size,
-        heads,
-        heads,
-    )
+    for child in ("self", "attention"):  # BERT; ViT in transformers < 5
+        sa = getattr(m, child, None)
+        if sa is None or any(_linear(sa, a) is None for a in ("query", "key", "value")):
+            continue
+        size = getattr(sa, "attention_head_size", None)
+        if not isinstance(size, int) or size <= 0:
+            continue
+        heads = sa.query.out_features // size
+        inner = _join(name, child)
+        projs = (_join(inner, "query"), _join(inner, "key"), _join(inner, "value"))
+        return AttentionSpec(name, "bert", *projs, _join(name, "output.dense"), size, heads, heads)
+    return None
 
 
 def _ffn(layer_name: str, layer: nn.Module, attention_name: str) -> FFNSpec | None:

@@ -21,7 +21,7 @@ from .llama import patch_qkvo
 
 
 def _patch_bert(model: nn.Module, a: AttentionSpec) -> dict[str, int]:
-    sa = model.get_submodule(a.name).self
+    sa = model.get_submodule(a.q.rsplit(".", 1)[0])
     rows = sa.query.out_features
     sa.num_attention_heads = rows // sa.attention_head_size
     sa.all_head_size = rows
