@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -133,6 +133,29 @@ def _id_batches(data: Any, num: int, seed: int) -> Iterator[Batch]:
         yield _rows(data, idx[i : i + 256])
 
 
+def _id_layer(model: nn.Module, layer: str, inputs: Any, notes: list[str]) -> str:
+    """The representation d_eff is measured on; checked before any estimator runs (fail fast)."""
+    if layer == "inputs" and isinstance(inputs, Mapping):
+        # token ids have no useful geometry: use the encoder's mask-weighted mean token state instead
+        prefix = getattr(model, "base_model_prefix", "")
+        encoder = f"{prefix}.encoder" if prefix else ""
+        if encoder not in dict(model.named_modules()):
+            raise ValueError(
+                "estimate.id_representation='inputs' needs tensor inputs; for text set it to a module name "
+                "of the model, e.g. 'bert.encoder'"
+            )
+        notes.append(
+            f"id_representation 'inputs' is undefined for token ids: used '{encoder}' (mean token state)"
+        )
+        return encoder
+    if layer != "inputs" and layer not in dict(model.named_modules()):
+        raise ValueError(
+            f"estimate.id_representation={layer!r} is not a module of the model; use 'inputs' or a name "
+            "from model.named_modules()"
+        )
+    return layer
+
+
 # ------------------------------------------------------------------------------------- estimators
 class _Timer:
     def __init__(self, seconds: dict[str, float], name: str, show: bool):
@@ -197,9 +220,10 @@ def estimate(
     if n_train < 1:
         raise ValueError(f"n must be a positive number of training samples, got {n_train}")
     num_probe = batch_size_of(probe[0])
+    notes: list[str] = []
+    layer = _id_layer(model, cfg.id_representation, probe[0], notes)
     hess_batches = _chunks(probe, _HESSIAN_BATCH)
     seconds: dict[str, float] = {}
-    notes: list[str] = []
     per_group: dict[str, dict[str, Any]] = {}
     my_seed = rank_seed(seed, rank)
 
@@ -264,7 +288,6 @@ def estimate(
         notes.append(f"the top Hessian eigenvalue did not converge in {cfg.power_iters} power iterations")
 
     with _Timer(seconds, "intrinsic_dim", show):
-        layer = cfg.id_representation
         X = representation(
             model if layer != "inputs" else None, id_batches, layer, max_samples=cfg.id_samples
         )

@@ -170,3 +170,33 @@ def test_run_estimate_command_end_to_end(tmp_path: Path, capsys) -> None:
     for word in ("C_arch", "T_opt", "d_eff", "bound", "top 3 groups by NTK trace", "seconds"):
         assert word in text
     assert not list(path.parent.glob("*.tmp"))  # written atomically, no temp file left
+
+
+def test_estimate_on_text_inputs_uses_the_encoder_for_d_eff() -> None:
+    """HF dict inputs end to end (tiny BERT, random token ids: only the plumbing is under test here)."""
+    from prunekit.testing import tiny_bert
+
+    model = tiny_bert(num_labels=3, layers=1)
+    gen = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(4):
+        ids = torch.randint(1, 100, (16, 12), generator=gen)
+        mask = torch.ones_like(ids)
+        mask[:, 9:] = torch.randint(0, 2, (16, 3), generator=gen)
+        batches.append(
+            ({"input_ids": ids, "attention_mask": mask}, torch.randint(0, 3, (16,), generator=gen))
+        )
+    groups = find_groups(model, batches[0][0])
+    cfg = EstimateConfig(probe_samples=24, trace_probes=4, hessian_probes=2, power_iters=2, id_samples=64)
+    est = estimate(model, batches, cfg, groups=groups, n=64)
+    assert est.intrinsic_dim["representation"] == "bert.encoder"
+    assert any("bert.encoder" in note for note in est.notes)
+    assert {g.name for g in groups} == set(est.groups)
+    assert any(name.endswith(":heads") for name in est.groups)
+    assert math.isfinite(est.C_arch) and math.isfinite(est.d_eff)
+
+
+def test_unknown_id_representation_fails_before_any_estimator(model, splits) -> None:
+    cfg = SMALL.model_copy(update={"id_representation": "no.such.layer"})
+    with pytest.raises(ValueError, match="estimate.id_representation='no.such.layer'"):
+        estimate(model, splits, cfg)
