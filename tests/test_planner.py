@@ -198,3 +198,15 @@ def test_every_planner_plans_a_transformer_with_dict_inputs():
         # 4-head groups are coarse; the search still lands near the target
         assert abs(plan.extra["achieved"]["macs_saved"] - 0.5) < 0.03, planner
         assert all(len(plan.keep[g.name]) >= 1 for g in groups)
+
+
+def test_run_config_prune_section_maps_to_planner_configs():
+    from prunekit.config import PruneConfig
+    from prunekit.planner import GlobalTaylorConfig, from_prune_config
+
+    cfg = from_prune_config(PruneConfig(planner="uniform", importance="taylor", round_to=4), seed=7)
+    assert cfg == UniformConfig(importance="taylor", round_to=4, min_keep_fraction=0.05, seed=7)
+    cfg = from_prune_config(PruneConfig(planner="global_taylor", importance_batches=2))
+    assert cfg == GlobalTaylorConfig(num_batches=2)
+    with pytest.raises(ValueError, match="unknown planner 'theory'"):
+        from_prune_config(PruneConfig(planner="theory"))

@@ -17,6 +17,7 @@ from prunekit.planner.baselines import (
 from prunekit.planner.registry import (
     PlanContext,
     PlannerConfig,
+    from_prune_config,
     get_planner,
     known_planners,
     make_plan,
@@ -32,6 +33,7 @@ __all__ = [
     "PlanContext",
     "PlannerConfig",
     "RandomConfig",
+    "from_prune_config",
     "Target",
     "UniformConfig",
     "get_planner",

@@ -112,6 +112,25 @@ def planner_config(name: str, **options: Any) -> PlannerConfig:
     return spec.config_cls(**options)
 
 
+def from_prune_config(prune: Any, seed: int = 0) -> PlannerConfig:
+    """The planner config named by a run config's ``prune`` section (``prunekit.config.PruneConfig``).
+
+    ``importance`` is passed on only to planners that choose units by a configurable criterion
+    (``uniform``); the global baselines are defined by their own scores.
+    """
+    spec = get_planner(prune.planner)
+    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
+    options: dict[str, Any] = {
+        "min_keep_fraction": prune.min_keep_fraction,
+        "round_to": prune.round_to,
+        "num_batches": prune.importance_batches,
+        "seed": seed,
+    }
+    if "importance" in fields:
+        options["importance"] = prune.importance
+    return planner_config(prune.planner, **{k: v for k, v in options.items() if k in fields})
+
+
 def _resolve(config: PlannerConfig | str | None) -> tuple[PlannerSpec, PlannerConfig]:
     if config is None:
         config = "uniform"

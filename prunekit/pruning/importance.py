@@ -22,6 +22,7 @@ Scores are float64 CPU tensors of shape ``[num_units]``. The model's mode, ``req
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -29,6 +30,7 @@ from itertools import islice
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from prunekit.batch import Batch, batch_size_of, logits_of, move_to, slice_inputs
 from prunekit.pruning.types import Group
@@ -195,6 +197,10 @@ class _GradScope:
             p.requires_grad_(self.flags[n])
 
 
+def _progress(batches: Sequence[Batch] | None, desc: str) -> Iterable[Batch]:
+    return tqdm(batches or [], desc=desc, leave=False, disable=not sys.stderr.isatty())
+
+
 def _device_of(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
@@ -225,7 +231,7 @@ def _taylor(req: ScoreRequest) -> dict[str, Tensor]:
     acc = [torch.zeros_like(t, dtype=torch.float64) for t in tensors]
     seen = 0
     with _GradScope(req.model, params):
-        for inputs, labels in req.batches or []:
+        for inputs, labels in _progress(req.batches, "taylor scores"):
             inputs, labels = move_to(inputs, device), labels.to(device)
             n = batch_size_of(inputs)
             grads = torch.autograd.grad(_loss(req.model, inputs, labels), tensors, allow_unused=True)
@@ -242,7 +248,7 @@ def _fisher_diag(req: ScoreRequest, tensors: list[Tensor], device: torch.device)
     batch-of-one forward passes equal to the rows of the batched pass)."""
     acc = [torch.zeros_like(t, dtype=torch.float64) for t in tensors]
     seen = 0
-    for inputs, labels in req.batches or []:
+    for inputs, labels in _progress(req.batches, "fisher diagonal"):
         inputs, labels = move_to(inputs, device), labels.to(device)
         for i in range(batch_size_of(inputs)):
             x_i = slice_inputs(inputs, slice(i, i + 1))
@@ -261,7 +267,7 @@ def _hutchinson_diag(
     gen = torch.Generator().manual_seed(req.seed)
     acc = [torch.zeros_like(t, dtype=torch.float64) for t in tensors]
     seen = 0
-    for inputs, labels in req.batches or []:
+    for inputs, labels in _progress(req.batches, "hutchinson diagonal"):
         inputs, labels = move_to(inputs, device), labels.to(device)
         n = batch_size_of(inputs)
         grads = torch.autograd.grad(
