@@ -49,14 +49,17 @@ def call_with_timeout(fn: Callable[[], T], timeout_s: float, what: str) -> T:
     worker = threading.Thread(target=target, name="prunekit-graph-build", daemon=True)
     worker.start()
     worker.join(timeout_s)
-    if worker.is_alive():
+    for _ in range(20):  # repeat: a bare ``except:`` in traced code may swallow one interruption
+        if not worker.is_alive():
+            break
         _interrupt(worker)
-        worker.join(10.0)  # the trace stops at its next bytecode; give a slow C call time to return
+        worker.join(0.5)  # it stops at its next bytecode; a slow C call may take a moment to return
+    if "value" not in box and "error" not in box:
         raise GraphTimeoutError(
             f"building the dependency graph of {what} took longer than {timeout_s:g} s; raise timeout_s if "
             f"the model is just large. Attention that prunekit does not recognise is traced and can stall "
-            f"(grouped-query attention never finishes): prunekit prunes BERT-, ViT- and LLaMA-style "
-            f"attention directly"
+            f"(grouped-query attention never finishes): prunekit prunes BERT-, DistilBERT-, ViT- and "
+            f"LLaMA-style attention directly"
         )
     if "error" in box:
         raise box["error"]  # type: ignore[misc]
