@@ -79,7 +79,8 @@ def floor_counts(groups: Sequence[Group], min_keep_fraction: float, min_units: i
 
 def keep_indices(scores: Tensor, count: int) -> list[int]:
     """The ``count`` highest-scored units, sorted by index; ties go to the lower index (deterministic)."""
-    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
+    values = scores.tolist()
+    order = sorted(range(len(values)), key=lambda i: (-values[i], i))
     return sorted(order[:count])
 
 
@@ -147,10 +148,11 @@ def removal_order(groups: Sequence[Group], scores: Mapping[str, Tensor], floors:
     score order, at most ``num_units - floor`` of them). Ties: group order, then unit index."""
     entries: list[tuple[float, int, int, str]] = []
     for gi, g in enumerate(groups):
-        s = scores[g.name]
-        ascending = sorted(range(g.num_units), key=lambda i, s=s: (float(s[i]), -i))
-        for rank, _unit in enumerate(ascending[: g.num_units - floors[g.name]]):
-            entries.append((float(s[_unit]), gi, rank, g.name))
+        values = scores[g.name].tolist()
+        # ties within a group: the higher index goes first, matching keep_indices (keeps the lower)
+        ascending = sorted(range(g.num_units), key=lambda i, v=values: (v[i], -i))
+        for rank, unit in enumerate(ascending[: g.num_units - floors[g.name]]):
+            entries.append((values[unit], gi, rank, g.name))
     entries.sort()
     return [name for *_, name in entries]
 
