@@ -7,6 +7,8 @@ import threading
 import time
 
 import pytest
+import torch
+from torch import nn
 
 from prunekit.pruning import GraphTimeoutError, find_groups, round_keep
 from prunekit.testing import (
@@ -98,6 +100,31 @@ def test_a_layer_that_cannot_be_cut_is_named_with_the_ignore_fix():
     with pytest.raises(ValueError, match=r"grouped.*add 'stem' to ignore"):
         find_groups(model, example_inputs_for(model))
     assert find_groups(model, example_inputs_for(model), ignore=["stem", "grouped"]) == []
+
+
+class _LearnedScale(nn.Module):
+    def __init__(self, matrix: bool = False):
+        super().__init__()
+        self.a = nn.Linear(6, 8)
+        self.w = nn.Parameter(torch.randn(4, 8) if matrix else torch.rand(8) + 0.5)
+        self.b = nn.Linear(4 if matrix else 8, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.b(h @ self.w.T if self.w.dim() == 2 else h * self.w)
+
+
+def test_free_parameters_are_cut_when_per_channel_and_refused_otherwise():
+    x = torch.randn(2, 6)
+    (group,) = find_groups(_LearnedScale(), x)
+    assert {(s.param, s.dim) for s in group.slices} == {
+        ("a.weight", 0),
+        ("a.bias", 0),
+        ("w", 0),
+        ("b.weight", 1),
+    }
+    with pytest.raises(ValueError, match=r"w \(a \(4, 8\) parameter.*add 'a' to ignore"):
+        find_groups(_LearnedScale(matrix=True), x)
 
 
 def test_bert_groups_are_heads_and_intermediate_neurons():

@@ -32,6 +32,12 @@ def _item_slices(tp, dg, module, handler, name: str) -> list[tuple[str, int]]:
     pruner = getattr(handler, "__self__", None)
     out = getattr(handler, "__name__", "") == "prune_out_channels"
     if isinstance(module, nn.Parameter):
+        # a parameter used outside a standard layer: torch-pruning guesses its channel dim (the last
+        # one that is not 1), which is only certain for per-channel vectors such as a learned scale
+        if sum(size > 1 for size in module.shape) > 1:
+            raise UnsupportedLayer(
+                f"{name} (a {tuple(module.shape)} parameter used outside a standard layer)"
+            )
         return [(dg._param_to_name[module], dg.module2node[module].pruning_dim)]
     if isinstance(pruner, fn.DepthwiseConvPruner):
         if module.in_channels != module.out_channels:
