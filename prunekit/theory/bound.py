@@ -28,8 +28,16 @@ from typing import Any
 import numpy as np
 
 PREDICTORS: tuple[str, ...] = ("C", "T", "n", "d_eff")
+# Predictors a fit may use: the four above, and their product "CT" for the ablation C·T (DESIGN.md §3).
+_INPUTS: dict[str, tuple[str, ...]] = {
+    "C": ("C",),
+    "T": ("T",),
+    "CT": ("C", "T"),
+    "n": ("n",),
+    "d_eff": ("d_eff",),
+}
 # The exponents of the stated form, for comparison with the fitted ones.
-STATED_EXPONENTS: dict[str, float] = {"C": 0.5, "T": 0.5, "n": -0.5, "d_eff": -0.5}
+STATED_EXPONENTS: dict[str, float] = {"C": 0.5, "T": 0.5, "CT": 0.5, "n": -0.5, "d_eff": -0.5}
 # Accepted spellings of each field in a record (Estimates.to_dict() uses the long names).
 _ALIASES: dict[str, tuple[str, ...]] = {
     "C": ("C", "C_arch"),
@@ -89,30 +97,34 @@ class Calibration:
     num_records: int
     dof: int
     notes: list[str] = field(default_factory=list)
+    predictors: list[str] = field(default_factory=lambda: list(PREDICTORS))
     format_version: int = CALIBRATION_FORMAT_VERSION
 
-    def predict(self, C: Any, T: Any, n: Any, d_eff: Any) -> Any:
-        """The calibrated gap for scalars or arrays (numpy broadcasting).
+    def predict(self, C: Any = None, T: Any = None, n: Any = None, d_eff: Any = None) -> Any:
+        """The calibrated gap for scalars or arrays (numpy broadcasting); inputs the fit did not use may be None.
 
         A constant predictor must equal the value it had in the fit: the fit says nothing about how the gap
         moves with it (a ValueError says so rather than extrapolating silently).
         """
-        values = {"C": C, "T": T, "n": n, "d_eff": d_eff}
-        arrays = {}
-        for k, v in values.items():
-            a = np.asarray(v, dtype=np.float64)
-            if not np.all(np.isfinite(a)) or np.any(a <= 0):
-                raise ValueError(f"{k} must be positive and finite to predict a gap, got {v!r}")
-            arrays[k] = a
+        given = {"C": C, "T": T, "n": n, "d_eff": d_eff}
+        values = {}
+        for name in self.predictors:
+            v = np.ones((), dtype=np.float64)
+            for k in _INPUTS[name]:
+                a = np.asarray(given[k] if given[k] is not None else np.nan, dtype=np.float64)
+                if not np.all(np.isfinite(a)) or np.any(a <= 0):
+                    raise ValueError(f"{k} must be positive and finite to predict a gap, got {given[k]!r}")
+                v = v * a
+            values[name] = v
         for k, fixed in self.fixed_values.items():
-            if not np.allclose(arrays[k], fixed, rtol=1e-6, atol=0.0):
+            if not np.allclose(values[k], fixed, rtol=1e-6, atol=0.0):
                 raise ValueError(
                     f"{k}={values[k]!r} differs from the only value seen in the calibration ({fixed:g}): "
                     f"calibrate on records that vary {k} before predicting at a new {k}"
                 )
         log_gap = np.asarray(self.intercept.value, dtype=np.float64)
         for k, ex in self.exponents.items():
-            log_gap = log_gap + ex.value * np.log(arrays[k])
+            log_gap = log_gap + ex.value * np.log(values[k])
         out = np.exp(log_gap)
         return float(out) if out.ndim == 0 else out
 
@@ -161,6 +173,7 @@ class Calibration:
             num_records=int(d["num_records"]),
             dof=int(d["dof"]),
             notes=list(d.get("notes", [])),
+            predictors=list(d.get("predictors", PREDICTORS)),
             format_version=version,
         )
 
@@ -180,7 +193,9 @@ def _field(record: Mapping[str, Any], key: str, i: int) -> float:
     raise ValueError(f"record {i} has no '{key}' (keys: {sorted(record)}); give C, T, n, d_eff and gap")
 
 
-def _records_to_arrays(records: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+def _records_to_arrays(
+    records: Sequence[Mapping[str, Any]], predictors: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(records, Mapping) or not isinstance(records, Sequence):
         raise ValueError("records must be a list of mappings with keys C, T, n, d_eff, gap")
     rows, gaps = [], []
@@ -189,7 +204,7 @@ def _records_to_arrays(records: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray
             raise ValueError(
                 f"record {i} is a {type(r).__name__}; give a mapping with keys C, T, n, d_eff, gap"
             )
-        rows.append([_field(r, k, i) for k in PREDICTORS])
+        rows.append([math.prod(_field(r, k, i) for k in _INPUTS[p]) for p in predictors])
         gaps.append(_field(r, "gap", i))
     return np.log(np.asarray(rows, dtype=np.float64)), np.log(np.asarray(gaps, dtype=np.float64))
 
@@ -216,16 +231,24 @@ def _select_columns(X: np.ndarray) -> tuple[list[int], list[int], list[int]]:
     return kept, constant, collinear
 
 
-def calibrate(records: Sequence[Mapping[str, Any]]) -> Calibration:
+def calibrate(records: Sequence[Mapping[str, Any]], predictors: Sequence[str] = PREDICTORS) -> Calibration:
     """Fit ``log gap = a·log C + b·log T + c·log n + d·log d_eff + e`` by least squares.
 
     ``records``: mappings with positive ``C`` (or ``C_arch``), ``T`` (or ``T_opt``), ``n``, ``d_eff`` and
-    ``gap``. Needs at least one more record than fitted coefficients for standard errors; with exactly as
-    many the fit is exact and standard errors are None.
+    ``gap`` (only the fields the predictors use are read). ``predictors``: a subset of C, T, CT (the
+    product C·T as one predictor), n, d_eff, for ablations such as C alone, T alone or C·T. Needs at
+    least one more record than fitted coefficients for standard errors; with exactly as many the fit is
+    exact and standard errors are None.
     """
     from scipy import stats  # scipy is heavy; only calibration needs it
 
-    X, y = _records_to_arrays(records)
+    predictors = list(predictors)
+    unknown = [p for p in predictors if p not in _INPUTS]
+    if unknown or not predictors or len(set(predictors)) != len(predictors):
+        raise ValueError(
+            f"predictors {predictors} are invalid: choose distinct names from {', '.join(_INPUTS)}"
+        )
+    X, y = _records_to_arrays(records, predictors)
     m = X.shape[0]
     if m < 2:
         raise ValueError(f"calibration needs at least 2 records, got {m}: measure more candidates")
@@ -234,7 +257,7 @@ def calibrate(records: Sequence[Mapping[str, Any]]) -> Calibration:
     p = design.shape[1]
     if m < p:
         raise ValueError(
-            f"{m} records cannot identify {p} coefficients ({', '.join(PREDICTORS[j] for j in kept)} and the "
+            f"{m} records cannot identify {p} coefficients ({', '.join(predictors[j] for j in kept)} and the "
             "intercept): measure more candidates"
         )
     coef, *_ = np.linalg.lstsq(design, y, rcond=None)
@@ -261,13 +284,13 @@ def calibrate(records: Sequence[Mapping[str, Any]]) -> Calibration:
         s = float(se[idx])
         return Exponent(v, s, (v - tq * s, v + tq * s), stated)
 
-    exponents = {PREDICTORS[j]: make(i + 1, STATED_EXPONENTS[PREDICTORS[j]]) for i, j in enumerate(kept)}
-    not_identified = [PREDICTORS[j] for j in sorted(constant + collinear)]
+    exponents = {predictors[j]: make(i + 1, STATED_EXPONENTS[predictors[j]]) for i, j in enumerate(kept)}
+    not_identified = [predictors[j] for j in sorted(constant + collinear)]
     for j in constant:
-        notes.append(f"{PREDICTORS[j]} is constant across records: its exponent is not identifiable")
+        notes.append(f"{predictors[j]} is constant across records: its exponent is not identifiable")
     for j in collinear:
         notes.append(
-            f"{PREDICTORS[j]} is collinear with the other predictors: its exponent is not identifiable"
+            f"{predictors[j]} is collinear with the other predictors: its exponent is not identifiable"
         )
     if "d_eff" in exponents and not exponents["d_eff"].sign_agrees_with_stated:
         notes.append(
@@ -277,10 +300,11 @@ def calibrate(records: Sequence[Mapping[str, Any]]) -> Calibration:
         exponents=exponents,
         intercept=make(0, 0.0),
         not_identified=not_identified,
-        fixed_values={PREDICTORS[j]: float(np.exp(X[0, j])) for j in constant},
+        fixed_values={predictors[j]: float(np.exp(X[0, j])) for j in constant},
         r2=(1.0 - rss / tss) if tss > 0 else None,
         residual_std=residual_std,
         num_records=m,
         dof=dof,
         notes=notes,
+        predictors=predictors,
     )

@@ -149,3 +149,22 @@ def test_calibrate_accepts_estimate_field_names() -> None:
         {"C_arch": r["C"], "T_opt": r["T"], "n": r["n"], "d_eff": r["d_eff"], "gap": r["gap"]} for r in recs
     ]
     assert calibrate(long).exponents["T"].value == pytest.approx(0.5)
+
+
+def test_ablation_predictors_c_alone_and_ct_product() -> None:
+    rng = np.random.default_rng(6)
+    recs = _records(rng, 40, {"C": 0.4, "T": 0.4}, e=0.1, noise=0.0, vary=("C", "T"))
+    ct = calibrate(recs, predictors=["CT"])
+    assert ct.predictors == ["CT"] and set(ct.exponents) == {"CT"}
+    assert ct.exponents["CT"].value == pytest.approx(0.4, abs=1e-9)  # equal exponents: exact in C·T
+    r = recs[0]
+    assert ct.predict(C=r["C"], T=r["T"]) == pytest.approx(r["gap"], rel=1e-9)
+    c_only = calibrate([{"C": r["C"], "gap": r["gap"]} for r in recs], predictors=("C",))
+    assert set(c_only.exponents) == {"C"} and c_only.r2 < 1.0  # T's share is now noise
+    assert Calibration.from_json(c_only.to_json()).predict(C=10.0) == pytest.approx(c_only.predict(C=10.0))
+    with pytest.raises(ValueError, match="T must be positive"):
+        ct.predict(C=1.0)
+    with pytest.raises(ValueError, match="predictors"):
+        calibrate(recs, predictors=["C", "X"])
+    with pytest.raises(ValueError, match="predictors"):
+        calibrate(recs, predictors=["C", "C"])
