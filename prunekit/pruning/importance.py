@@ -177,7 +177,7 @@ def reduce_to_units(groups: Sequence[Group], quantity: dict[str, Tensor]) -> dic
 
 
 class _GradScope:
-    """Eval mode and requires_grad on the scored parameters for the duration; everything restored after."""
+    """Eval mode, grad mode and requires_grad on the scored parameters for the duration; all restored after."""
 
     def __init__(self, model: nn.Module, params: dict[str, nn.Parameter]):
         self.model, self.params = model, params
@@ -188,9 +188,12 @@ class _GradScope:
         self.model.eval()  # estimators use eval mode: dropout off, BatchNorm running statistics
         for p in self.params.values():
             p.requires_grad_(True)
+        self.grad_mode = torch.enable_grad()  # works even when the caller is inside torch.no_grad()
+        self.grad_mode.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.grad_mode.__exit__(*exc)
         for m, mode in self.modes.items():
             m.training = mode
         for n, p in self.params.items():
