@@ -21,6 +21,7 @@ WORKING_FLAGS += ["--dynamo_backend", "no"]
 FIX = "ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 --num_machines 1"
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
+cpu_only_trap = pytest.mark.skipif(torch.cuda.is_available(), reason="a trap of machines without GPUs")
 
 
 def _free_port() -> int:
@@ -57,6 +58,8 @@ def runs(tmp_path_factory):
         ),
         # trap (a): --cpu picks the simple launcher, which starts ONE process
         "trap_cpu_flag": (["--cpu", "--num_processes", "2", str(SCRIPT), "--batch-size", "32"], False),
+        # trap (a'): without --multi_gpu on a machine without GPUs: the same one-process launcher
+        "trap_no_multi_gpu": (["--num_processes", "2", str(SCRIPT), "--batch-size", "32"], False),
         # trap (b): two processes, but a plain Accelerator() on CPU forms no process group
         "trap_plain": (
             [*WORKING_FLAGS, "--main_process_port", str(_free_port()), str(SCRIPT), "--batch-size", "32"]
@@ -64,6 +67,9 @@ def runs(tmp_path_factory):
             False,
         ),
     }
+    if torch.cuda.is_available():  # these two are CPU-only traps; with GPUs the launches are real DDP
+        launches.pop("trap_no_multi_gpu")
+        launches.pop("trap_plain")
     procs = {}
     for name, (args, use_cpu) in launches.items():
         out = tmp / name
@@ -134,14 +140,17 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(runs):
         assert a == pytest.approx(b, abs=1e-4)
 
 
-def test_cpu_flag_launch_is_refused_with_the_fix(runs):
-    trap = runs["trap_cpu_flag"]
+@pytest.mark.parametrize("name", ["trap_cpu_flag", pytest.param("trap_no_multi_gpu", marks=cpu_only_trap)])
+def test_one_process_launch_is_refused_with_the_fix(runs, name):
+    trap = runs[name]
     assert trap["rc"] != 0
-    assert "`accelerate launch --cpu` ignores --num_processes" in trap["stderr"], trap["stderr"][-3000:]
+    msg = "asked for 2 processes (accelerate launch --num_processes 2) but only 1 is running"
+    assert msg in trap["stderr"], trap["stderr"][-3000:]
     assert FIX in trap["stderr"]
     assert not (trap["out"] / "rank0.safetensors").exists()
 
 
+@cpu_only_trap
 def test_plain_accelerator_on_cpu_is_refused_with_the_fix(runs):
     trap = runs["trap_plain"]
     assert trap["rc"] != 0

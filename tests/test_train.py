@@ -233,7 +233,7 @@ def test_mixed_precision_fallbacks_on_cpu():
 
 
 def test_bf16_finetune_on_cpu_runs_and_leaves_a_plain_model(data):
-    acc = make_accelerator("bf16", cpu=True)
+    acc = make_accelerator("bf16")  # on this CPU machine: torch's CPU autocast
     assert acc.mixed_precision == "bf16"
     torch.manual_seed(0)
     model = TinyCNN1d(width=8)

@@ -3,7 +3,8 @@
 Two launches look fine and are not (measured with accelerate 1.15 on a CPU-only machine):
 
 (a) ``accelerate launch --cpu --num_processes 2 script.py`` starts ONE process: ``--cpu`` selects the
-    simple launcher, which ignores ``--num_processes``. Nothing in the child's environment records the
+    simple launcher, which ignores ``--num_processes`` (so does a launch without ``--multi_gpu`` on a
+    machine without GPUs). Nothing in the child's environment records the
     request (no WORLD_SIZE, no ACCELERATE_NUM_PROCESSES), so we read it from the launcher's command line,
     the parent process.
 (b) ``accelerate launch --multi_gpu --num_processes 2 script.py`` whose script builds a plain
@@ -100,8 +101,8 @@ def check_launch(accelerator) -> None:
         )
     else:
         what = (
-            f"the launch asked for {asked} processes ({source}) but only {have} is running: "
-            "`accelerate launch --cpu` ignores --num_processes"
+            f"the launch asked for {asked} processes ({source}) but only {have} is running: without "
+            "--multi_gpu (or with --cpu) accelerate uses its one-process launcher, which ignores --num_processes"
         )
     raise RuntimeError(f"{what}; launch with: {_WORKING_LAUNCH.format(n=asked)}")
 
@@ -152,8 +153,9 @@ def make_accelerator(
 ):
     """An Accelerator for this launch: one process, or DDP over the processes `accelerate launch` started.
 
-    ``cpu=None`` means "CPU when there is no CUDA GPU"; passing ``cpu=True`` explicitly is what lets a
-    multi-process launch form a gloo process group on CPU. ``seed`` seeds python, numpy and torch on
+    ``cpu=None`` means "CPU when there is no CUDA GPU or ACCELERATE_USE_CPU is set"; running on CPU
+    with ``cpu=True`` passed to accelerate is what lets a multi-process launch form a gloo process
+    group. ``seed`` seeds python, numpy and torch on
     every process (None leaves the RNGs alone). Raises RuntimeError for the launches described above.
     """
     from accelerate import Accelerator
@@ -163,7 +165,10 @@ def make_accelerator(
         raise ValueError(
             f"grad_accum_steps={grad_accum_steps!r} must be a positive integer (1 = no accumulation)"
         )
-    use_cpu = (not _has_gpu()) if cpu is None else bool(cpu)
+    from accelerate.utils import parse_flag_from_env
+
+    # accelerate itself forces CPU when ACCELERATE_USE_CPU is set, whatever `cpu` says
+    use_cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or ((not _has_gpu()) if cpu is None else bool(cpu))
     precision = resolve_mixed_precision(mixed_precision, use_cpu)
     _allow_new_precision(precision)
     accelerator = Accelerator(
