@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -9,7 +10,14 @@ import torch
 
 from prunekit.batch import logits_of
 from prunekit.metrics import count_macs
-from prunekit.pruning import Plan, apply_plan_, find_groups, mask_groups, remaining_size
+from prunekit.pruning import (
+    Plan,
+    apply_plan_,
+    compose_plans,
+    find_groups,
+    mask_groups,
+    remaining_size,
+)
 from prunekit.testing import (
     example_inputs_for,
     tiny_bert,
@@ -296,3 +304,19 @@ def test_pretrained_efficientnet_lite0_with_depthwise_convs_prunes_exactly():
     assert predicted == sum(p.numel() for p in model.parameters())
     assert predicted_macs == count_macs(model, x)
     assert torch.allclose(_logits(model, x), masked, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["resnet", "llama_gqa"])
+def test_two_rounds_equal_one_composed_plan(name):
+    model, x, groups = _setup(name)
+    base = copy.deepcopy(model)
+    first = _random_plan(groups, seed=2, fraction=0.75)
+    apply_plan_(model, first, x, groups=groups)
+    second = _random_plan(find_groups(model, x), seed=3, fraction=0.5)
+    apply_plan_(model, second, x)
+    composed = compose_plans(first, second)
+    apply_plan_(base, composed, x)
+    assert base.state_dict().keys() == model.state_dict().keys()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in base.state_dict().items())
+    with pytest.raises(ValueError, match="not made for the model the first produced"):
+        compose_plans(first, first)

@@ -3,7 +3,7 @@
 The only package of prunekit that imports torch_pruning (lazily, in graph.py, for CNNs and MLPs).
 """
 
-from .apply import apply_plan_, validate_plan
+from .apply import apply_plan_, compose_plans, validate_plan
 from .checkpoint import checkpoint_info, load, save
 from .groups import find_groups, round_keep
 from .importance import unit_scores
@@ -19,6 +19,7 @@ __all__ = [
     "Plan",
     "apply_plan_",
     "checkpoint_info",
+    "compose_plans",
     "find_groups",
     "load",
     "mask_groups",

@@ -189,3 +189,31 @@ def apply_plan_(
     model._prunekit_plan = plan  # the latest plan; all of them, in order, in _prunekit_plans
     model._prunekit_plans = [*getattr(model, "_prunekit_plans", []), plan]
     return model
+
+
+def compose_plans(first: Plan, second: Plan) -> Plan:
+    """One plan for the base model equal to applying ``first`` and then ``second`` (made for the model
+    ``first`` produced): unit ``i`` of a pruned group is unit ``first.keep[g][i]`` of the base group.
+    Iterative pruning uses this to keep a single plan relative to the base model for checkpoints."""
+    keep = {g: list(v) for g, v in first.keep.items()}
+    num_units = dict(first.num_units)
+    for g, kept in second.keep.items():
+        if g in first.keep:
+            if second.num_units.get(g) != len(first.keep[g]):
+                raise ValueError(
+                    f"group {g!r} has {second.num_units.get(g)} units in the second plan but the first keeps "
+                    f"{len(first.keep[g])}: the second plan was not made for the model the first produced"
+                )
+            keep[g] = [first.keep[g][i] for i in kept]
+        else:
+            keep[g] = list(kept)
+            num_units[g] = second.num_units[g]
+    return Plan(
+        keep=keep,
+        num_units=num_units,
+        target=dict(second.target),
+        planner=second.planner,
+        predicted_gap=second.predicted_gap,
+        round_to=second.round_to,
+        extra={**first.extra, **second.extra},
+    )
