@@ -105,7 +105,8 @@ class Task:
 
         seed_everything(seed)
         train_loader = self.loader("train", recipe.batch_size, shuffle=True, seed=seed)
-        val_loader = self.loader("validation", self.cfg.data.batch_size)
+        has_val = self.splits.size("validation") > 0
+        val_loader = self.loader("validation", self.cfg.data.batch_size) if has_val else None
         return finetune(model, train_loader, recipe, accelerator, val_loader=val_loader, desc=desc, seed=seed)
 
 

@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).parent.parent
 # The quickstart, shrunk to seconds: narrower CNN, fewer samples and epochs, two levels.
 SMALL = [
-    "model.kwargs.width=8",
+    "model.kwargs.width=16",
     "data.max_train_samples=1200",
     "train.epochs=3",
     "finetune.epochs=1",
@@ -116,3 +116,19 @@ def test_folder_of_another_config_is_refused(reference_run: Path) -> None:
     assert proc.returncode == 2
     assert "different config" in out and "--overwrite" in out
     assert json.loads((reference_run / "report.json").read_text())["seed"] == 0
+
+
+def test_info_and_evaluate_commands_on_a_checkpoint(reference_run: Path) -> None:
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    info = subprocess.run([sys.executable, "-m", "prunekit", "info", str(reference_run / "level-70")], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert info.returncode == 0, info.stderr
+    meta = json.loads(info.stdout)
+    assert meta["planner"] == "uniform" and meta["weights_ok"] is True
+    assert meta["base"]["name"] == "cnn1d"
+    assert meta["pruned_groups"]  # it says which groups lost units
+    ev = subprocess.run([sys.executable, "-m", "prunekit", "evaluate", str(reference_run / "level-70")], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert ev.returncode == 0, ev.stderr
+    result = json.loads(ev.stdout)
+    report = json.loads((reference_run / "report.json").read_text())
+    level = next(lv for lv in report["levels"] if lv["checkpoint"] == "level-70")
+    assert result["accuracy"] == level["accuracy"] and result["params"] == level["params"]
