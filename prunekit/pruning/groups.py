@@ -59,7 +59,7 @@ def find_groups(
     """All prunable groups of ``model``, in model order.
 
     Transformer models (BERT, ViT, LLaMA families; see blocks.py) get one ``:heads`` group per
-    attention module (plus ``:kv_heads`` with grouped-query attention) and one ``:neurons`` group per
+    attention module (plus ``:kv_heads`` for LLaMA-family attention) and one ``:neurons`` group per
     feed-forward block. Other models are traced with torch-pruning under a ``timeout_s`` limit: one
     ``"<layer>:out"`` group per set of coupled Conv / Linear outputs (a residual add couples all the
     layers that feed it), never the classifier output. ``ignore`` holds fnmatch patterns of layer or
@@ -71,6 +71,8 @@ def find_groups(
     from .transformer import transformer_groups
 
     patterns = _check_patterns(ignore)
+    if not isinstance(timeout_s, (int, float)) or timeout_s <= 0:
+        raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
     raws = transformer_groups(model)
     if raws is None:
         unknown = unrecognised_attention(model)
