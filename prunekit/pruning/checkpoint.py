@@ -79,7 +79,7 @@ def example_from_spec(spec: dict[str, Any]) -> Inputs:
             return torch.ones(*shape, dtype=dt)
         if name == "token_type_ids":
             return torch.zeros(*shape, dtype=dt)
-        return torch.randint(0, 100, tuple(shape), generator=gen, dtype=dt)
+        return torch.randint(1, 8, tuple(shape), generator=gen, dtype=dt)  # ids valid in any vocabulary
 
     if spec["kind"] == "tensor":
         return make(spec["shape"], spec["dtype"])

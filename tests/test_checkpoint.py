@@ -1,0 +1,174 @@
+"""Compressed checkpoints: save → load gives bit-identical outputs, never pickle, and refuses bad files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import prunekit
+from prunekit.batch import logits_of
+from prunekit.config import ModelConfig
+from prunekit.models import build_model, describe
+from prunekit.planner import Target, make_plan
+from prunekit.pruning import Plan, apply_plan_, find_groups
+from prunekit.pruning.checkpoint import CheckpointError, checkpoint_info, load, save
+from prunekit.testing import example_inputs_for, tiny_bert, tiny_llama_gqa, tiny_vit
+
+
+def hf_reference(model: torch.nn.Module) -> dict:
+    """The base reference of an HF model built from a config (what describe() stores for `hf`)."""
+    return {"format": 1, "name": "hf", "kwargs": {}, "num_classes": model.config.num_labels, "input_shape": [], "path": None, "trust_remote_code": False, "hf_config": model.config.to_dict()}
+
+
+def registry_case(name: str, kwargs: dict, input_shape: tuple):
+    cfg = ModelConfig(name=name, kwargs=kwargs)
+    model = build_model(cfg, 10, input_shape).eval()
+    x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
+    return model, x, describe(cfg, 10, input_shape)
+
+
+def hf_case(factory):
+    model = factory().eval()
+    return model, example_inputs_for(model), hf_reference(model)
+
+
+CASES = {
+    "resnet20_1d": lambda: registry_case("resnet20_1d", {"width": 0.5}, (1, 40)),
+    "mlp": lambda: registry_case("mlp", {"hidden": [32, 16]}, (64,)),
+    "tiny_bert": lambda: hf_case(tiny_bert),
+    "tiny_vit": lambda: hf_case(tiny_vit),
+    "tiny_llama_gqa": lambda: hf_case(tiny_llama_gqa),
+}
+
+
+def out(model, x):
+    with torch.no_grad():
+        return logits_of(model, x)
+
+
+def pruned(name: str, saved: float = 0.5):
+    model, x, ref = CASES[name]()
+    groups = find_groups(model, x)
+    plan = make_plan(model, groups, Target("params", saved), "uniform", example_inputs=x)
+    apply_plan_(model, plan, x)
+    return model.eval(), x, ref, plan
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_save_load_is_bit_identical(name: str, tmp_path: Path) -> None:
+    model, x, ref, plan = pruned(name)
+    save(model, tmp_path / "ckpt", plan, {"accuracy": 0.5}, ref, x)
+    again, meta = prunekit.load(tmp_path / "ckpt")
+    assert torch.equal(out(again, x), out(model, x))
+    assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    assert meta["plan"]["planner"] == "uniform" and meta["metrics"]["accuracy"] == 0.5
+    # loaded models are trainable: a backward pass reaches every parameter
+    again.train()
+    logits_of(again, x).sum().backward()
+    assert all(p.grad is not None for p in again.parameters() if p.requires_grad)
+    # nothing in the folder is a pickle
+    for f in (tmp_path / "ckpt").iterdir():
+        assert f.suffix in (".json", ".safetensors"), f.name
+
+
+def test_dense_checkpoint_round_trips(tmp_path: Path) -> None:
+    model, x, ref = CASES["mlp"]()
+    save(model, tmp_path / "d", None, {}, ref, x)
+    again, meta = load(tmp_path / "d")
+    assert meta["plan"] is None and torch.equal(out(again, x), out(model, x))
+
+
+def test_uniform_hf_model_loads_with_from_pretrained(tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    model, x, ref = hf_case(tiny_llama_gqa)
+    groups = find_groups(model, x)
+    # the same number of units kept in every layer: an HF config can say that
+    keep = {g.name: list(range(g.num_units // 2)) if g.kind in ("neuron",) else list(range(g.num_units)) for g in groups}
+    plan = Plan(keep=keep, num_units={g.name: g.num_units for g in groups}, planner="manual")
+    apply_plan_(model, plan, x)
+    save(model, tmp_path / "u", plan, {}, ref, x)
+    assert json.loads((tmp_path / "u" / "prunekit.json").read_text())["hf_from_pretrained"] is True
+    again = AutoModelForSequenceClassification.from_pretrained(tmp_path / "u").eval()
+    assert torch.allclose(out(again, x), out(model, x), atol=1e-6)
+
+
+def test_non_uniform_hf_model_fails_loudly_in_from_pretrained(tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    model, x, ref = hf_case(tiny_bert)
+    groups = find_groups(model, x)
+    # layer 0 keeps fewer FFN neurons than layer 1: no BertConfig can express that
+    keep = {g.name: list(range(g.num_units)) for g in groups}
+    ffn = [g for g in groups if g.kind == "neuron"]
+    keep[ffn[0].name] = list(range(ffn[0].num_units // 4))
+    plan = Plan(keep=keep, num_units={g.name: g.num_units for g in groups})
+    apply_plan_(model, plan, x)
+    save(model, tmp_path / "n", plan, {}, ref, x)
+    assert json.loads((tmp_path / "n" / "prunekit.json").read_text())["hf_from_pretrained"] is False
+    for kwargs in ({}, {"ignore_mismatched_sizes": True}):
+        with pytest.raises(Exception):  # never a silently re-initialised model
+            AutoModelForSequenceClassification.from_pretrained(tmp_path / "n", **kwargs)
+    again, _ = load(tmp_path / "n")
+    assert torch.equal(out(again, x), out(model, x))
+
+
+def test_tampered_weights_are_refused(tmp_path: Path) -> None:
+    model, x, ref, plan = pruned("mlp")
+    folder = save(model, tmp_path / "t", plan, {}, ref, x)
+    data = bytearray((folder / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (folder / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match the sha256"):
+        load(folder)
+    assert checkpoint_info(folder)["weights_ok"] is False
+
+
+def test_newer_format_is_refused(tmp_path: Path) -> None:
+    model, x, ref, plan = pruned("mlp")
+    folder = save(model, tmp_path / "v", plan, {}, ref, x)
+    meta = json.loads((folder / "prunekit.json").read_text())
+    meta["format_version"] = 99
+    (folder / "prunekit.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="newer than this prunekit reads"):
+        load(folder)
+
+
+def test_not_a_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="not a prunekit checkpoint"):
+        load(tmp_path)
+
+
+def test_saving_over_an_existing_checkpoint_is_atomic(tmp_path: Path) -> None:
+    model, x, ref, plan = pruned("mlp")
+    folder = save(model, tmp_path / "a", plan, {"v": 1}, ref, x)
+
+    class Boom(RuntimeError):
+        pass
+
+    def broken_state_dict(*a, **k):
+        raise Boom
+
+    model.state_dict = broken_state_dict  # fail in the middle of writing
+    with pytest.raises(Boom):
+        save(model, folder, plan, {"v": 2}, ref, x)
+    assert json.loads((folder / "prunekit.json").read_text())["metrics"] == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]  # no temporary folder left behind
+
+
+@pytest.mark.slow
+def test_pretrained_minilm_pruned_round_trip(tmp_path: Path) -> None:
+    cfg = ModelConfig(name="minilm")
+    model = build_model(cfg, 3, (16,)).eval()
+    ref = describe(cfg, 3, (16,))
+    g = torch.Generator().manual_seed(0)
+    x = {"input_ids": torch.randint(1000, 2000, (2, 16), generator=g), "attention_mask": torch.ones(2, 16, dtype=torch.long), "token_type_ids": torch.zeros(2, 16, dtype=torch.long)}
+    groups = find_groups(model, x, ignore=["*embeddings*", "classifier", "*pooler*"])
+    plan = make_plan(model, groups, Target("params", 0.2), "uniform", example_inputs=x)
+    apply_plan_(model, plan, x)
+    save(model, tmp_path / "m", plan, {}, ref, x)
+    again, _ = load(tmp_path / "m")
+    assert torch.equal(out(again, x), out(model, x))
