@@ -30,6 +30,7 @@ from itertools import islice
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm import tqdm
 
 from prunekit.batch import Batch, batch_size_of, logits_of, move_to, slice_inputs
@@ -273,9 +274,9 @@ def _hutchinson_diag(
     for inputs, labels in _progress(req.batches, "hutchinson diagonal"):
         inputs, labels = move_to(inputs, device), labels.to(device)
         n = batch_size_of(inputs)
-        grads = torch.autograd.grad(
-            _loss(req.model, inputs, labels), tensors, create_graph=True, allow_unused=True
-        )
+        with sdpa_kernel([SDPBackend.MATH]):  # fused attention kernels have no double backward
+            loss = _loss(req.model, inputs, labels)
+        grads = torch.autograd.grad(loss, tensors, create_graph=True, allow_unused=True)
         used = [
             (t, g, a)
             for t, g, a in zip(tensors, grads, acc, strict=True)
