@@ -11,7 +11,9 @@ Criteria (higher score = more important = kept first):
   (first-order estimate of the loss change when the unit is zeroed).
 - ``hessian``: OBD saliency ½ Σ diag(H)·w², diag(H) estimated by the empirical Fisher (mean of squared
   per-example gradients, the default) or by Hutchinson (z ⊙ Hz, Rademacher z); the estimate is averaged
-  over all examples of all ``num_batches`` batches, not taken from the last batch only.
+  over all examples of all ``num_batches`` batches, not taken from the last batch only. The Fisher costs
+  one backward pass per example (exact per-example gradients; HF models do not vmap); for large models
+  Hutchinson is cheaper: one double-backward per probe per batch.
 - ``lamp``: LAMP (Lee et al., ICLR 2021) applied to the units' squared norms: ``s_u / Σ_{v ⪰ u} s_v`` over
   the units of the same group sorted by magnitude, so scores are comparable across layers (max 1 per group).
 - ``random``: uniform random scores from a generator seeded by ``seed``.
