@@ -115,10 +115,11 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from prunekit.errors import UserError
+    from prunekit.train.accel import LaunchError
 
     try:
         return COMMANDS[args.command](args)
-    except (UserError, ValueError, FileNotFoundError) as err:
+    except (UserError, ValueError, FileNotFoundError, LaunchError) as err:
         if os.environ.get("PRUNEKIT_DEBUG"):
             raise
         # ValueError is how every prunekit validator reports bad input (peft style); the message is

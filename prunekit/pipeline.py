@@ -101,7 +101,11 @@ class Task:
         }
 
     def train(self, model: nn.Module, recipe, accelerator, seed: int, desc: str) -> dict[str, Any]:
-        from prunekit.train import finetune
+        from prunekit.train import finetune, make_accelerator
+
+        if recipe.mixed_precision != accelerator.mixed_precision:
+            # Dense training and fine-tuning may use different precisions; switching keeps the process group.
+            accelerator = make_accelerator(mixed_precision=recipe.mixed_precision, seed=None)
 
         seed_everything(seed)
         train_loader = self.loader("train", recipe.batch_size, shuffle=True, seed=seed)
@@ -167,7 +171,7 @@ def make_level_plan(task: Task, model: nn.Module, level: float, seed: int):
     groups = find_groups(model, task.example, ignore=p.ignore)
     loader = task.loader("train", task.cfg.finetune.batch_size, shuffle=True, seed=seed)
     batches = [b for _, b in zip(range(p.importance_batches), loader)]
-    return make_plan(
+    plan = make_plan(
         model,
         groups,
         Target(metric=p.metric, saved=level),
@@ -175,6 +179,8 @@ def make_level_plan(task: Task, model: nn.Module, level: float, seed: int):
         batches=batches,
         example_inputs=task.example,
     )
+    plan.extra["ignore"] = list(p.ignore)  # so that a checkpoint rebuild finds the same groups
+    return plan, groups
 
 
 def _level_stage(task: Task, state: RunState, accelerator, index: int, level: float, dense: dict[str, Any]) -> dict[str, Any]:
@@ -190,8 +196,8 @@ def _level_stage(task: Task, state: RunState, accelerator, index: int, level: fl
     seed = task.cfg.seed * 1000 + index + 1
     seed_everything(seed)
     model, _ = load(state.folder / "dense")
-    plan = make_level_plan(task, model, level, seed)
-    apply_plan_(model, plan, task.example)
+    plan, groups = make_level_plan(task, model, level, seed)
+    apply_plan_(model, plan, task.example, groups=groups)
     before = evaluate(model, task.loader("test", task.cfg.data.batch_size), accelerator)
     log.info("%s: pruned to %d params (accuracy before fine-tuning %.4f)", name, sum(p.numel() for p in model.parameters()), before["accuracy"])
     history = task.train(model, task.cfg.finetune, accelerator, seed=seed, desc=name)
@@ -283,7 +289,7 @@ def plan_only(cfg: RunConfig, output_dir: str | Path | None = None) -> list[dict
             task.train(model, cfg.train, accelerator, seed=cfg.seed, desc="dense")
     out = []
     for i, level in enumerate(cfg.prune.levels):
-        plan = make_level_plan(task, model, level, cfg.seed * 1000 + i + 1)
+        plan, _ = make_level_plan(task, model, level, cfg.seed * 1000 + i + 1)
         out.append({"level": level, "planner": plan.planner, "target": plan.target, "achieved": plan.extra.get("achieved"),
                     "keep": {g: f"{len(k)}/{plan.num_units[g]}" for g, k in plan.keep.items()}})
     return out

@@ -32,6 +32,10 @@ import torch
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
+
+class LaunchError(RuntimeError):
+    """The launch asked for more processes than the Accelerator got (one line, with the working launch)."""
+
 _WORKING_LAUNCH = (
     "ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes {n} --num_machines 1 "
     "--mixed_precision no --dynamo_backend no <script> (on N GPUs: accelerate launch --multi_gpu "
@@ -104,7 +108,7 @@ def check_launch(accelerator) -> None:
             f"the launch asked for {asked} processes ({source}) but only {have} is running: without "
             "--multi_gpu (or with --cpu) accelerate uses its one-process launcher, which ignores --num_processes"
         )
-    raise RuntimeError(f"{what}; launch with: {_WORKING_LAUNCH.format(n=asked)}")
+    raise LaunchError(f"{what}; launch with: {_WORKING_LAUNCH.format(n=asked)}")
 
 
 def _has_gpu() -> bool:
