@@ -178,6 +178,75 @@ def _top(groups: dict[str, dict[str, Any]], key: str, k: int = TOP_K) -> list[di
     return [{"name": g, "trace": v[key], "se": v.get(key + "_se")} for g, v in rows[:k]]
 
 
+def _ntk_traces(model, probe, groups, cfg, seed, accelerator, per_group) -> dict[str, Any]:
+    """Per-group and per-unit NTK traces, this rank's share of the probes, merged over ranks."""
+    from prunekit.theory.ntk import group_ntk_traces
+
+    rank, world = rank_and_world(accelerator)
+    k = max(2, shard_size(cfg.trace_probes, rank, world))  # the estimator needs >= 2 probes per rank
+    tr = group_ntk_traces(model, probe, groups, num_probes=k, seed=rank_seed(seed, rank))
+    stats = {f"g:{g}": (tr.group[g], tr.group_se[g], k) for g in tr.group}
+    stats |= {f"u:{g}": (tr.unit[g].numpy(), tr.unit_se[g].numpy(), k) for g in tr.unit}
+    stats["total"] = (tr.total, tr.total_se, k)
+    merged = reduce_mean_se(stats, accelerator)
+    for g in tr.group:
+        (m, s, _), (um, us, _) = merged[f"g:{g}"], merged[f"u:{g}"]
+        per_group[g] = {"ntk_trace": m, "ntk_trace_se": s, "ntk_unit_traces": um, "ntk_unit_traces_se": us}
+    total, se, probes = merged["total"]
+    return {"hutchinson_trace": total, "hutchinson_trace_se": se, "hutchinson_probes": probes}
+
+
+def _hessian(model, batches, groups, cfg, seed, accelerator, per_group) -> dict[str, Any]:
+    """Hessian trace, T_opt and per-group traces from this rank's probes, merged over ranks."""
+    from prunekit.theory.hessian import hessian_trace
+
+    rank, world = rank_and_world(accelerator)
+    k = max(1, shard_size(cfg.hessian_probes, rank, world))
+    h = hessian_trace(model, batches, num_probes=k, groups=groups or None, seed=rank_seed(seed, rank))
+    names = list(h["per_tensor"])
+    stats: dict[str, Any] = {
+        "trace": (h["trace"], h["trace_se"], k),
+        "T": (h["normalized_trace"], h["normalized_trace_se"], k),
+        "tensors": (
+            np.array([h["per_tensor"][p] for p in names]),
+            np.array([h["per_tensor_se"][p] for p in names]),
+            k,
+        ),
+    }
+    stats |= {f"g:{g}": (h["groups"][g], h["groups_se"][g], k) for g in h["groups"]}
+    stats |= {f"u:{g}": (np.asarray(h["units"][g]), np.asarray(h["units_se"][g]), k) for g in h["units"]}
+    m = reduce_mean_se(stats, accelerator)
+    for g in h["groups"]:
+        row = per_group.setdefault(g, {})
+        row["hessian_trace"], row["hessian_trace_se"] = m[f"g:{g}"][0], m[f"g:{g}"][1]
+        if f"u:{g}" in m:
+            row["hessian_unit_traces"] = m[f"u:{g}"][0]
+    return {
+        "trace": m["trace"][0],
+        "trace_se": m["trace"][1],
+        "normalized_trace": m["T"][0],
+        "normalized_trace_se": m["T"][1],
+        "num_probes": m["T"][2],
+        "num_params": h["num_params"],
+        "per_tensor": dict(zip(names, np.atleast_1d(m["tensors"][0]).tolist(), strict=True)),
+    }
+
+
+def _intrinsic(model, batches, layer: str, cfg: EstimateConfig, seed: int) -> dict[str, Any]:
+    from prunekit.theory.intrinsic_dim import levina_bickel, representation, subsample_curve, twonn
+
+    X = representation(model if layer != "inputs" else None, batches, layer, max_samples=cfg.id_samples)
+    return {
+        "representation": layer,
+        "num_points": int(X.shape[0]),
+        "twonn": twonn(X),
+        "levina_bickel": levina_bickel(X) if X.shape[0] > 21 else None,  # needs > k2 = 20 neighbours
+        "curve": subsample_curve(X, fractions=(1.0, 0.5, 0.25), repeats=4, seed=seed)
+        if X.shape[0] >= 40
+        else None,
+    }
+
+
 def estimate(
     model: nn.Module,
     data: Any,
@@ -194,9 +263,8 @@ def estimate(
     ``groups``: prunable groups (``prunekit.pruning.find_groups``) or ``{name: [param names]}``; without them
     per-group traces are skipped. ``accelerator``: shares the Hutchinson probes across processes.
     """
-    from prunekit.theory.hessian import hessian_trace, top_eigenvalue
-    from prunekit.theory.intrinsic_dim import levina_bickel, representation, subsample_curve, twonn
-    from prunekit.theory.ntk import group_ntk_traces, ntk_gram
+    from prunekit.theory.hessian import top_eigenvalue
+    from prunekit.theory.ntk import ntk_gram
     from prunekit.theory.spectrum import ntk_spectrum
 
     cfg = cfg or EstimateConfig()
@@ -204,7 +272,6 @@ def estimate(
     show = rank == 0
     if accelerator is not None:
         model.to(accelerator.device)
-
     if _is_splits(data):
         n_train = int(data.n_train) if n is None else int(n)
         probe = _rows(data, balanced_order(data.labels("train"), seed)[: cfg.probe_samples])
@@ -219,92 +286,29 @@ def estimate(
         id_batches = data
     if n_train < 1:
         raise ValueError(f"n must be a positive number of training samples, got {n_train}")
-    num_probe = batch_size_of(probe[0])
     notes: list[str] = []
-    layer = _id_layer(model, cfg.id_representation, probe[0], notes)
+    layer = _id_layer(model, cfg.id_representation, probe[0], notes)  # fail fast, before the costly parts
     hess_batches = _chunks(probe, _HESSIAN_BATCH)
     seconds: dict[str, float] = {}
     per_group: dict[str, dict[str, Any]] = {}
-    my_seed = rank_seed(seed, rank)
 
+    totals: dict[str, Any] = {}
     if groups is not None and len(groups) > 0:
-        k_ntk = max(2, shard_size(cfg.trace_probes, rank, world))  # the estimator needs >= 2 probes
         with _Timer(seconds, "ntk_group_traces", show):
-            tr = group_ntk_traces(model, probe, groups, num_probes=k_ntk, seed=my_seed)
-        stats = {f"g:{g}": (tr.group[g], tr.group_se[g], k_ntk) for g in tr.group}
-        stats |= {f"u:{g}": (tr.unit[g].numpy(), tr.unit_se[g].numpy(), k_ntk) for g in tr.unit}
-        stats["total"] = (tr.total, tr.total_se, k_ntk)
-        merged = reduce_mean_se(stats, accelerator)
-        for g in tr.group:
-            m, s, _ = merged[f"g:{g}"]
-            um, us, _ = merged[f"u:{g}"]
-            per_group[g] = {"ntk_trace": m, "ntk_trace_se": s, "ntk_unit_traces": um}
-        ntk_trace_total, ntk_trace_total_se, ntk_probes = merged["total"]
+            totals = _ntk_traces(model, probe, groups, cfg, seed, accelerator, per_group)
     with _Timer(seconds, "ntk_gram", show):
-        gram = ntk_gram(model, probe, output="trace")
-        spectrum = ntk_spectrum(gram, ridge=cfg.ridge)
-    del gram
-    if groups:
-        spectrum |= {"hutchinson_trace": ntk_trace_total, "hutchinson_trace_se": ntk_trace_total_se}
-        spectrum["hutchinson_probes"] = ntk_probes
-
-    k_h = max(1, shard_size(cfg.hessian_probes, rank, world))
+        spectrum = ntk_spectrum(ntk_gram(model, probe, output="trace"), ridge=cfg.ridge) | totals
     with _Timer(seconds, "hessian_trace", show):
-        h = hessian_trace(model, hess_batches, num_probes=k_h, groups=groups or None, seed=my_seed)
-    keys = {
-        "trace": (h["trace"], h["trace_se"], k_h),
-        "T": (h["normalized_trace"], h["normalized_trace_se"], k_h),
-    }
-    names = list(h["per_tensor"])
-    keys["tensors"] = (
-        np.array([h["per_tensor"][p] for p in names]),
-        np.array([h["per_tensor_se"][p] for p in names]),
-        k_h,
-    )
-    for g in h["groups"]:
-        keys[f"g:{g}"] = (h["groups"][g], h["groups_se"][g], k_h)
-    for g in h["units"]:
-        keys[f"u:{g}"] = (np.asarray(h["units"][g]), np.asarray(h["units_se"][g]), k_h)
-    hm = reduce_mean_se(keys, accelerator)
-    hessian = {
-        "trace": hm["trace"][0],
-        "trace_se": hm["trace"][1],
-        "normalized_trace": hm["T"][0],
-        "normalized_trace_se": hm["T"][1],
-        "num_probes": hm["T"][2],
-        "num_params": h["num_params"],
-        "per_tensor": dict(zip(names, np.atleast_1d(hm["tensors"][0]).tolist(), strict=True)),
-    }
-    for g in h["groups"]:
-        row = per_group.setdefault(g, {})
-        row["hessian_trace"], row["hessian_trace_se"] = hm[f"g:{g}"][0], hm[f"g:{g}"][1]
-        if f"u:{g}" in hm:
-            row["hessian_unit_traces"] = hm[f"u:{g}"][0]
-
+        hessian = _hessian(model, hess_batches, groups, cfg, seed, accelerator, per_group)
     with _Timer(seconds, "hessian_top_eigenvalue", show):
         top = top_eigenvalue(model, hess_batches, iters=cfg.power_iters, seed=seed)
     hessian["top_eigenvalue"] = top
     if not top.get("converged", True):
         notes.append(f"the top Hessian eigenvalue did not converge in {cfg.power_iters} power iterations")
-
     with _Timer(seconds, "intrinsic_dim", show):
-        X = representation(
-            model if layer != "inputs" else None, id_batches, layer, max_samples=cfg.id_samples
-        )
-        tw = twonn(X)
-        lb = levina_bickel(X) if X.shape[0] > 21 else None
-        curve = (
-            subsample_curve(X, fractions=(1.0, 0.5, 0.25), repeats=4, seed=seed) if X.shape[0] >= 40 else None
-        )
-    intrinsic = {
-        "representation": layer,
-        "num_points": int(X.shape[0]),
-        "twonn": tw,
-        "levina_bickel": lb,
-        "curve": curve,
-    }
+        intrinsic = _intrinsic(model, id_batches, layer, cfg, seed)
 
-    C, T, d = float(spectrum["d_lambda"]), float(hessian["normalized_trace"]), float(tw["d"])
+    C, T, d = float(spectrum["d_lambda"]), float(hessian["normalized_trace"]), float(intrinsic["twonn"]["d"])
     try:
         bound = stated_bound(C, T, n_train, d)
     except ValueError as err:
@@ -315,7 +319,7 @@ def estimate(
         "estimate": cfg.model_dump(),
         "seed": seed,
         "num_processes": world,
-        "probe_samples": num_probe,
+        "probe_samples": batch_size_of(probe[0]),
         "num_groups": len(per_group),
         "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
