@@ -212,6 +212,10 @@ def _level_stage(task: Task, state: RunState, accelerator, index: int, level: fl
         "macs_saved": 1.0 - m["macs"] / dense["macs"],
         "latency_ms": m["latency_ms"],
         "speedup": dense["latency_ms"] / m["latency_ms"] if m["latency_ms"] > 0 else None,
+        # 1.0 means latency fell exactly as much as MACs; small models on CPU are overhead-bound (< 1).
+        "speedup_per_mac_reduction": (dense["latency_ms"] / m["latency_ms"]) / (dense["macs"] / m["macs"])
+        if m["latency_ms"] > 0 and m["macs"] > 0
+        else None,
         "checkpoint": name,
         "predicted_gap": plan.predicted_gap,
         "seconds": round(time.perf_counter() - t0, 2),

@@ -18,6 +18,7 @@ LEVEL_FIELDS = (
     "macs_saved",
     "latency_ms",
     "speedup",
+    "speedup_per_mac_reduction",
     "predicted_gap",
     "checkpoint",
 )
@@ -37,5 +38,5 @@ def build_report(cfg: RunConfig, dense: dict[str, Any], levels: list[dict[str, A
         "dense": {k: dense[k] for k in ("params", "macs", "accuracy", "latency_ms")} | {"checkpoint": "dense"},
         "levels": [{k: lv.get(k) for k in LEVEL_FIELDS} for lv in levels],
         # Latency is measured wall time on a shared machine: it varies run to run, unlike the rest.
-        "volatile_fields": ["latency_ms", "speedup"],
+        "volatile_fields": ["latency_ms", "speedup", "speedup_per_mac_reduction"],
     }

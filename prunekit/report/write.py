@@ -25,16 +25,17 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"task **{report['task']}**, model **{report['model']}**, planner **{report['planner']}** "
         f"(importance {report['importance']}, target metric {report['metric']}), seed {report['seed']}",
         "",
-        "| checkpoint | target saved | params | params saved | MACs | MACs saved | acc. before FT | accuracy | latency (ms) | speed-up |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        f"| dense | – | {_fmt_count(d['params'])} | 0.0 % | {_fmt_count(d['macs'])} | 0.0 % | – | {d['accuracy']:.4f} | {d['latency_ms']:.3f} | 1.00× |",
+        "| checkpoint | target saved | params | params saved | MACs | MACs saved | acc. before FT | accuracy | latency (ms) | speed-up | speed-up ÷ MAC reduction |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| dense | – | {_fmt_count(d['params'])} | 0.0 % | {_fmt_count(d['macs'])} | 0.0 % | – | {d['accuracy']:.4f} | {d['latency_ms']:.3f} | 1.00× | – |",
     ]
     for lv in report["levels"]:
         speed = f"{lv['speedup']:.2f}×" if lv.get("speedup") else "–"
+        ratio = f"{lv['speedup_per_mac_reduction']:.2f}" if lv.get("speedup_per_mac_reduction") else "–"
         lines.append(
             f"| {lv['checkpoint']} | {100 * lv['target']:.0f} % | {_fmt_count(lv['params'])} | "
             f"{100 * lv['params_saved']:.1f} % | {_fmt_count(lv['macs'])} | {100 * lv['macs_saved']:.1f} % | "
-            f"{lv['accuracy_before_finetune']:.4f} | {lv['accuracy']:.4f} | {lv['latency_ms']:.3f} | {speed} |"
+            f"{lv['accuracy_before_finetune']:.4f} | {lv['accuracy']:.4f} | {lv['latency_ms']:.3f} | {speed} | {ratio} |"
         )
     lines += [
         "",
