@@ -13,7 +13,7 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
-Inputs = Union[Tensor, Mapping[str, Tensor]]
+Inputs = Union[Tensor, Mapping[str, Tensor]]  # noqa: UP007 (a runtime alias; | needs 3.10 at runtime)
 Batch = tuple[Inputs, Tensor]
 
 

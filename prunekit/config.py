@@ -115,7 +115,9 @@ class RunConfig(_Strict):
     output_dir: str | None = None  # default: runs/<name>
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)  # the dense model (skipped for pretrained HF bases only if epochs=0)
+    train: TrainConfig = Field(
+        default_factory=TrainConfig
+    )  # the dense model (skipped for pretrained HF bases only if epochs=0)
     finetune: TrainConfig = Field(default_factory=TrainConfig)
     prune: PruneConfig = Field(default_factory=PruneConfig)
     estimate: EstimateConfig = Field(default_factory=EstimateConfig)
@@ -141,7 +143,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> d
     out = copy.deepcopy(raw)
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' has no '=': write it as section.key=value (e.g. finetune.epochs=2)")
+            raise ConfigError(
+                f"override '{item}' has no '=': write it as section.key=value (e.g. finetune.epochs=2)"
+            )
         key, value = item.split("=", 1)
         parts = [p for p in key.strip().split(".") if p]
         if not parts:
@@ -175,7 +179,9 @@ def _format_error(err: ValidationError, raw: dict[str, Any], source: str) -> str
 
 def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> RunConfig:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the config must be a YAML mapping of sections, got {type(raw).__name__}")
+        raise ConfigError(
+            f"{source}: the config must be a YAML mapping of sections, got {type(raw).__name__}"
+        )
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:

@@ -7,6 +7,7 @@ accelerate processes every rank computes, and only the main process writes.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from pathlib import Path
@@ -58,8 +59,8 @@ class Task:
     """Data, model factory and helpers shared by every stage of one config."""
 
     def __init__(self, cfg: RunConfig):
-        from prunekit.data import load_data
         from prunekit.batch import take
+        from prunekit.data import load_data
         from prunekit.models import describe
 
         self.cfg = cfg
@@ -82,7 +83,9 @@ class Task:
         if self.cfg.model.checkpoint:
             model, _ = load(self.cfg.model.checkpoint)
             return model
-        return build_model(self.cfg.model, self.splits.num_classes, self.splits.input_shape, seed=self.cfg.seed)
+        return build_model(
+            self.cfg.model, self.splits.num_classes, self.splits.input_shape, seed=self.cfg.seed
+        )
 
     def measure(self, model: nn.Module, accelerator) -> dict[str, Any]:
         """Test accuracy, params, MACs and CPU latency of ``model`` (the final evaluation)."""
@@ -91,7 +94,13 @@ class Task:
 
         ev = evaluate(model, self.loader("test", self.cfg.data.batch_size), accelerator)
         e = self.cfg.evaluate
-        lat = measure_latency(model, self.latency_example, repeats=e.latency_repeats, warmup=e.latency_warmup, threads=e.latency_threads)
+        lat = measure_latency(
+            model,
+            self.latency_example,
+            repeats=e.latency_repeats,
+            warmup=e.latency_warmup,
+            threads=e.latency_threads,
+        )
         return {
             "accuracy": ev["accuracy"],
             "loss": ev["loss"],
@@ -131,10 +140,20 @@ def _dense_stage(task: Task, state: RunState, accelerator) -> dict[str, Any]:
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
     metrics["history"] = history
     if accelerator.is_main_process:
-        save(model, state.folder / "dense", None, metrics, task.base, task.example, tokenizer_source=_tokenizer_source(cfg))
+        save(
+            model,
+            state.folder / "dense",
+            None,
+            metrics,
+            task.base,
+            task.example,
+            tokenizer_source=_tokenizer_source(cfg),
+        )
         state.mark_done("dense", metrics)
     accelerator.wait_for_everyone()
-    log.info("dense: accuracy %.4f, %d params, %.3g MACs", metrics["accuracy"], metrics["params"], metrics["macs"])
+    log.info(
+        "dense: accuracy %.4f, %d params, %.3g MACs", metrics["accuracy"], metrics["params"], metrics["macs"]
+    )
     return metrics
 
 
@@ -156,7 +175,12 @@ def planner_config_for(cfg: RunConfig, seed: int):
 
     p = cfg.prune
     fields = {f.name for f in dataclasses.fields(get_planner(p.planner).config_cls)}
-    options = {"min_keep_fraction": p.min_keep_fraction, "round_to": p.round_to, "seed": seed, "num_batches": p.importance_batches}
+    options = {
+        "min_keep_fraction": p.min_keep_fraction,
+        "round_to": p.round_to,
+        "seed": seed,
+        "num_batches": p.importance_batches,
+    }
     if "importance" in fields:
         options["importance"] = p.importance
     return planner_config(p.planner, **{k: v for k, v in options.items() if k in fields})
@@ -170,7 +194,7 @@ def make_level_plan(task: Task, model: nn.Module, level: float, seed: int):
     p = task.cfg.prune
     groups = find_groups(model, task.example, ignore=p.ignore)
     loader = task.loader("train", task.cfg.finetune.batch_size, shuffle=True, seed=seed)
-    batches = [b for _, b in zip(range(p.importance_batches), loader)]
+    batches = list(itertools.islice(loader, p.importance_batches))
     plan = make_plan(
         model,
         groups,
@@ -183,7 +207,9 @@ def make_level_plan(task: Task, model: nn.Module, level: float, seed: int):
     return plan, groups
 
 
-def _level_stage(task: Task, state: RunState, accelerator, index: int, level: float, dense: dict[str, Any]) -> dict[str, Any]:
+def _level_stage(
+    task: Task, state: RunState, accelerator, index: int, level: float, dense: dict[str, Any]
+) -> dict[str, Any]:
     from prunekit.pruning import apply_plan_
     from prunekit.pruning.checkpoint import load, save
     from prunekit.train import evaluate
@@ -199,7 +225,12 @@ def _level_stage(task: Task, state: RunState, accelerator, index: int, level: fl
     plan, groups = make_level_plan(task, model, level, seed)
     apply_plan_(model, plan, task.example, groups=groups)
     before = evaluate(model, task.loader("test", task.cfg.data.batch_size), accelerator)
-    log.info("%s: pruned to %d params (accuracy before fine-tuning %.4f)", name, sum(p.numel() for p in model.parameters()), before["accuracy"])
+    log.info(
+        "%s: pruned to %d params (accuracy before fine-tuning %.4f)",
+        name,
+        sum(p.numel() for p in model.parameters()),
+        before["accuracy"],
+    )
     history = task.train(model, task.cfg.finetune, accelerator, seed=seed, desc=name)
     m = task.measure(model, accelerator)
     result = {
@@ -222,10 +253,20 @@ def _level_stage(task: Task, state: RunState, accelerator, index: int, level: fl
         "history": history,
     }
     if accelerator.is_main_process:
-        save(model, state.folder / name, plan, {k: v for k, v in result.items() if k != "history"}, task.base, task.example, tokenizer_source=_tokenizer_source(task.cfg))
+        save(
+            model,
+            state.folder / name,
+            plan,
+            {k: v for k, v in result.items() if k != "history"},
+            task.base,
+            task.example,
+            tokenizer_source=_tokenizer_source(task.cfg),
+        )
         state.mark_done(name, result)
     accelerator.wait_for_everyone()
-    log.info("%s: %.1f %% params saved, accuracy %.4f", name, 100 * result["params_saved"], result["accuracy"])
+    log.info(
+        "%s: %.1f %% params saved, accuracy %.4f", name, 100 * result["params_saved"], result["accuracy"]
+    )
     return result
 
 
@@ -241,7 +282,9 @@ def run(cfg: RunConfig, output_dir: str | Path | None = None, overwrite: bool = 
 
     t_start = time.perf_counter()
     if cfg.prune.planner not in known_planners():
-        raise UserError(f"unknown planner '{cfg.prune.planner}' in prune.planner: choose one of {', '.join(known_planners())}")
+        raise UserError(
+            f"unknown planner '{cfg.prune.planner}' in prune.planner: choose one of {', '.join(known_planners())}"
+        )
     folder = output_folder(cfg, output_dir)
     accelerator = make_accelerator(mixed_precision=cfg.finetune.mixed_precision, grad_accum_steps=1)
     # Everything that can fail on bad input (data, model, folder ownership) is checked before the
@@ -294,12 +337,21 @@ def plan_only(cfg: RunConfig, output_dir: str | Path | None = None) -> list[dict
     out = []
     for i, level in enumerate(cfg.prune.levels):
         plan, _ = make_level_plan(task, model, level, cfg.seed * 1000 + i + 1)
-        out.append({"level": level, "planner": plan.planner, "target": plan.target, "achieved": plan.extra.get("achieved"),
-                    "keep": {g: f"{len(k)}/{plan.num_units[g]}" for g, k in plan.keep.items()}})
+        out.append(
+            {
+                "level": level,
+                "planner": plan.planner,
+                "target": plan.target,
+                "achieved": plan.extra.get("achieved"),
+                "keep": {g: f"{len(k)}/{plan.num_units[g]}" for g, k in plan.keep.items()},
+            }
+        )
     return out
 
 
-def evaluate_checkpoint(checkpoint: str | Path, config_path: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+def evaluate_checkpoint(
+    checkpoint: str | Path, config_path: str | None = None, overrides: list[str] | None = None
+) -> dict[str, Any]:
     """Accuracy / params / MACs / latency of a checkpoint on its config's test split."""
     from prunekit.config import RunConfig
     from prunekit.pruning.checkpoint import load, read_meta

@@ -20,7 +20,16 @@ from prunekit.testing import example_inputs_for, tiny_bert, tiny_llama_gqa, tiny
 
 def hf_reference(model: torch.nn.Module) -> dict:
     """The base reference of an HF model built from a config (what describe() stores for `hf`)."""
-    return {"format": 1, "name": "hf", "kwargs": {}, "num_classes": model.config.num_labels, "input_shape": [], "path": None, "trust_remote_code": False, "hf_config": model.config.to_dict()}
+    return {
+        "format": 1,
+        "name": "hf",
+        "kwargs": {},
+        "num_classes": model.config.num_labels,
+        "input_shape": [],
+        "path": None,
+        "trust_remote_code": False,
+        "hf_config": model.config.to_dict(),
+    }
 
 
 def registry_case(name: str, kwargs: dict, input_shape: tuple):
@@ -63,7 +72,9 @@ def test_save_load_is_bit_identical(name: str, tmp_path: Path) -> None:
     save(model, tmp_path / "ckpt", plan, {"accuracy": 0.5}, ref, x)
     again, meta = prunekit.load(tmp_path / "ckpt")
     assert torch.equal(out(again, x), out(model, x))
-    assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    assert {k: v.shape for k, v in again.state_dict().items()} == {
+        k: v.shape for k, v in model.state_dict().items()
+    }
     assert meta["plan"]["planner"] == "uniform" and meta["metrics"]["accuracy"] == 0.5
     # loaded models are trainable: a backward pass reaches every parameter
     again.train()
@@ -87,7 +98,10 @@ def test_uniform_hf_model_loads_with_from_pretrained(tmp_path: Path) -> None:
     model, x, ref = hf_case(tiny_llama_gqa)
     groups = find_groups(model, x)
     # the same number of units kept in every layer: an HF config can say that
-    keep = {g.name: list(range(g.num_units // 2)) if g.kind in ("neuron",) else list(range(g.num_units)) for g in groups}
+    keep = {
+        g.name: list(range(g.num_units // 2)) if g.kind in ("neuron",) else list(range(g.num_units))
+        for g in groups
+    }
     plan = Plan(keep=keep, num_units={g.name: g.num_units for g in groups}, planner="manual")
     apply_plan_(model, plan, x)
     save(model, tmp_path / "u", plan, {}, ref, x)
@@ -110,7 +124,7 @@ def test_non_uniform_hf_model_fails_loudly_in_from_pretrained(tmp_path: Path) ->
     save(model, tmp_path / "n", plan, {}, ref, x)
     assert json.loads((tmp_path / "n" / "prunekit.json").read_text())["hf_from_pretrained"] is False
     for kwargs in ({}, {"ignore_mismatched_sizes": True}):
-        with pytest.raises(Exception):  # never a silently re-initialised model
+        with pytest.raises(Exception, match="non-uniform after pruning"):  # never re-initialised weights
             AutoModelForSequenceClassification.from_pretrained(tmp_path / "n", **kwargs)
     again, _ = load(tmp_path / "n")
     assert torch.equal(out(again, x), out(model, x))
@@ -165,7 +179,11 @@ def test_pretrained_minilm_pruned_round_trip(tmp_path: Path) -> None:
     model = build_model(cfg, 3, (16,)).eval()
     ref = describe(cfg, 3, (16,))
     g = torch.Generator().manual_seed(0)
-    x = {"input_ids": torch.randint(1000, 2000, (2, 16), generator=g), "attention_mask": torch.ones(2, 16, dtype=torch.long), "token_type_ids": torch.zeros(2, 16, dtype=torch.long)}
+    x = {
+        "input_ids": torch.randint(1000, 2000, (2, 16), generator=g),
+        "attention_mask": torch.ones(2, 16, dtype=torch.long),
+        "token_type_ids": torch.zeros(2, 16, dtype=torch.long),
+    }
     groups = find_groups(model, x, ignore=["*embeddings*", "classifier", "*pooler*"])
     plan = make_plan(model, groups, Target("params", 0.2), "uniform", example_inputs=x)
     apply_plan_(model, plan, x)

@@ -15,7 +15,14 @@ QUICK = ROOT / "configs" / "quickstart.yaml"
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "prunekit", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "prunekit", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+    )
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
@@ -38,7 +45,9 @@ def test_every_command_has_help(command: str) -> None:
 def test_typo_in_config_key(tmp_path: Path) -> None:
     cfg = tmp_path / "x.yaml"
     cfg.write_text(QUICK.read_text().replace("  epochs: 10", "  epoch: 10"))
-    assert_one_line_error(cli("run", str(cfg), "--output", str(tmp_path / "out")), r"unknown key 'finetune\.epoch'")
+    assert_one_line_error(
+        cli("run", str(cfg), "--output", str(tmp_path / "out")), r"unknown key 'finetune\.epoch'"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -62,7 +71,16 @@ def test_unknown_planner_leaves_existing_output_untouched(tmp_path: Path) -> Non
 
 
 def test_missing_model_path(tmp_path: Path) -> None:
-    proc = cli("run", str(QUICK), "--set", "model.name=hf", "--set", f"model.path={tmp_path / 'nope'}", "--output", str(tmp_path / "o"))
+    proc = cli(
+        "run",
+        str(QUICK),
+        "--set",
+        "model.name=hf",
+        "--set",
+        f"model.path={tmp_path / 'nope'}",
+        "--output",
+        str(tmp_path / "o"),
+    )
     assert_one_line_error(proc, "nope")
     assert not (tmp_path / "o").exists()
 

@@ -25,7 +25,10 @@ def test_shipped_configs_validate(path: Path) -> None:
 
 def test_unknown_key_names_key_section_and_file(tmp_path: Path) -> None:
     p = write(tmp_path, "finetune:\n  epoch: 3\n")
-    with pytest.raises(ConfigError, match=r"c\.yaml: unknown key 'finetune\.epoch' in section 'finetune'; allowed keys: .*epochs"):
+    with pytest.raises(
+        ConfigError,
+        match=r"c\.yaml: unknown key 'finetune\.epoch' in section 'finetune'; allowed keys: .*epochs",
+    ):
         load_config(p)
 
 

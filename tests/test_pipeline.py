@@ -29,7 +29,9 @@ def run_cli(out: Path, *extra: str) -> subprocess.Popen:
     for s in SMALL + list(extra):
         args += ["--set", s]
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def finish(proc: subprocess.Popen, timeout: float = 400) -> str:
@@ -60,7 +62,16 @@ def test_quickstart_writes_the_output_folder(reference_run: Path) -> None:
     import prunekit
 
     names = {p.name for p in reference_run.iterdir()}
-    assert {"report.json", "report.md", "accuracy_vs_params.png", "run.log", "state.json", "dense", "level-50", "level-70"} <= names
+    assert {
+        "report.json",
+        "report.md",
+        "accuracy_vs_params.png",
+        "run.log",
+        "state.json",
+        "dense",
+        "level-50",
+        "level-70",
+    } <= names
     report = json.loads((reference_run / "report.json").read_text())
     for key in ("task", "model", "planner", "seed", "dense", "levels"):
         assert key in report
@@ -68,7 +79,16 @@ def test_quickstart_writes_the_output_folder(reference_run: Path) -> None:
     assert set(report["dense"]) >= {"params", "macs", "accuracy", "latency_ms"}
     assert report["dense"]["accuracy"] > 0.3  # well above 10-class chance after 3 short epochs
     for lv in report["levels"]:
-        assert set(lv) >= {"target", "params", "macs", "accuracy", "accuracy_before_finetune", "params_saved", "latency_ms", "checkpoint"}
+        assert set(lv) >= {
+            "target",
+            "params",
+            "macs",
+            "accuracy",
+            "accuracy_before_finetune",
+            "params_saved",
+            "latency_ms",
+            "checkpoint",
+        }
         assert abs(lv["params_saved"] - lv["target"]) <= 0.01  # the ratio means what it says
         assert lv["params"] < report["dense"]["params"]
         model, meta = prunekit.load(reference_run / lv["checkpoint"])
@@ -120,13 +140,25 @@ def test_folder_of_another_config_is_refused(reference_run: Path) -> None:
 
 def test_info_and_evaluate_commands_on_a_checkpoint(reference_run: Path) -> None:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    info = subprocess.run([sys.executable, "-m", "prunekit", "info", str(reference_run / "level-70")], capture_output=True, text=True, env=env, cwd=ROOT)
+    info = subprocess.run(
+        [sys.executable, "-m", "prunekit", "info", str(reference_run / "level-70")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     assert info.returncode == 0, info.stderr
     meta = json.loads(info.stdout)
     assert meta["planner"] == "uniform" and meta["weights_ok"] is True
     assert meta["base"]["name"] == "cnn1d"
     assert meta["pruned_groups"]  # it says which groups lost units
-    ev = subprocess.run([sys.executable, "-m", "prunekit", "evaluate", str(reference_run / "level-70")], capture_output=True, text=True, env=env, cwd=ROOT)
+    ev = subprocess.run(
+        [sys.executable, "-m", "prunekit", "evaluate", str(reference_run / "level-70")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     assert ev.returncode == 0, ev.stderr
     result = json.loads(ev.stdout)
     report = json.loads((reference_run / "report.json").read_text())

@@ -11,9 +11,21 @@ from prunekit.report import build_report, write_report
 
 def test_report_files(tmp_path: Path) -> None:
     dense = {"params": 100_000, "macs": 2_000_000, "accuracy": 0.9, "latency_ms": 1.0}
-    level = {"target": 0.5, "params": 50_000, "macs": 1_000_000, "accuracy": 0.85, "accuracy_before_finetune": 0.4,
-             "params_saved": 0.5, "macs_saved": 0.5, "latency_ms": 0.8, "speedup": 1.25, "speedup_per_mac_reduction": 0.625,
-             "predicted_gap": None, "checkpoint": "level-50", "history": {"train_loss": [1.0]}}
+    level = {
+        "target": 0.5,
+        "params": 50_000,
+        "macs": 1_000_000,
+        "accuracy": 0.85,
+        "accuracy_before_finetune": 0.4,
+        "params_saved": 0.5,
+        "macs_saved": 0.5,
+        "latency_ms": 0.8,
+        "speedup": 1.25,
+        "speedup_per_mac_reduction": 0.625,
+        "predicted_gap": None,
+        "checkpoint": "level-50",
+        "history": {"train_loss": [1.0]},
+    }
     report = build_report(RunConfig(name="t"), dense, [level])
     assert "history" not in report["levels"][0]  # training curves stay in state.json
     write_report(tmp_path, report)

@@ -61,10 +61,17 @@ def _sha256(path: Path) -> str:
 def example_spec(inputs: Inputs) -> dict[str, Any]:
     """A JSON description of example inputs, enough to rebuild equivalent ones for graph building."""
     if isinstance(inputs, torch.Tensor):
-        return {"kind": "tensor", "shape": list(inputs.shape), "dtype": str(inputs.dtype).removeprefix("torch.")}
+        return {
+            "kind": "tensor",
+            "shape": list(inputs.shape),
+            "dtype": str(inputs.dtype).removeprefix("torch."),
+        }
     return {
         "kind": "dict",
-        "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in inputs.items()},
+        "tensors": {
+            k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
+            for k, v in inputs.items()
+        },
     }
 
 
@@ -101,7 +108,11 @@ def _hf_expressible(model: nn.Module) -> bool:
     if any(isinstance(d.get(k), (list, dict)) for k in HF_WIDTH_KEYS):
         return False
     config = AutoConfig.for_model(**{k: v for k, v in d.items() if k not in ("transformers_version",)})
-    auto = AutoModelForImageClassification if "pixel" in str(getattr(model, "main_input_name", "")) else AutoModelForSequenceClassification
+    auto = (
+        AutoModelForImageClassification
+        if "pixel" in str(getattr(model, "main_input_name", ""))
+        else AutoModelForSequenceClassification
+    )
     try:
         with torch.device("meta"):
             fresh = auto.from_config(config)
@@ -180,7 +191,9 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     meta_path = folder / META
     if not meta_path.is_file():
-        raise CheckpointError(f"'{folder}' is not a prunekit checkpoint: {META} is missing (give a folder written by prunekit)")
+        raise CheckpointError(
+            f"'{folder}' is not a prunekit checkpoint: {META} is missing (give a folder written by prunekit)"
+        )
     meta = json.loads(meta_path.read_text())
     version = int(meta.get("format_version", 0))
     if version > FORMAT_VERSION:
@@ -234,13 +247,19 @@ def checkpoint_info(folder: str | Path) -> dict[str, Any]:
         "planner": plan["planner"] if plan else None,
         "target": plan["target"] if plan else None,
         "pruned_groups": (
-            {g: f"{len(k)}/{plan['num_units'][g]}" for g, k in plan["keep"].items() if len(k) < plan["num_units"][g]}
+            {
+                g: f"{len(k)}/{plan['num_units'][g]}"
+                for g, k in plan["keep"].items()
+                if len(k) < plan["num_units"][g]
+            }
             if plan
             else {}
         ),
         "state_numel": n_params,
         "weights_sha256": meta["weights_sha256"],
-        "weights_ok": _sha256(folder / WEIGHTS) == meta["weights_sha256"] if (folder / WEIGHTS).is_file() else False,
+        "weights_ok": _sha256(folder / WEIGHTS) == meta["weights_sha256"]
+        if (folder / WEIGHTS).is_file()
+        else False,
         "hf_from_pretrained": meta.get("hf_from_pretrained"),
         "versions": meta.get("versions", {}),
         "metrics": meta.get("metrics", {}),

@@ -35,7 +35,8 @@ def build_report(cfg: RunConfig, dense: dict[str, Any], levels: list[dict[str, A
         "name": cfg.name,
         "prunekit_version": __version__,
         "config_fingerprint": cfg.fingerprint(),
-        "dense": {k: dense[k] for k in ("params", "macs", "accuracy", "latency_ms")} | {"checkpoint": "dense"},
+        "dense": {k: dense[k] for k in ("params", "macs", "accuracy", "latency_ms")}
+        | {"checkpoint": "dense"},
         "levels": [{k: lv.get(k) for k in LEVEL_FIELDS} for lv in levels],
         # Latency is measured wall time on a shared machine: it varies run to run, unlike the rest.
         "volatile_fields": ["latency_ms", "speedup", "speedup_per_mac_reduction"],

@@ -5,7 +5,13 @@
 (pruning replaces them); ``evaluate`` gathers loss and accuracy over all processes.
 """
 
-from prunekit.train.accel import LaunchError, check_launch, make_accelerator, requested_processes, resolve_mixed_precision
+from prunekit.train.accel import (
+    LaunchError,
+    check_launch,
+    make_accelerator,
+    requested_processes,
+    resolve_mixed_precision,
+)
 from prunekit.train.loop import evaluate, finetune, total_optimizer_steps
 from prunekit.train.optim import build_optimizer, lr_at, trainable_parameters
 

@@ -36,6 +36,7 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 class LaunchError(RuntimeError):
     """The launch asked for more processes than the Accelerator got (one line, with the working launch)."""
 
+
 _WORKING_LAUNCH = (
     "ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes {n} --num_machines 1 "
     "--mixed_precision no --dynamo_backend no <script> (on N GPUs: accelerate launch --multi_gpu "
