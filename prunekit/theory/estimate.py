@@ -61,6 +61,16 @@ class Estimates:
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(asdict(self))
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Estimates:
+        """Read back ``to_dict()`` output (e.g. estimate.json); extra keys such as ``model_source`` are ignored."""
+        version = int(d.get("format_version", 0))
+        if version > ESTIMATES_FORMAT_VERSION:
+            raise ValueError(
+                f"estimates format version {version} is newer than this prunekit; upgrade prunekit"
+            )
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
 
 def _jsonable(x: Any) -> Any:
     """Floats, lists and dicts only: numpy/torch scalars and arrays become Python numbers; NaN/inf → None."""
@@ -353,7 +363,8 @@ def format_summary(est: Estimates) -> str:
     """A readable summary: the bound's quantities, the top groups and the seconds per estimator."""
     h = est.hessian
     lines = [
-        f"C_arch (NTK d_λ, ridge {est.ntk.get('ridge')}) : {_num(est.C_arch)}  on {est.settings['probe_samples']} inputs",
+        f"C_arch (NTK d_λ, ridge {est.ntk.get('ridge')})".ljust(40)
+        + f": {_num(est.C_arch)}  on {est.settings['probe_samples']} inputs",
         f"T_opt (layer-normalised Hessian trace)  : {_num(est.T_opt, h.get('normalized_trace_se'))}"
         f"  ({h.get('num_probes')} probes)",
         f"top Hessian eigenvalue                  : {_num(est.hessian_top_eigenvalue)}",

@@ -82,6 +82,8 @@ def test_estimate_reports_every_quantity(result, splits) -> None:
     # JSON round trip keeps the numbers
     d = json.loads(json.dumps(est.to_dict()))
     assert d["C_arch"] == est.C_arch and d["n"] == 600
+    back = Estimates.from_dict(d | {"model_source": "ignored"})
+    assert back.to_dict() == d
 
 
 def test_estimate_per_group_traces_and_top_lists(result) -> None:
