@@ -76,10 +76,11 @@ def epoch_time(model, splits, accelerator) -> dict[str, float]:
     return t
 
 
-def warm_up(model, batch, groups=None) -> None:
+def warm_up(model, batch, groups=None, gram: bool = True) -> None:
     """One tiny call of each estimator: first calls pay one-off costs (vmap tracing, allocator) not to time."""
     small = (batch[0][:4], batch[1][:4])
-    ntk_spectrum(ntk_gram(model, small, output="trace"))
+    if gram:
+        ntk_spectrum(ntk_gram(model, small, output="trace"))
     hessian_trace(model, [small], num_probes=1)
     if groups is not None:
         group_ntk_traces(model, small, groups, num_probes=2)
@@ -92,7 +93,8 @@ def gram_cost(model, batch) -> dict[str, float]:
     return timed(run)[1]
 
 
-def measure_model(width: int, splits, accelerator, args, gram_full: bool) -> dict[str, Any]:
+def measure_model(width: int, splits, accelerator, args, gram: str) -> dict[str, Any]:
+    """``gram``: "full" (timed at 256 inputs), "32" (timed at 32, extrapolated) or "skip" (not timed)."""
     model = build_model(
         ModelConfig(name="cnn1d", kwargs={"width": width}), splits.num_classes, splits.input_shape
     )
@@ -105,17 +107,22 @@ def measure_model(width: int, splits, accelerator, args, gram_full: bool) -> dic
         "params": params,
         "groups": len(groups),
     }
-    _, t = timed(group_ntk_traces, model, probe, groups, num_probes=args.ntk_probes)
-    row["ntk_traces_512"] = scale(t, 512 / args.ntk_probes) | {"measured_probes": args.ntk_probes}
-    row["gram_32"] = gram_cost(model, probe_batch(splits, 32))
-    if gram_full:
+    warm_up(model, probe, groups, gram=gram != "skip")
+    # past 1M params each probe is long enough that a few of them time it well; keep the run short
+    big = params > 1_000_000
+    k_ntk, k_h, k_eig = (8, 4, 3) if big else (args.ntk_probes, args.hessian_probes, args.eig_iters)
+    _, t = timed(group_ntk_traces, model, probe, groups, num_probes=k_ntk)
+    row["ntk_traces_512"] = scale(t, 512 / k_ntk) | {"measured_probes": k_ntk}
+    if gram != "skip":
+        row["gram_32"] = gram_cost(model, probe_batch(splits, 32))
+    if gram == "full":
         row["gram_256"] = gram_cost(model, probe) | {"measured_inputs": 256}
     hb = [(probe[0][i : i + 128], probe[1][i : i + 128]) for i in (0, 128)]
-    _, t = timed(hessian_trace, model, hb, num_probes=args.hessian_probes)
-    row["hessian_trace_100"] = scale(t, 100 / args.hessian_probes) | {"measured_probes": args.hessian_probes}
-    # tol=0 forbids early stopping, so exactly eig_iters Hessian-vector products are timed
-    _, t = timed(top_eigenvalue, model, hb, iters=args.eig_iters, tol=1e-300)
-    row["top_eigenvalue_20"] = scale(t, 20 / args.eig_iters) | {"measured_iters": args.eig_iters}
+    _, t = timed(hessian_trace, model, hb, num_probes=k_h)
+    row["hessian_trace_100"] = scale(t, 100 / k_h) | {"measured_probes": k_h}
+    # tol=1e-300 forbids early stopping, so exactly k_eig Hessian-vector products are timed
+    _, t = timed(top_eigenvalue, model, hb, iters=k_eig, tol=1e-300)
+    row["top_eigenvalue_20"] = scale(t, 20 / k_eig) | {"measured_iters": k_eig}
     row["epoch"] = epoch_time(model, splits, accelerator)
     print(json.dumps(row), flush=True)
     return row
@@ -191,12 +198,13 @@ def quickstart(splits, accelerator, args) -> dict[str, Any]:
 
 
 def slopes(rows: list[dict[str, Any]], keys: list[str]) -> dict[str, float]:
-    p = np.log([r["params"] for r in rows])
-    return {
-        k: float(np.polyfit(p, np.log([r[k]["cpu_s"] for r in rows]), 1)[0])
-        for k in keys
-        if all(k in r for r in rows)
-    }
+    out = {}
+    for k in keys:
+        have = [r for r in rows if k in r]
+        if len(have) >= 2:
+            p = np.log([r["params"] for r in have])
+            out[k] = float(np.polyfit(p, np.log([r[k]["cpu_s"] for r in have]), 1)[0])
+    return out
 
 
 LABELS = {
@@ -236,7 +244,7 @@ def write_outputs(result: dict[str, Any], out: Path) -> None:
         "include waiting for a shared core). `*` = measured at fewer probes / iterations / inputs and scaled "
         "(see the JSON for what was measured): probes and power iterations scale linearly; the Gram at 256 "
         "inputs is measured for the smaller models and otherwise extrapolated from 32 inputs with the n-scaling "
-        "measured on the 96k-param model (below). Probe set: 256 class-balanced MNIST-1D training signals.",
+        "measured on the 96k-param model (below); *not timed*: too slow here. Probe set: 256 class-balanced MNIST-1D training signals.",
         "",
         "| model | params | groups | " + " | ".join(LABELS[k] for k in keys) + " |",
         "|---|---:|---:|" + "---:|" * len(keys),
@@ -244,7 +252,7 @@ def write_outputs(result: dict[str, Any], out: Path) -> None:
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['params']:,} | {r['groups']} | "
-            + " | ".join(_cell(r[k]) for k in keys)
+            + " | ".join(_cell(r[k]) if k in r else "not timed" for k in keys)
             + " |"
         )
     lines += ["", "Each estimator as a fraction of one fine-tuning epoch of the same model (CPU time):", ""]
@@ -255,7 +263,7 @@ def write_outputs(result: dict[str, Any], out: Path) -> None:
     for r in rows:
         lines.append(
             f"| {r['model']} | "
-            + " | ".join(f"{r[k]['fraction_of_epoch_cpu']:.2f}" for k in keys[:-1])
+            + " | ".join(f"{r[k]['fraction_of_epoch_cpu']:.2f}" if k in r else "–" for k in keys[:-1])
             + " |"
         )
     sl = result["loglog_slope_cpu_vs_params"]
@@ -308,9 +316,14 @@ def write_outputs(result: dict[str, Any], out: Path) -> None:
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
     fig, ax = plt.subplots(figsize=(7, 5))
-    params = [r["params"] for r in rows]
     for k in keys:
-        ax.plot(params, [r[k]["cpu_s"] for r in rows], "o-" if k != "epoch" else "k--", label=LABELS[k])
+        have = [r for r in rows if k in r]
+        ax.plot(
+            [r["params"] for r in have],
+            [r[k]["cpu_s"] for r in have],
+            "o-" if k != "epoch" else "k--",
+            label=LABELS[k],
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("parameters")
@@ -326,7 +339,10 @@ def write_outputs(result: dict[str, Any], out: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="results/estimator_cost")
-    ap.add_argument("--widths", type=int, nargs="+", default=[32, 56, 112, 224])
+    ap.add_argument("--widths", type=int, nargs="+", default=[32, 56, 112, 224, 448])
+    ap.add_argument(
+        "--gram-skip", type=int, nargs="+", default=[448], help="widths whose Gram is not timed (too slow)"
+    )
     ap.add_argument(
         "--gram-full", type=int, nargs="+", default=[32, 56], help="widths whose Gram is timed at n=256"
     )
@@ -343,7 +359,7 @@ def main() -> None:
     splits = load_data(DataConfig(name="mnist1d"), seed=0)
     n_sizes = [32, 64, 128, 256]
     if args.quick:
-        args.widths, args.gram_full, n_sizes = [8, 16], [8], [16, 32]
+        args.widths, args.gram_full, args.gram_skip, n_sizes = [8, 16, 24], [8], [24], [16, 32]
         args.ntk_probes, args.hessian_probes, args.eig_iters, args.train_epochs = 4, 2, 2, 0.2
 
     large = load_data(DataConfig(name="mnist1d", variant="large"), seed=0)
@@ -352,16 +368,21 @@ def main() -> None:
     print(json.dumps({"twonn_10k": t_twonn, "d": tw["d"]}), flush=True)
 
     scaling = gram_n_scaling(56 if not args.quick else 8, splits, n_sizes)
-    rows = [measure_model(w, splits, accelerator, args, w in args.gram_full) for w in args.widths]
+
+    def gram_mode(w: int) -> str:
+        return "full" if w in args.gram_full else "skip" if w in args.gram_skip else "32"
+
+    rows = [measure_model(w, splits, accelerator, args, gram_mode(w)) for w in args.widths]
     for r in rows:
-        if "gram_256" not in r:
+        if "gram_256" not in r and "gram_32" in r:
             r["gram_256"] = {
                 k: r["gram_32"][k] * scaling["ratio_256_over_32"][k] for k in ("wall_s", "cpu_s")
             }
             r["gram_256"]["extrapolated"] = True
         r["twonn_10k"] = t_twonn
         for k in ("ntk_traces_512", "gram_256", "hessian_trace_100", "top_eigenvalue_20", "twonn_10k"):
-            r[k]["fraction_of_epoch_cpu"] = r[k]["cpu_s"] / r["epoch"]["cpu_s"]
+            if k in r:
+                r[k]["fraction_of_epoch_cpu"] = r[k]["cpu_s"] / r["epoch"]["cpu_s"]
     qs = quickstart(splits, accelerator, args)
     result = {
         "command": "python " + " ".join(sys.argv),
