@@ -202,3 +202,39 @@ def test_unknown_id_representation_fails_before_any_estimator(model, splits) -> 
     cfg = SMALL.model_copy(update={"id_representation": "no.such.layer"})
     with pytest.raises(ValueError, match="estimate.id_representation='no.such.layer'"):
         estimate(model, splits, cfg)
+
+
+def test_run_estimate_command_prefers_the_runs_dense_checkpoint(tmp_path: Path, capsys) -> None:
+    """After `prunekit run`, `prunekit estimate` measures the saved dense model instead of training anew."""
+    from prunekit.models import describe
+    from prunekit.pruning import save
+    from prunekit.theory.estimate import run_estimate_command
+
+    cfg = config_from_dict(
+        {
+            "name": "tiny",
+            "data": {"name": "mnist1d", "max_train_samples": 200},
+            "model": {"name": "cnn1d", "kwargs": {"width": 4}},
+            "train": {"epochs": 5},
+            "estimate": {
+                "probe_samples": 30,
+                "trace_probes": 2,
+                "hessian_probes": 2,
+                "power_iters": 2,
+                "id_samples": 100,
+            },
+        }
+    )
+    splits = load_data(cfg.data, seed=0)
+    model = build_model(
+        cfg.model.model_copy(update={"kwargs": {"width": 3}}), 10, (1, 40)
+    )  # not the config's width
+    base = describe(cfg.model.model_copy(update={"kwargs": {"width": 3}}), 10, (1, 40))
+    save(
+        model, tmp_path / "run" / "dense", None, {}, base, torch.from_numpy(splits.arrays("train").inputs[:2])
+    )
+    out = run_estimate_command(cfg, tmp_path / "run")
+    assert out["model_source"].startswith("dense checkpoint")
+    assert out["settings"]["params"] == sum(p.numel() for p in model.parameters())
+    assert (tmp_path / "run" / "estimate.json").is_file()
+    capsys.readouterr()
