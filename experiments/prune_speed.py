@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import platform
 import sys
@@ -32,6 +33,8 @@ from prunekit.models import build_model
 from prunekit.models.inputs import example_inputs
 from prunekit.planner import Target, make_plan
 from prunekit.pruning import apply_plan_, find_groups
+
+ROUND_MS = 250.0  # least wall time of timed passes per model per round
 
 # name -> (registry name, kwargs, num_classes, input_shape, latency input description)
 MODELS: dict[str, tuple[str, dict[str, Any], int, tuple[int, ...], str]] = {
@@ -112,7 +115,10 @@ def measure_model(key: str, levels: list[float], rounds: int, repeats: int, warm
                 "mac_reduction": dense["macs"] / macs,
             }
         )
-    # interleave the variants round by round, so that load on the shared machine hits them alike
+    # fast models get more passes per round (>= ROUND_MS of work), so that timer and scheduler noise
+    # average out; then interleave the variants round by round, so that load on the machine hits them alike
+    probe_ms = measure_latency(model, lat_inputs, repeats=5, warmup=3, threads=1)["median_ms"]
+    repeats = max(repeats, min(2000, math.ceil(ROUND_MS / max(probe_ms, 1e-3))))
     medians: list[list[float]] = [[] for _ in variants]
     cpu_ms: list[list[float]] = [[] for _ in variants]
     for _ in range(rounds):
@@ -120,6 +126,7 @@ def measure_model(key: str, levels: list[float], rounds: int, repeats: int, warm
             lat = measure_latency(v, lat_inputs, repeats=repeats, warmup=warmup, threads=1)
             medians[i].append(lat["median_ms"])
             cpu_ms[i].append(_cpu_time_ms(v, lat_inputs, repeats, warmup=2))
+    dense["repeats"] = repeats
 
     def summary(ms: list[float], cpu: list[float]) -> dict[str, float]:
         return {
@@ -132,9 +139,11 @@ def measure_model(key: str, levels: list[float], rounds: int, repeats: int, warm
     dense.update(summary(medians[0], cpu_ms[0]))
     for row, ms, cpu in zip(rows, medians[1:], cpu_ms[1:], strict=True):
         row.update(summary(ms, cpu))
-        row["speedup"] = dense["median_ms"] / row["median_ms"]
+        # paired by round: dense and pruned were timed back to back, so their ratio cancels slow drifts
+        row["speedup"] = float(np.median([d / p for d, p in zip(medians[0], ms, strict=True)]))
         row["speedup_best_round"] = dense["min_round_ms"] / row["min_round_ms"]
-        row["cpu_speedup"] = dense["cpu_ms"] / row["cpu_ms"]
+        row["cpu_speedup"] = float(np.median([d / p for d, p in zip(cpu_ms[0], cpu, strict=True)]))
+        row["round_speedups"] = [d / p for d, p in zip(medians[0], ms, strict=True)]
         row["speedup_per_mac_reduction"] = row["speedup"] / row["mac_reduction"]
         row["cpu_speedup_per_mac_reduction"] = row["cpu_speedup"] / row["mac_reduction"]
     return {"model": key, "input": desc, "groups": len(groups), "dense": dense, "pruned": rows}
@@ -150,12 +159,14 @@ def to_markdown(results: list[dict[str, Any]], command: str, machine: dict[str, 
         f"torch {machine['torch']}, Python {machine['python']}.",
         "",
         f"Latency: one intra-op thread, batch 1, eval mode, no grad; {settings['warmup']} warm-up passes then "
-        f"{settings['repeats']} timed passes (`prunekit.metrics.measure_latency`), in {settings['rounds']} "
+        f"at least {settings['repeats']} timed passes (more for fast models, so that each round times "
+        f"≥ {ROUND_MS:.0f} ms; see `repeats` in the JSON) with `prunekit.metrics.measure_latency`, in {settings['rounds']} "
         "rounds that interleave the dense and pruned models. *wall ms* is the median of the round medians "
-        "[fastest–slowest round]; *speed-up* divides the dense by the pruned wall time (median rounds; in "
-        "brackets, fastest rounds). Because the machine is shared, wall time includes waiting for the core; "
-        "*CPU ms* (median thread CPU time per pass, `time.thread_time`) does not, and is the steadier measure "
-        "of compute cost here.",
+        "[fastest–slowest round]; *speed-up* is the median over rounds of dense ÷ pruned time within the "
+        "same round (in brackets: fastest dense round ÷ fastest pruned round). Because the machine is shared, wall time includes waiting for the core; "
+        "*CPU ms* (median thread CPU time per pass, `time.thread_time`) does not, though it still moves "
+        "with cache sharing and clock speed; its speed-up is paired by round too. Expect run-to-run changes "
+        "of tens of percent in every latency column on this machine; params and MACs are exact.",
         "",
         "Weights: cnn1d and resnet20 are randomly initialised (seeded): latency does not depend on weight "
         "values. MiniLM uses its bundled pretrained weights with a new classification head. MACs are per "
@@ -195,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--levels", nargs="+", type=float, default=[0.5, 0.7])
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--out", default="results/prune_speed")
