@@ -167,28 +167,9 @@ def _tokenizer_source(cfg: RunConfig) -> str | None:
     return None
 
 
-def planner_config_for(cfg: RunConfig, seed: int):
-    """The planner's config object from the ``prune`` section (options it lacks are not passed)."""
-    import dataclasses
-
-    from prunekit.planner import get_planner, planner_config
-
-    p = cfg.prune
-    fields = {f.name for f in dataclasses.fields(get_planner(p.planner).config_cls)}
-    options = {
-        "min_keep_fraction": p.min_keep_fraction,
-        "round_to": p.round_to,
-        "seed": seed,
-        "num_batches": p.importance_batches,
-    }
-    if "importance" in fields:
-        options["importance"] = p.importance
-    return planner_config(p.planner, **{k: v for k, v in options.items() if k in fields})
-
-
 def make_level_plan(task: Task, model: nn.Module, level: float, seed: int):
     """The plan for one level (groups → scores → allocation), at fixed weights; changes nothing."""
-    from prunekit.planner import Target, make_plan
+    from prunekit.planner import Target, from_prune_config, make_plan
     from prunekit.pruning import find_groups
 
     p = task.cfg.prune
@@ -199,7 +180,7 @@ def make_level_plan(task: Task, model: nn.Module, level: float, seed: int):
         model,
         groups,
         Target(metric=p.metric, saved=level),
-        config=planner_config_for(task.cfg, seed),
+        config=from_prune_config(p, seed),
         batches=batches,
         example_inputs=task.example,
     )
