@@ -123,9 +123,13 @@ def test_non_uniform_hf_model_fails_loudly_in_from_pretrained(tmp_path: Path) ->
     apply_plan_(model, plan, x)
     save(model, tmp_path / "n", plan, {}, ref, x)
     assert json.loads((tmp_path / "n" / "prunekit.json").read_text())["hf_from_pretrained"] is False
-    for kwargs in ({}, {"ignore_mismatched_sizes": True}):
-        with pytest.raises(Exception, match="non-uniform after pruning"):  # never re-initialised weights
-            AutoModelForSequenceClassification.from_pretrained(tmp_path / "n", **kwargs)
+    from transformers import BertForSequenceClassification
+
+    for cls in (AutoModelForSequenceClassification, BertForSequenceClassification):
+        for kwargs in ({}, {"ignore_mismatched_sizes": True}):
+            # never a model with silently re-initialised weights
+            with pytest.raises(Exception, match="prunekit-pruned-bert|non-uniform after pruning"):
+                cls.from_pretrained(tmp_path / "n", **kwargs)
     again, _ = load(tmp_path / "n")
     assert torch.equal(out(again, x), out(model, x))
 

@@ -148,6 +148,10 @@ def save(
             expressible = _hf_expressible(model)
             if not expressible:
                 hf = dict(hf)
+                # An unknown model_type makes AutoConfig raise a ValueError (which AutoTokenizer
+                # tolerates, so the tokenizer still loads); string widths stop a concrete class such
+                # as BertForSequenceClassification.from_pretrained as well.
+                hf["model_type"] = f"prunekit-pruned-{hf.get('model_type')}"
                 for key in HF_WIDTH_KEYS:
                     if key in hf:
                         hf[key] = NOT_EXPRESSIBLE
