@@ -164,3 +164,17 @@ def test_info_and_evaluate_commands_on_a_checkpoint(reference_run: Path) -> None
     report = json.loads((reference_run / "report.json").read_text())
     level = next(lv for lv in report["levels"] if lv["checkpoint"] == "level-70")
     assert result["accuracy"] == level["accuracy"] and result["params"] == level["params"]
+
+
+def test_plan_command_shows_plans_and_changes_nothing(reference_run: Path) -> None:
+    before = sorted(p.name for p in reference_run.iterdir())
+    args = [sys.executable, "-m", "prunekit", "plan", "configs/quickstart.yaml", "--output", str(reference_run)]
+    for s in SMALL:
+        args += ["--set", s]
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert proc.returncode == 0, proc.stderr
+    plans = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [p["level"] for p in plans] == [0.5, 0.7]
+    for p in plans:
+        assert abs(p["achieved"]["params_saved"] - p["level"]) <= 0.01
+    assert sorted(p.name for p in reference_run.iterdir()) == before
