@@ -105,26 +105,41 @@ def test_rerun_of_finished_folder_recomputes_nothing(reference_run: Path) -> Non
     assert (reference_run / "level-50" / "model.safetensors").stat().st_mtime_ns == before
 
 
-def test_resume_after_sigkill_gives_the_same_report(reference_run: Path, tmp_path: Path) -> None:
+def _done(out: Path) -> dict:
+    try:
+        return json.loads((out / "state.json").read_text()).get("done", {})
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+# Kill points: in the middle of dense training, and in the middle of the pruned levels.
+KILL_POINTS = {
+    "during-dense": lambda out: (out / "config.json").is_file() and (time.sleep(1.5) or True),
+    "during-levels": lambda out: "dense" in _done(out),
+}
+
+
+@pytest.mark.parametrize("kill_point", list(KILL_POINTS))
+def test_resume_after_sigkill_gives_the_same_report(
+    reference_run: Path, tmp_path: Path, kill_point: str
+) -> None:
     out = tmp_path / "killed"
     proc = run_cli(out)
-    # Kill it hard in the middle: after the dense stage is recorded, while the levels are running.
     deadline = time.time() + 300
-    while time.time() < deadline:
-        state = out / "state.json"
-        if state.is_file() and "dense" in json.loads(state.read_text() or "{}").get("done", {}):
-            break
+    while not KILL_POINTS[kill_point](out):
+        if time.time() > deadline or proc.poll() is not None:
+            pytest.fail(f"never reached the kill point {kill_point}")
         time.sleep(0.05)
-    else:
-        pytest.fail("the dense stage never finished")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "report.json").exists()
-    dense_mtime = (out / "dense" / "model.safetensors").stat().st_mtime_ns
+    finished = _done(out)
+    mtimes = {k: (out / k / "model.safetensors").stat().st_mtime_ns for k in finished}
 
     log = finish(run_cli(out))
-    assert "dense: finished earlier" in log
-    assert (out / "dense" / "model.safetensors").stat().st_mtime_ns == dense_mtime
+    for k in finished:  # nothing finished is recomputed
+        assert f"{k}: finished earlier" in log
+        assert (out / k / "model.safetensors").stat().st_mtime_ns == mtimes[k]
     resumed = json.loads((out / "report.json").read_text())
     reference = json.loads((reference_run / "report.json").read_text())
     assert stable(resumed) == stable(reference)
@@ -168,10 +183,20 @@ def test_info_and_evaluate_commands_on_a_checkpoint(reference_run: Path) -> None
 
 def test_plan_command_shows_plans_and_changes_nothing(reference_run: Path) -> None:
     before = sorted(p.name for p in reference_run.iterdir())
-    args = [sys.executable, "-m", "prunekit", "plan", "configs/quickstart.yaml", "--output", str(reference_run)]
+    args = [
+        sys.executable,
+        "-m",
+        "prunekit",
+        "plan",
+        "configs/quickstart.yaml",
+        "--output",
+        str(reference_run),
+    ]
     for s in SMALL:
         args += ["--set", s]
-    proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    proc = subprocess.run(
+        args, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1")
+    )
     assert proc.returncode == 0, proc.stderr
     plans = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [p["level"] for p in plans] == [0.5, 0.7]
