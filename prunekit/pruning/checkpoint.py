@@ -6,9 +6,10 @@ exactly, and the recorded shape table is checked against the result.
 
 HF models also get a ``config.json`` with the patched dims. When an HF config cannot express the
 pruned widths (per-layer widths differ, or BERT heads were pruned: its head size is derived from
-``hidden_size / num_attention_heads``), the width fields in ``config.json`` are replaced by an
-explanatory string, so ``from_pretrained`` fails at construction — even with
-``ignore_mismatched_sizes=True``, which would otherwise load re-initialised weights silently.
+``hidden_size / num_attention_heads``), ``config.json`` gets ``model_type: prunekit-pruned-<type>``
+and its width fields an explanatory string, so every ``from_pretrained`` fails before building a
+model — even with ``ignore_mismatched_sizes=True``, which would otherwise load re-initialised weights
+silently — while ``AutoTokenizer.from_pretrained(folder)`` still works.
 """
 
 from __future__ import annotations
