@@ -82,6 +82,18 @@ def test_fashion_mnist_missing_files_name_the_apt_package(tmp_path: Path, monkey
         load_data(DataConfig(name="fashion_mnist"), seed=0)
 
 
+def test_fashion_mnist_failed_hub_fallback_still_names_the_apt_package(tmp_path: Path, monkeypatch) -> None:
+    import datasets  # imported under the session's offline settings: the hub call below fails at once
+
+    assert datasets.config.HF_HUB_OFFLINE
+    monkeypatch.setenv("PRUNEKIT_FASHION_MNIST_DIR", str(tmp_path))
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.setenv(var, "0")  # prunekit tries the hub; `datasets` cannot reach it
+    with pytest.raises(ValueError, match=r"hub copy failed .*apt-get install dataset-fashion-mnist") as err:
+        load_data(DataConfig(name="fashion_mnist"), seed=0)
+    assert "\n" not in str(err.value)
+
+
 def test_digits_flat_scaled_with_seeded_test_split() -> None:
     s = load_data(DataConfig(name="digits"), seed=0)
     sizes = [s.size(k) for k in ("train", "validation", "test")]

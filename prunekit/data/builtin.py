@@ -96,27 +96,39 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
+FASHION_HUB_ID = "zalando-datasets/fashion_mnist"
+
+
+def _offline() -> bool:
+    return any(
+        os.environ.get(k, "0").lower() not in ("", "0", "false", "no", "off")
+        for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
 def _fashion_from_hub() -> SourceData:
-    import datasets
+    """The hub copy (the same 60k / 10k images); a load that fails raises a one-line ValueError."""
+    from prunekit.data.generic import load_dataset_dict, source_from_dataset_dict
 
-    from prunekit.data.generic import source_from_dataset_dict
-
-    dd = datasets.load_dataset("zalando-datasets/fashion_mnist")
+    dd = load_dataset_dict(FASHION_HUB_ID, FASHION_HUB_ID)
     cfg = DataConfig(name="fashion_mnist", text_column="text", label_column="label")
-    return source_from_dataset_dict(dd, cfg, "zalando-datasets/fashion_mnist")
+    return source_from_dataset_dict(dd, cfg, FASHION_HUB_ID)
 
 
 def load_fashion_mnist(cfg: DataConfig, model_cfg: ModelConfig | None = None) -> SourceData:
     folder = Path(os.environ.get("PRUNEKIT_FASHION_MNIST_DIR", FASHION_DIR))
     paths = {k: folder / f for k, f in FASHION_FILES.items()}
     if not all(p.is_file() for p in paths.values()):
-        if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("", "0", "false", "no"):
-            return _fashion_from_hub()
         missing = next(p for p in paths.values() if not p.is_file())
-        raise ValueError(
-            f"Fashion-MNIST not found ({missing} is missing): run `apt-get install dataset-fashion-mnist` "
-            "or set PRUNEKIT_FASHION_MNIST_DIR"
-        )
+        fix = "run `apt-get install dataset-fashion-mnist` or set PRUNEKIT_FASHION_MNIST_DIR"
+        if _offline():
+            raise ValueError(f"Fashion-MNIST not found ({missing} is missing): {fix}")
+        try:
+            return _fashion_from_hub()
+        except ValueError as err:  # no network, or the hub copy changed: the local files are the fix
+            raise ValueError(
+                f"Fashion-MNIST: {missing} is missing and the hub copy failed ({err}): {fix}"
+            ) from None
     a = {k: read_idx(p) for k, p in paths.items()}
     # uint8 → float32 in [0, 1] with a channel axis: (N, 1, 28, 28).
     return SourceData(

@@ -25,12 +25,13 @@ def _short(err: Exception) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _load(name: str, *args: Any, **kwargs: Any) -> Any:
+def load_dataset_dict(name: str, *args: Any, **kwargs: Any) -> Any:
+    """``datasets.load_dataset(*args, **kwargs)``; its errors become one-line ValueErrors naming ``name``."""
     import datasets
 
     try:
         return datasets.load_dataset(*args, **kwargs)
-    except (OSError, ValueError, FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as err:
+    except (OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:
         if "corresponds to no data" in str(err):  # what `datasets` says for a header-only file
             raise ValueError(f"dataset '{name}' is empty: it has no rows") from None
         raise ValueError(f"cannot load dataset '{name}': {_short(err)}") from None
@@ -53,24 +54,28 @@ def _check_files(cfg: DataConfig) -> dict[str, str]:
 def load_hf(cfg: DataConfig, model_cfg: ModelConfig | None = None) -> SourceData:
     if not cfg.path:
         raise ValueError("data.name 'hf' needs data.path: a hub dataset id or a local dataset folder")
-    dd = _load(cfg.path, cfg.path, cfg.subset)
+    dd = load_dataset_dict(cfg.path, cfg.path, cfg.subset)
     return source_from_dataset_dict(dd, cfg, cfg.path)
 
 
 def load_csv(cfg: DataConfig, model_cfg: ModelConfig | None = None) -> SourceData:
     files = _check_files(cfg)
-    return source_from_dataset_dict(_load(files["train"], "csv", data_files=files), cfg, files["train"])
+    return source_from_dataset_dict(
+        load_dataset_dict(files["train"], "csv", data_files=files), cfg, files["train"]
+    )
 
 
 def load_json(cfg: DataConfig, model_cfg: ModelConfig | None = None) -> SourceData:
     files = _check_files(cfg)
-    return source_from_dataset_dict(_load(files["train"], "json", data_files=files), cfg, files["train"])
+    return source_from_dataset_dict(
+        load_dataset_dict(files["train"], "json", data_files=files), cfg, files["train"]
+    )
 
 
 def load_imagefolder(cfg: DataConfig, model_cfg: ModelConfig | None = None) -> SourceData:
     if cfg.files:
         files = _check_files(cfg)
-        dd = _load(files["train"], "imagefolder", data_dir=None, data_files=files)
+        dd = load_dataset_dict(files["train"], "imagefolder", data_dir=None, data_files=files)
         return source_from_dataset_dict(dd, cfg, files["train"])
     if not cfg.path:
         raise ValueError(
@@ -78,7 +83,7 @@ def load_imagefolder(cfg: DataConfig, model_cfg: ModelConfig | None = None) -> S
         )
     if not Path(cfg.path).expanduser().is_dir():
         raise ValueError(f"image folder '{cfg.path}' does not exist: check data.path")
-    dd = _load(cfg.path, "imagefolder", data_dir=str(Path(cfg.path).expanduser()))
+    dd = load_dataset_dict(cfg.path, "imagefolder", data_dir=str(Path(cfg.path).expanduser()))
     return source_from_dataset_dict(dd, cfg, cfg.path)
 
 
