@@ -152,6 +152,9 @@ def _bad_plans(groups):
     yield "empty", Plan(keep={b.name: []}, num_units=n), "at least 1"
     yield "other model", Plan(keep={b.name: [0]}, num_units={**n, b.name: b.num_units + 1}), "another model"
     yield "no size", Plan(keep={b.name: [0]}, num_units={a.name: a.num_units}), "num_units"
+    yield "not a list", Plan(keep={b.name: 3}, num_units=n), "must be a list"
+    yield "round_to", Plan(keep={b.name: [0, 1, 2]}, num_units=n, round_to=2), "multiple of plan.round_to=2"
+    yield "bad round_to", Plan(keep={b.name: [0]}, num_units=n, round_to=0), "round_to must be an integer"
 
 
 @pytest.mark.parametrize("name", ["resnet", "llama_gqa"])
@@ -169,6 +172,18 @@ def test_bad_plans_are_rejected_before_any_surgery(name):
         assert [id(p) for p in model.parameters()] == params, label
     with pytest.raises(ValueError, match="Plan"):
         apply_plan_(model, {"keep": {}}, x, groups=groups)
+    assert _same_state(model, state)
+
+
+def test_malformed_plan_json_is_a_clear_error():
+    with pytest.raises(ValueError, match="needs 'keep' and 'num_units'"):
+        Plan.from_dict({"keep": {"a:out": [0]}})
+    with pytest.raises(ValueError, match="lists of integers"):
+        Plan.from_dict({"keep": {"a:out": ["first"]}, "num_units": {"a:out": 2}})
+    with pytest.raises(ValueError, match="unknown plan fields"):
+        Plan.from_dict({"keep": {}, "num_units": {}, "ratio": 0.5})
+    plan = Plan.from_dict({"keep": {"a:out": [0, 2]}, "num_units": {"a:out": 4}, "round_to": 2})
+    assert plan.keep == {"a:out": [0, 2]} and plan.round_to == 2
 
 
 def test_llama_uniform_prune_patches_attributes_and_config():

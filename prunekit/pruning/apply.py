@@ -29,8 +29,16 @@ def validate_plan(groups: Sequence[Group], plan: Plan) -> None:
                 f"plan names group {name!r}, which this model does not have (a plan for another model, or "
                 f"groups found with other ignore patterns?); this model's groups start {near}"
             )
+    if (
+        isinstance(plan.round_to, bool)
+        or not isinstance(plan.round_to, numbers.Integral)
+        or plan.round_to < 1
+    ):
+        raise ValueError(f"plan.round_to must be an integer >= 1, got {plan.round_to!r}")
     for name, keep in plan.keep.items():
         g = by_name[name]
+        if not isinstance(keep, (list, tuple)):
+            raise ValueError(f"plan.keep[{name!r}] must be a list of unit indices, got {type(keep).__name__}")
         if name not in plan.num_units:
             raise ValueError(f"plan.num_units has no entry for group {name!r}; the plan is incomplete")
         if plan.num_units[name] != g.num_units:
@@ -50,6 +58,11 @@ def validate_plan(groups: Sequence[Group], plan: Plan) -> None:
             raise ValueError(
                 f"plan.keep[{name!r}] keeps {len(keep)} units but the group needs at least {g.min_units}; "
                 f"keep more or add the layer to ignore"
+            )
+        if len(keep) % plan.round_to and len(keep) != g.num_units:
+            raise ValueError(
+                f"plan.keep[{name!r}] keeps {len(keep)} units, not a multiple of plan.round_to="
+                f"{plan.round_to}; keep a multiple (or all {g.num_units}) or lower round_to"
             )
 
 

@@ -61,6 +61,10 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Plan:
+        if not isinstance(d, dict) or not all(isinstance(d.get(k), dict) for k in ("keep", "num_units")):
+            raise ValueError(
+                "a plan needs 'keep' and 'num_units' mappings keyed by group name; see Plan.to_dict()"
+            )
         version = int(d.get("format_version", 0))
         if version > PLAN_FORMAT_VERSION:
             raise ValueError(
@@ -72,8 +76,13 @@ class Plan:
         if unknown:
             raise ValueError(f"unknown plan fields {sorted(unknown)}; expected a subset of {sorted(known)}")
         d = dict(d)
-        d["keep"] = {k: [int(i) for i in v] for k, v in d["keep"].items()}
-        d["num_units"] = {k: int(v) for k, v in d["num_units"].items()}
+        try:
+            d["keep"] = {k: [int(i) for i in v] for k, v in d["keep"].items()}
+            d["num_units"] = {k: int(v) for k, v in d["num_units"].items()}
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"plan 'keep' must map group names to lists of integers and 'num_units' to integers ({exc})"
+            ) from None
         return cls(**d)
 
     @classmethod
