@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from functools import cache
 
 import pytest
@@ -182,6 +183,24 @@ def test_bad_planners_and_configs_are_rejected():
         make_plan(model, groups, Target(), "uniform", batches=data)
     with pytest.raises(ValueError, match="no prunable groups"):
         make_plan(model, [], Target(), "uniform", example_inputs=x)
+
+
+@dataclass(frozen=True)
+class _BrokenConfig(PlannerConfig):
+    """A planner that keeps unit indices out of range: make_plan must refuse its answer."""
+
+
+def _broken(ctx):
+    return {g.name: [g.num_units] for g in ctx.groups}, {}
+
+
+register_planner("_test_broken", _BrokenConfig, _broken)
+
+
+def test_a_planner_returning_a_bad_plan_is_refused():
+    model, x, groups, _ = _setup("mlp")
+    with pytest.raises(ValueError, match="outside"):
+        make_plan(model, groups, Target(), "_test_broken", example_inputs=x)
 
 
 def test_every_planner_plans_a_transformer_with_dict_inputs():

@@ -17,6 +17,7 @@ from torch import nn
 from prunekit.batch import Batch
 from prunekit.planner.allocate import SizeModel, floor_counts
 from prunekit.planner.target import Target
+from prunekit.pruning.apply import validate_plan
 from prunekit.pruning.types import Group, Plan
 
 
@@ -177,13 +178,19 @@ def make_plan(
     sizes = SizeModel(model, groups, example_inputs)
     ctx = PlanContext(model, groups, target, batches, sizes, cfg)
     keep, note = spec.fn(ctx)
-    counts = {g.name: len(keep[g.name]) for g in groups}
-    extra = {"achieved": sizes.report(counts), "config": dataclasses.asdict(cfg), **note}
-    return Plan(
+    missing = [g.name for g in groups if g.name not in keep]
+    if missing:
+        raise ValueError(
+            f"planner '{spec.name}' returned no keep list for groups {missing[:3]}; fix the planner"
+        )
+    plan = Plan(
         keep={g.name: [int(i) for i in keep[g.name]] for g in groups},
         num_units={g.name: g.num_units for g in groups},
         target=target.to_dict(),
         planner=spec.name,
         round_to=cfg.round_to,
-        extra=extra,
     )
+    validate_plan(groups, plan)  # a planner's bug surfaces here, not halfway through surgery
+    counts = {name: len(k) for name, k in plan.keep.items()}
+    plan.extra = {"achieved": sizes.report(counts), "config": dataclasses.asdict(cfg), **note}
+    return plan
