@@ -93,6 +93,9 @@ class PruneConfig(_Strict):
 
 
 class EstimateConfig(_Strict):
+    # In `prunekit run`: estimate the dense model and each pruned model (before its fine-tuning) and
+    # record C_arch, T_opt, d_eff, the predicted gap and the measured train−test gap in the report.
+    enabled: bool = False
     probe_samples: int = Field(256, gt=0)  # NTK Gram / spectrum inputs
     trace_probes: int = Field(64, gt=0)  # Hutchinson probes for per-group NTK traces
     hessian_probes: int = Field(32, gt=0)

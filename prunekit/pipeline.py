@@ -109,6 +109,21 @@ class Task:
             "latency_ms": lat["median_ms"],
         }
 
+    def predict(self, model: nn.Module, accelerator, seed: int) -> dict[str, Any]:
+        """The theory estimates of ``model`` at its current weights (train split only)."""
+        from prunekit.theory import estimate
+
+        est = estimate(model, self.splits, self.cfg.estimate, accelerator=accelerator, seed=seed)
+        keys = ("C_arch", "T_opt", "n", "d_eff", "bound", "hessian_top_eigenvalue")
+        return {k: getattr(est, k) for k in keys} | {"seconds": round(sum(est.seconds.values()), 2)}
+
+    def generalization(self, model: nn.Module, accelerator, test_accuracy: float) -> dict[str, float]:
+        """Measured gap: train accuracy minus test accuracy (what the bound is meant to predict)."""
+        from prunekit.train import evaluate
+
+        train = evaluate(model, self.loader("train", self.cfg.data.batch_size), accelerator)
+        return {"train_accuracy": train["accuracy"], "gap": train["accuracy"] - test_accuracy}
+
     def train(self, model: nn.Module, recipe, accelerator, seed: int, desc: str) -> dict[str, Any]:
         from prunekit.train import finetune, make_accelerator
 
@@ -137,6 +152,10 @@ def _dense_stage(task: Task, state: RunState, accelerator) -> dict[str, Any]:
         log.info("dense: training %s for %s epochs", cfg.model.name, cfg.train.epochs)
         history = task.train(model, cfg.train, accelerator, seed=cfg.seed, desc="dense")
     metrics = task.measure(model, accelerator)
+    if cfg.estimate.enabled:
+        metrics["estimate"] = task.predict(model, accelerator, seed=cfg.seed)
+        metrics["predicted_gap"] = metrics["estimate"]["bound"]
+        metrics.update(task.generalization(model, accelerator, metrics["accuracy"]))
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
     metrics["history"] = history
     if accelerator.is_main_process:
@@ -206,6 +225,8 @@ def _level_stage(
     plan, groups = make_level_plan(task, model, level, seed)
     apply_plan_(model, plan, task.example, groups=groups)
     before = evaluate(model, task.loader("test", task.cfg.data.batch_size), accelerator)
+    # The prediction is made here, at the pruned weights, before any fine-tuning compute is spent.
+    estimate = task.predict(model, accelerator, seed=seed) if task.cfg.estimate.enabled else None
     log.info(
         "%s: pruned to %d params (accuracy before fine-tuning %.4f)",
         name,
@@ -229,10 +250,13 @@ def _level_stage(
         if m["latency_ms"] > 0 and m["macs"] > 0
         else None,
         "checkpoint": name,
-        "predicted_gap": plan.predicted_gap,
+        "predicted_gap": estimate["bound"] if estimate else plan.predicted_gap,
+        "estimate": estimate,
         "seconds": round(time.perf_counter() - t0, 2),
         "history": history,
     }
+    if estimate is not None:
+        result.update(task.generalization(model, accelerator, m["accuracy"]))
     if accelerator.is_main_process:
         save(
             model,

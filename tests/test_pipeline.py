@@ -21,6 +21,13 @@ SMALL = [
     "finetune.epochs=1",
     "prune.levels=[0.5, 0.7]",
     "evaluate.latency_repeats=5",
+    # the theory estimates, cheaply: they must be deterministic too, so resume reproduces them
+    "estimate.enabled=true",
+    "estimate.probe_samples=64",
+    "estimate.trace_probes=8",
+    "estimate.hessian_probes=8",
+    "estimate.power_iters=5",
+    "estimate.id_samples=500",
 ]
 
 
@@ -93,7 +100,12 @@ def test_quickstart_writes_the_output_folder(reference_run: Path) -> None:
         assert lv["params"] < report["dense"]["params"]
         model, meta = prunekit.load(reference_run / lv["checkpoint"])
         assert sum(p.numel() for p in model.parameters()) == lv["params"]
+        # the gap is predicted before fine-tuning and measured after it
+        assert lv["predicted_gap"] == lv["estimate"]["bound"] and lv["predicted_gap"] > 0
+        assert lv["gap"] == pytest.approx(lv["train_accuracy"] - lv["accuracy"])
+        assert lv["estimate"]["n"] == 1200
     md = (reference_run / "report.md").read_text()
+    assert "predicted gap" in md
     assert "level-50" in md and "level-70" in md
     assert (reference_run / "accuracy_vs_params.png").read_bytes()[:4] == b"\x89PNG"
 

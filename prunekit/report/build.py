@@ -20,11 +20,31 @@ LEVEL_FIELDS = (
     "speedup",
     "speedup_per_mac_reduction",
     "predicted_gap",
+    "train_accuracy",
+    "gap",
+    "estimate",
     "checkpoint",
+)
+DENSE_FIELDS = (
+    "params",
+    "macs",
+    "accuracy",
+    "latency_ms",
+    "predicted_gap",
+    "train_accuracy",
+    "gap",
+    "estimate",
 )
 
 
+def _without_timing(d: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(d.get("estimate"), dict):
+        d = d | {"estimate": {k: v for k, v in d["estimate"].items() if k != "seconds"}}
+    return d
+
+
 def build_report(cfg: RunConfig, dense: dict[str, Any], levels: list[dict[str, Any]]) -> dict[str, Any]:
+    dense, levels = _without_timing(dense), [_without_timing(lv) for lv in levels]
     return {
         "task": cfg.data.name if cfg.data.name != "mnist1d" else f"mnist1d-{cfg.data.variant}",
         "model": cfg.model.name,
@@ -35,9 +55,9 @@ def build_report(cfg: RunConfig, dense: dict[str, Any], levels: list[dict[str, A
         "name": cfg.name,
         "prunekit_version": __version__,
         "config_fingerprint": cfg.fingerprint(),
-        "dense": {k: dense[k] for k in ("params", "macs", "accuracy", "latency_ms")}
-        | {"checkpoint": "dense"},
+        "dense": {k: dense.get(k) for k in DENSE_FIELDS} | {"checkpoint": "dense"},
         "levels": [{k: lv.get(k) for k in LEVEL_FIELDS} for lv in levels],
+        # Estimator wall time is a measurement too; it stays in state.json, not in the report.
         # Latency is measured wall time on a shared machine: it varies run to run, unlike the rest.
         "volatile_fields": ["latency_ms", "speedup", "speedup_per_mac_reduction"],
     }

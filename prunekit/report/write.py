@@ -37,6 +37,24 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"{100 * lv['params_saved']:.1f} % | {_fmt_count(lv['macs'])} | {100 * lv['macs_saved']:.1f} % | "
             f"{lv['accuracy_before_finetune']:.4f} | {lv['accuracy']:.4f} | {lv['latency_ms']:.3f} | {speed} | {ratio} |"
         )
+    rows = [("dense", d)] + [(lv["checkpoint"], lv) for lv in report["levels"]]
+    if any(r.get("estimate") for _, r in rows):
+        lines += [
+            "",
+            "Generalization: the stated bound sqrt(C_arch·T_opt/(n·d_eff)), estimated at the pruned weights "
+            "before fine-tuning, against the measured train − test accuracy gap after it (uncalibrated: "
+            "compare rankings, not values).",
+            "",
+            "| checkpoint | C_arch | T_opt | d_eff | predicted gap | train accuracy | measured gap |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, r in rows:
+            e = r.get("estimate") or {}
+            bound = f"{e['bound']:.4f}" if e.get("bound") is not None else "–"
+            lines.append(
+                f"| {name} | {e.get('C_arch', float('nan')):.1f} | {e.get('T_opt', float('nan')):.4g} | "
+                f"{e.get('d_eff', float('nan')):.2f} | {bound} | {r['train_accuracy']:.4f} | {r['gap']:+.4f} |"
+            )
     lines += [
         "",
         f"![accuracy against params saved]({PLOT})",
