@@ -305,4 +305,7 @@ def test_array_cache_hit_miss_and_corrupt_file(tmp_path: Path, monkeypatch) -> N
     assert cached_arrays("k", make)["a"].tolist() == [0, 1, 2, 3, 4] and len(calls) == 1  # a hit
     (tmp_path / "cache" / "k.npz").write_bytes(b"not a zip file")
     assert cached_arrays("k", make)["a"].tolist() == [0, 1, 2, 3, 4] and len(calls) == 2  # regenerated
+    whole = (tmp_path / "cache" / "k.npz").read_bytes()
+    (tmp_path / "cache" / "k.npz").write_bytes(whole[: len(whole) // 2])  # truncated zip: BadZipFile
+    assert cached_arrays("k", make)["a"].tolist() == [0, 1, 2, 3, 4] and len(calls) == 3  # regenerated
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["k.npz"]  # no temporary files left behind

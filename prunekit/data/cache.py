@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def cached_arrays(key: str, make: Callable[[], dict[str, np.ndarray]]) -> dict[s
         try:
             with np.load(path, allow_pickle=False) as f:
                 return {k: f[k] for k in f.files}
-        except (OSError, ValueError) as err:  # a corrupt file: regenerate and overwrite it
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # corrupt: regenerate, overwrite
             log.warning("ignoring unreadable cache file %s (%s)", path, err)
     arrays = make()
     try:
