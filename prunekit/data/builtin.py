@@ -65,11 +65,21 @@ def _generate_mnist1d(num_samples: int) -> dict[str, np.ndarray]:
     return {k: np.asarray(d[k]) for k in ("x", "y", "x_test", "y_test")}
 
 
+def mnist1d_arrays(num_samples: int) -> dict[str, np.ndarray]:
+    """The published MNIST-1D generator (its seed 42) for ``num_samples`` signals, 80 % ``x`` / ``y`` and
+    20 % ``x_test`` / ``y_test``, shapes ``(N, 40)``; generated once, then read from the disk cache."""
+    if not isinstance(num_samples, int) or num_samples < 5:
+        raise ValueError(f"MNIST-1D needs an integer num_samples >= 5, got {num_samples!r}")
+    variant = next((v for v, n in MNIST1D_SAMPLES.items() if n == num_samples), None)
+    key = f"mnist1d-{variant}-n{num_samples}" if variant else f"mnist1d-n{num_samples}"
+    return cached_arrays(f"{key}-seed42-v1", lambda: _generate_mnist1d(num_samples))
+
+
 def load_mnist1d(cfg: DataConfig, model_cfg: ModelConfig | None = None) -> SourceData:
     n = MNIST1D_SAMPLES[cfg.variant]
     if cfg.variant == "large":
         log.info("MNIST-1D large: generating %d signals on first use (~10 s, cached afterwards)", n)
-    d = cached_arrays(f"mnist1d-{cfg.variant}-n{n}-seed42-v1", lambda: _generate_mnist1d(n))
+    d = mnist1d_arrays(n)
     # (N, 40) float64 → (N, 1, 40) float32: one input channel for Conv1d.
     return SourceData(
         name="mnist1d",

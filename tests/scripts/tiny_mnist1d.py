@@ -11,19 +11,17 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 
-def mnist1d_tensors(num_samples: int = 5000, seed: int = 42) -> dict[str, torch.Tensor]:
-    """MNIST-1D generated locally (never `get_dataset`, which tries a download): 80 % train, 20 % test."""
-    from mnist1d.data import get_dataset_args, make_dataset  # ~3 s of scipy imports: only when generating
+def mnist1d_tensors(num_samples: int = 5000) -> dict[str, torch.Tensor]:
+    """MNIST-1D from prunekit's cached local generator (never `get_dataset`, which downloads): 80 % train
+    ``x`` / ``y``, 20 % test ``x_test`` / ``y_test``; inputs ``(N, 1, 40)`` float32, labels int64."""
+    from prunekit.data.builtin import mnist1d_arrays
 
-    args = get_dataset_args()
-    args.num_samples = num_samples
-    args.seed = seed
-    d = make_dataset(args)
+    d = mnist1d_arrays(num_samples)
     return {
-        "x": torch.from_numpy(np.asarray(d["x"], dtype=np.float32)).unsqueeze(1),  # (N, 1, 40)
-        "y": torch.from_numpy(np.asarray(d["y"], dtype=np.int64)),
-        "x_test": torch.from_numpy(np.asarray(d["x_test"], dtype=np.float32)).unsqueeze(1),
-        "y_test": torch.from_numpy(np.asarray(d["y_test"], dtype=np.int64)),
+        "x": torch.from_numpy(d["x"].astype(np.float32)).unsqueeze(1),
+        "y": torch.from_numpy(d["y"].astype(np.int64)),
+        "x_test": torch.from_numpy(d["x_test"].astype(np.float32)).unsqueeze(1),
+        "y_test": torch.from_numpy(d["y_test"].astype(np.int64)),
     }
 
 
