@@ -76,6 +76,19 @@ def test_macs_grow_with_a_wider_layer():
     assert count_macs(wide, torch.randn(1, 3, 9, 9)) == 11_340 - 5400 + 200 * 75
 
 
+def test_transposed_conv_counts_and_bad_inputs_are_value_errors():
+    up = nn.Sequential(nn.ConvTranspose1d(4, 6, 3, stride=2, groups=2), nn.Flatten(), nn.Linear(6 * 11, 2))
+    # per example: 4 x 5 input elements x (6 / 2 out ch per group) x 3 taps = 180; output length
+    # (5 - 1) x 2 + 3 = 11, so the Linear adds 2 x 66 = 132
+    assert mac_breakdown(up, torch.randn(3, 4, 5)) == {"0": 180, "2": 132}
+    with pytest.raises(ValueError, match="batch size 0"):
+        count_macs(up, torch.randn(0, 4, 5))
+    with pytest.raises(ValueError, match="tensor or a dict of tensors, got list"):
+        mac_breakdown(up, [torch.randn(1, 4, 5)])
+    with pytest.raises(ValueError, match="non-empty dict of tensors"):
+        count_macs(up, {})
+
+
 def test_multihead_attention_counts_projections_and_matmuls():
     mha = nn.MultiheadAttention(16, 4, batch_first=True)
 

@@ -4,7 +4,8 @@ What is counted (per example: the total over the batch divided by the batch size
 
 * every instance of ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Conv3d`` — subclasses included, so TF-style
   "same"-padding convs (EfficientNet) count too — as ``output elements x (in_channels / groups) x kernel
-  elements``, read from the weight's shape so pruned layers count correctly;
+  elements``, read from the weight's shape so pruned layers count correctly; transposed convs
+  (``nn.ConvTranspose*``) as ``input elements x (out_channels / groups) x kernel elements``;
 * every instance of ``nn.Linear`` (and subclasses): ``output elements x in_features``;
 * transformers' ``Conv1D`` (GPT-2 style, weight ``(in, out)``): ``output elements x in``;
 * ``nn.MultiheadAttention`` (whose projections run functionally, so their Linear hooks never fire): the
@@ -32,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from prunekit.batch import Inputs, batch_size_of, logits_of
+from prunekit.batch import Inputs, batch_size_of, logits_of, move_to
 
 _Q_NAMES = ("query", "q_proj", "q_lin", "q")
 _HEADS = ("num_attention_heads", "num_heads", "n_head")
@@ -87,8 +88,29 @@ def _mha_macs(m: nn.MultiheadAttention, args: tuple, kwargs: dict[str, Any]) -> 
     return b * (proj + 2 * lq * lk * e)
 
 
+def _checked_inputs(model: nn.Module, example_inputs: Inputs) -> tuple[Inputs, int]:
+    """``example_inputs`` on the model's device, and their batch size; ValueError for unusable inputs."""
+    fix = "use prunekit.models.example_inputs(model, input_shape)"
+    if isinstance(example_inputs, Mapping):
+        if not example_inputs or not all(isinstance(v, Tensor) for v in example_inputs.values()):
+            raise ValueError(f"example_inputs must be a non-empty dict of tensors: {fix}")
+    elif not isinstance(example_inputs, Tensor):
+        raise ValueError(
+            f"example_inputs must be a tensor or a dict of tensors, got {type(example_inputs).__name__}: {fix}"
+        )
+    batch = batch_size_of(example_inputs)
+    if batch < 1:
+        raise ValueError(f"example_inputs hold no examples (batch size 0): MACs are per example; {fix}")
+    param = next(model.parameters(), None)
+    return (move_to(example_inputs, param.device) if param is not None else example_inputs), batch
+
+
 def mac_breakdown(model: nn.Module, example_inputs: Inputs) -> dict[str, int]:
-    """MACs per example of every counted module, by module name (see the module docstring for the rules)."""
+    """MACs per example of every counted module, by module name (see the module docstring for the rules).
+
+    The inputs are moved to the model's device; ValueError for inputs that are not a (dict of) tensor(s)
+    or hold no examples."""
+    example_inputs, batch = _checked_inputs(model, example_inputs)
     conv1d = _hf_conv1d_type()
     attention = _attention_modules(model)
     totals: dict[str, int] = {}
@@ -100,7 +122,9 @@ def mac_breakdown(model: nn.Module, example_inputs: Inputs) -> dict[str, int]:
     def layer_hook(name: str):
         def hook(m: nn.Module, inp: tuple, out: Tensor) -> None:
             w = m.weight
-            if isinstance(m, nn.modules.conv._ConvNd):
+            if isinstance(m, nn.modules.conv._ConvTransposeNd):  # weight (in, out / groups, *kernel)
+                add(name, inp[0].numel() * w.shape[1] * math.prod(w.shape[2:]))
+            elif isinstance(m, nn.modules.conv._ConvNd):
                 add(name, out.numel() * w.shape[1] * math.prod(w.shape[2:]))
             elif isinstance(m, nn.Linear):
                 add(name, out.numel() * w.shape[1])
@@ -131,7 +155,7 @@ def mac_breakdown(model: nn.Module, example_inputs: Inputs) -> dict[str, int]:
         for name, m in model.named_modules():
             if isinstance(m, nn.MultiheadAttention):
                 handles.append(m.register_forward_pre_hook(mha_hook(name), with_kwargs=True))
-            elif isinstance(m, types) and not isinstance(m, nn.modules.conv._ConvTransposeNd):
+            elif isinstance(m, types):
                 handles.append(m.register_forward_hook(layer_hook(name)))
             if m in attention:
                 handles.append(m.register_forward_pre_hook(attn_hook(name, attention[m]), with_kwargs=True))
@@ -145,15 +169,9 @@ def mac_breakdown(model: nn.Module, example_inputs: Inputs) -> dict[str, int]:
     finally:
         for h in handles:
             h.remove()
-    batch = batch_size_of(example_inputs)
     return {k: v // batch for k, v in totals.items()}
 
 
 def count_macs(model: nn.Module, example_inputs: Inputs) -> int:
     """Multiply-accumulates of one forward pass, per example of ``example_inputs`` (see module docstring)."""
-    if not isinstance(example_inputs, (Tensor, Mapping)):
-        raise ValueError(
-            f"example_inputs must be a tensor or a dict of tensors, got {type(example_inputs).__name__}: "
-            "use prunekit.models.example_inputs(model, input_shape)"
-        )
     return sum(mac_breakdown(model, example_inputs).values())
