@@ -81,6 +81,8 @@ def test_plan_apply_forward_backward_and_exact_size(name):
     model, x, groups = _setup(name)
     first = next(model.parameters())
     first.requires_grad_(False)  # a frozen embedding / stem must stay frozen
+    cut_name = groups[0].slices[0].param  # and so must a frozen weight that surgery replaces
+    cut_before = dict(model.named_parameters())[cut_name].requires_grad_(False).shape
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     plan = _random_plan(groups)
     shape = _logits(model, x).shape
@@ -103,6 +105,7 @@ def test_plan_apply_forward_backward_and_exact_size(name):
             assert p.grad is None, n
         elif n in cut:  # every pruned, trainable parameter still learns
             assert p.grad is not None and torch.isfinite(p.grad).all(), n
+    assert dict(model.named_parameters())[cut_name].shape != cut_before  # it was replaced, and still frozen
     assert model._prunekit_plan is plan
     # the pruned model has the plan's widths: find_groups on it sees the kept counts
     again = {g.name: g.num_units for g in find_groups(model, x)}
@@ -335,3 +338,53 @@ def test_two_rounds_equal_one_composed_plan(name):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in base.state_dict().items())
     with pytest.raises(ValueError, match="not made for the model the first produced"):
         compose_plans(first, first)
+
+
+@pytest.mark.parametrize("name", ["llama_gqa", "resnet"])
+def test_a_plan_on_one_block_never_shrinks_the_residual_stream(name):
+    model, x, groups = _setup(name)
+    block = {"llama_gqa": "model.layers.0.mlp:neurons", "resnet": "layer1.0.conv1:out"}[name]
+    group = next(g for g in groups if g.name == block)
+    before = {n: p.shape for n, p in model.named_parameters()}
+    plan = Plan(keep={block: list(range(group.num_units // 2))}, num_units={block: group.num_units})
+    apply_plan_(model, plan, x, groups=groups)
+    changed = {n for n, p in model.named_parameters() if p.shape != before[n]}
+    assert changed == {s.param for s in group.slices if s.param in before}  # the block's own slices only
+    if name == "resnet":  # the stem / residual-add group is untouched unless the plan names it
+        assert model.conv1.out_channels == 8 and model.layer1[1].conv2.out_channels == 8
+        return
+    assert model.config.hidden_size == 64 and model.model.norm.weight.shape == (64,)
+    assert model.model.layers[0].mlp.down_proj.out_features == 64
+    # no group of a transformer cuts the hidden size: only projection rows into, and columns out of, a block
+    for g in groups:
+        for s in g.slices:
+            proj = s.param.rsplit(".", 2)[-2]
+            assert (proj, s.dim) in {
+                (p, 0) for p in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
+            } | {
+                ("o_proj", 1),
+                ("down_proj", 1),
+            }, (g.name, s.param, s.dim)
+
+
+class _SubConv(torch.nn.Conv2d):
+    """A Conv2d subclass (as in TF-style same-padding convs): torch-pruning's counter skips these."""
+
+
+def test_macs_count_conv_subclasses_by_hand():
+    model = torch.nn.Sequential(
+        _SubConv(3, 6, 3, padding=1),
+        torch.nn.ReLU(),
+        _SubConv(6, 4, 1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(64, 2),
+    ).eval()
+    x = torch.randn(2, 3, 4, 4)
+    groups = find_groups(model, x)
+    assert [g.name for g in groups] == ["0:out", "2:out"]
+    # per example: 3*6*9 MACs at 16 positions + 6*4 at 16 + the linear 64*2
+    assert remaining_size(model, groups, {}, x)[1] == 3 * 6 * 9 * 16 + 6 * 4 * 16 + 64 * 2
+    params, macs = remaining_size(model, groups, {"0:out": 3}, x)
+    assert macs == 3 * 3 * 9 * 16 + 3 * 4 * 16 + 64 * 2
+    apply_plan_(model, Plan(keep={"0:out": [0, 2, 4]}, num_units={"0:out": 6}), x, groups=groups)
+    assert (params, macs) == (sum(p.numel() for p in model.parameters()), count_macs(model, x))
