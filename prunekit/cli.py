@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("estimate", help="C_arch, T_opt, n, d_eff, the bound and per-group contributions")
     _add_config_args(p)
+    p.description = "CONFIG may also be a checkpoint folder (e.g. runs/x/level-70): its model is estimated."
 
     p = sub.add_parser("evaluate", help="accuracy / params / MACs / latency of a checkpoint")
     p.add_argument("checkpoint", help="a checkpoint folder written by prunekit (e.g. runs/x/level-70)")
@@ -80,10 +81,16 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def _cmd_estimate(args: argparse.Namespace) -> int:
     from prunekit.config import load_config
+    from prunekit.pipeline import config_for_checkpoint
     from prunekit.theory.estimate import run_estimate_command
 
-    cfg = load_config(args.config, args.overrides)
     out = Path(args.output) if args.output else None
+    source = Path(args.config)
+    if source.is_dir():  # a checkpoint folder: estimate that model, on its run's data
+        cfg = config_for_checkpoint(source, overrides=args.overrides)
+        out = out or source.parent / f"estimate-{source.name}.json"
+    else:
+        cfg = load_config(source, args.overrides)
     run_estimate_command(cfg, out)
     return 0
 

@@ -354,28 +354,40 @@ def plan_only(cfg: RunConfig, output_dir: str | Path | None = None) -> list[dict
     return out
 
 
+def config_for_checkpoint(
+    checkpoint: str | Path, config_path: str | None = None, overrides: list[str] | None = None
+) -> RunConfig:
+    """The run config a checkpoint belongs to (its run folder's config.json, or ``config_path``),
+    with ``model.checkpoint`` pointing at it."""
+    import json
+
+    from prunekit.config import apply_overrides, config_from_dict
+    from prunekit.pruning.checkpoint import read_meta
+
+    folder = Path(checkpoint)
+    read_meta(folder)
+    saved = folder.parent / "config.json"
+    if config_path is not None:
+        cfg = load_config(config_path, overrides or [])
+    elif saved.is_file():
+        raw = apply_overrides(json.loads(saved.read_text()), overrides or [], str(saved))
+        cfg = config_from_dict(raw, str(saved))
+    else:
+        raise UserError(f"no config found for '{folder}': pass --config CONFIG (the one that made it)")
+    cfg.model.checkpoint = str(folder)
+    return cfg
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path, config_path: str | None = None, overrides: list[str] | None = None
 ) -> dict[str, Any]:
     """Accuracy / params / MACs / latency of a checkpoint on its config's test split."""
-    from prunekit.config import RunConfig
-    from prunekit.pruning.checkpoint import load, read_meta
     from prunekit.train import make_accelerator
 
-    folder = Path(checkpoint)
-    read_meta(folder)
-    run_dir = folder.parent
-    if config_path is not None:
-        cfg = load_config(config_path, overrides or [])
-    elif (run_dir / "config.json").is_file():
-        import json
-
-        cfg = RunConfig.model_validate(json.loads((run_dir / "config.json").read_text()))
-    else:
-        raise UserError(f"no config found for '{folder}': pass --config CONFIG (the one that made it)")
+    cfg = config_for_checkpoint(checkpoint, config_path, overrides)
     _setup_logging(None, True)
-    model, meta = load(folder)
     task = Task(cfg)
+    model = task.build_dense()  # loads cfg.model.checkpoint
     result = task.measure(model, make_accelerator())
-    result["checkpoint"] = str(folder)
+    result["checkpoint"] = str(checkpoint)
     return result

@@ -215,3 +215,20 @@ def test_plan_command_shows_plans_and_changes_nothing(reference_run: Path) -> No
     for p in plans:
         assert abs(p["achieved"]["params_saved"] - p["level"]) <= 0.01
     assert sorted(p.name for p in reference_run.iterdir()) == before
+
+
+def test_estimate_command_on_a_checkpoint_folder(reference_run: Path) -> None:
+    args = [sys.executable, "-m", "prunekit", "estimate", str(reference_run / "level-50")]
+    for s in SMALL[-5:]:  # the cheap estimator settings
+        args += ["--set", s]
+    proc = subprocess.run(
+        args, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1")
+    )
+    assert proc.returncode == 0, proc.stderr
+    est = json.loads((reference_run / "estimate-level-50.json").read_text())
+    report = json.loads((reference_run / "report.json").read_text())
+    level = report["levels"][0]
+    assert "level-50" in est["model_source"] and est["n"] == 1200
+    # the fine-tuned model is estimated (not the pruned one before fine-tuning that the report predicted from)
+    assert est["bound"] > 0 and est["C_arch"] != level["estimate"]["C_arch"]
+    assert est["top_groups_ntk"]  # per-group contributions of the pruned model
