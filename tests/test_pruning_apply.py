@@ -388,3 +388,22 @@ def test_macs_count_conv_subclasses_by_hand():
     assert macs == 3 * 3 * 9 * 16 + 3 * 4 * 16 + 64 * 2
     apply_plan_(model, Plan(keep={"0:out": [0, 2, 4]}, num_units={"0:out": 6}), x, groups=groups)
     assert (params, macs) == (sum(p.numel() for p in model.parameters()), count_macs(model, x))
+
+
+@pytest.mark.parametrize("name", ["bert", "distilbert", "vit", "llama_gqa"])
+@pytest.mark.parametrize("kinds", [("neuron",), ("neuron", "head", "kv_head")])
+def test_config_exact_flag_says_whether_the_patched_config_rebuilds_the_model(name, kinds):
+    from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
+
+    model, x, groups = _setup(name)
+    keep = {g.name: list(range(0, g.num_units, 2) if g.kind in kinds else range(g.num_units)) for g in groups}
+    apply_plan_(model, Plan(keep=keep, num_units={g.name: g.num_units for g in groups}), x, groups=groups)
+    auto = AutoModelForImageClassification if "pixel_values" in x else AutoModelForSequenceClassification
+    fresh = auto.from_config(model.config)
+    rebuilds = {k: v.shape for k, v in fresh.state_dict().items()} == {
+        k: v.shape for k, v in model.state_dict().items()
+    }
+    assert model.config.prunekit_config_exact is rebuilds
+    # FFN widths are always expressible (intermediate_size, DistilBERT's hidden_dim); heads only where the
+    # family keeps head_dim explicit (LLaMA, ViT in transformers >= 5), not where it is hidden / heads
+    assert rebuilds is (kinds == ("neuron",) or name in ("vit", "llama_gqa"))
