@@ -135,6 +135,17 @@ def test_empty_loader_is_a_clear_error(accelerator):
         finetune(TinyCNN1d(width=4), empty, TrainConfig(), accelerator)
     with pytest.raises(ValueError, match="the evaluation loader yields no batches"):
         evaluate(TinyCNN1d(width=4), empty, accelerator)
+    model = TinyCNN1d(width=4)
+    before = _params(model)
+    with pytest.raises(ValueError, match="the validation loader yields no batches: pass val_loader=None"):
+        finetune(
+            model,
+            loader(torch.zeros(8, 1, 40), torch.zeros(8, dtype=torch.long), 4, False),
+            TrainConfig(),
+            accelerator,
+            val_loader=empty,
+        )
+    assert all(torch.equal(before[k], v) for k, v in _params(model).items())  # refused before training
 
 
 def test_gradient_accumulation_matches_a_larger_batch(data, accelerator):

@@ -27,8 +27,12 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:  # accelerate is imported lazily: `import prunekit` stays lean
+    from accelerate import Accelerator
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
@@ -92,7 +96,7 @@ def requested_processes() -> tuple[int, str]:
     return 1, ""
 
 
-def check_launch(accelerator) -> None:
+def check_launch(accelerator: Accelerator) -> None:
     """Raise a one-line RuntimeError when the launch asked for more processes than ``accelerator`` has."""
     asked, source = requested_processes()
     have = int(accelerator.num_processes)
@@ -155,7 +159,7 @@ def make_accelerator(
     *,
     seed: int | None = 0,
     cpu: bool | None = None,
-):
+) -> Accelerator:
     """An Accelerator for this launch: one process, or DDP over the processes `accelerate launch` started.
 
     ``cpu=None`` means "CPU when there is no CUDA GPU or ACCELERATE_USE_CPU is set"; running on CPU

@@ -18,7 +18,7 @@ import math
 import time
 import warnings
 from contextlib import nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,10 @@ from prunekit.config import TrainConfig
 from prunekit.train.accel import check_launch, resolve_mixed_precision
 from prunekit.train.optim import build_optimizer, lr_at
 
+if TYPE_CHECKING:  # accelerate is imported lazily: `import prunekit` stays lean
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
 
 def _is_prepared(loader: Any) -> bool:
     from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
@@ -37,13 +41,20 @@ def _is_prepared(loader: Any) -> bool:
     return isinstance(loader, (DataLoaderShard, DataLoaderDispatcher))
 
 
-def _prepare_loader(accelerator, loader):
+def _prepare_loader(accelerator: Accelerator, loader: Any) -> DataLoader:
     if not isinstance(loader, torch.utils.data.DataLoader):
         raise ValueError(
             f"the loader must be a torch DataLoader yielding (inputs, labels), got {type(loader).__name__}: "
             "wrap the data in torch.utils.data.DataLoader (accelerate shards it over processes)"
         )
     return loader if _is_prepared(loader) else accelerator.prepare_data_loader(loader)
+
+
+def _yields_nothing(loader: Any) -> bool:
+    try:
+        return len(loader) == 0
+    except TypeError:  # an iterable-style dataset: its length is unknown until iterated
+        return False
 
 
 def _reseed_loader(loader: Any, seed: int) -> None:
@@ -57,7 +68,7 @@ def _reseed_loader(loader: Any, seed: int) -> None:
                 gen.manual_seed(seed)
 
 
-def _release(accelerator, *objs: Any) -> None:
+def _release(accelerator: Accelerator, *objs: Any) -> None:
     """Drop ``objs`` from the accelerator's registries so a pruned-away model can be freed.
 
     ``accelerator.free_memory()`` would also drop what the caller prepared; this removes only ours.
@@ -78,7 +89,7 @@ def _strip_forward_patch(model: nn.Module, had_forward: bool) -> None:
         model.__dict__.pop("forward", None)
 
 
-def _accumulation(cfg: TrainConfig, accelerator) -> int:
+def _accumulation(cfg: TrainConfig, accelerator: Accelerator) -> int:
     """Micro-batches per optimizer step: from ``cfg``, or from ``make_accelerator(grad_accum_steps=)``."""
     from_acc = int(accelerator.gradient_accumulation_steps)
     if cfg.grad_accum_steps > 1 and from_acc > 1 and cfg.grad_accum_steps != from_acc:
@@ -89,7 +100,7 @@ def _accumulation(cfg: TrainConfig, accelerator) -> int:
     return max(cfg.grad_accum_steps, from_acc)
 
 
-def _warn_on_precision_mismatch(cfg: TrainConfig, accelerator) -> None:
+def _warn_on_precision_mismatch(cfg: TrainConfig, accelerator: Accelerator) -> None:
     """The Accelerator fixes the precision; say so when the recipe asks for another one."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the device fallback itself was reported by make_accelerator
@@ -112,10 +123,10 @@ def total_optimizer_steps(cfg: TrainConfig, micro_batches_per_epoch: int, accum:
 
 def finetune(
     model: nn.Module,
-    train_loader,
+    train_loader: DataLoader,
     cfg: TrainConfig,
-    accelerator,
-    val_loader=None,
+    accelerator: Accelerator,
+    val_loader: DataLoader | None = None,
     desc: str = "finetune",
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -132,6 +143,9 @@ def finetune(
     check_launch(accelerator)
     _warn_on_precision_mismatch(cfg, accelerator)
     accum = _accumulation(cfg, accelerator)
+    if val_loader is not None and _yields_nothing(val_loader):
+        # Found now, not after the first epoch's training (evaluate would raise only then).
+        raise ValueError("the validation loader yields no batches: pass val_loader=None for an empty split")
     set_seed(seed)
     _reseed_loader(train_loader, seed)
     was_training = model.training
@@ -223,7 +237,7 @@ def finetune(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, accelerator) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: DataLoader, accelerator: Accelerator) -> dict[str, float]:
     """Mean cross-entropy, accuracy and sample count over ``loader``, gathered over all processes.
 
     Each process evaluates its shard; ``gather_for_metrics`` drops the samples accelerate repeats to
