@@ -407,3 +407,25 @@ def test_config_exact_flag_says_whether_the_patched_config_rebuilds_the_model(na
     # FFN widths are always expressible (intermediate_size, DistilBERT's hidden_dim); heads only where the
     # family keeps head_dim explicit (LLaMA, ViT in transformers >= 5), not where it is hidden / heads
     assert rebuilds is (kinds == ("neuron",) or name in ("vit", "llama_gqa"))
+
+
+class _FixedWidth(torch.nn.Module):
+    """Its forward hard-codes the hidden width, so pruning that width breaks it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 6), torch.nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)).reshape(-1, 6))
+
+
+def test_a_forward_that_breaks_after_surgery_restores_the_model():
+    model, x = _FixedWidth().eval(), torch.randn(2, 4)
+    groups = find_groups(model, x)
+    state, params, dense = _state(model), [id(p) for p in model.parameters()], _logits(model, x)
+    with pytest.raises(RuntimeError, match="forward pass of _FixedWidth failed.*restored"):
+        apply_plan_(model, Plan(keep={"a:out": [0, 1, 2]}, num_units={"a:out": 6}), x, groups=groups)
+    assert _same_state(model, state) and [id(p) for p in model.parameters()] == params
+    assert (model.a.out_features, model.b.in_features) == (6, 6)
+    assert torch.equal(_logits(model, x), dense)

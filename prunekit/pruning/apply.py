@@ -9,6 +9,7 @@ CNNs and transformers alike. New ``nn.Parameter`` objects replace the old ones w
 
 from __future__ import annotations
 
+import copy
 import numbers
 from collections.abc import Mapping, Sequence
 
@@ -147,6 +148,35 @@ def surgery_(model: nn.Module, groups: Sequence[Group], removed_units: Mapping[s
         _patch_standard(module, was)
 
 
+def _snapshot(model: nn.Module) -> tuple[list, list]:
+    """By reference, no tensor copies: each module's parameters, buffers and plain attributes (the
+    size fields surgery patches), and each HF config's fields, so that a failed prune can be undone."""
+    modules = [
+        (
+            m,
+            dict(m._parameters),
+            dict(m._buffers),
+            {k: v for k, v in vars(m).items() if not k.startswith("_")},
+        )
+        for m in model.modules()
+    ]
+    configs = {id(c): c for m in model.modules() if hasattr(c := getattr(m, "config", None), "to_dict")}
+    return modules, [(c, copy.deepcopy(vars(c))) for c in configs.values()]
+
+
+def _restore(undo: tuple[list, list]) -> None:
+    modules, configs = undo
+    for m, params, buffers, attrs in modules:
+        m._parameters.clear()
+        m._parameters.update(params)
+        m._buffers.clear()
+        m._buffers.update(buffers)
+        m.__dict__.update(attrs)
+    for c, fields in configs:
+        c.__dict__.clear()
+        c.__dict__.update(fields)
+
+
 def _output_shape(model: nn.Module, example_inputs) -> tuple:
     from ..batch import logits_of
 
@@ -191,13 +221,22 @@ def apply_plan_(
         for name, keep in plan.keep.items()
     }
     shape_before = _output_shape(model, example_inputs)
-    surgery_(model, groups, removed_units)
-    patch_transformer(model)
-    shape_after = _output_shape(model, example_inputs)
+    undo = _snapshot(model)
+    try:
+        surgery_(model, groups, removed_units)
+        patch_transformer(model)
+        shape_after = _output_shape(model, example_inputs)
+    except Exception as exc:
+        _restore(undo)
+        raise RuntimeError(
+            f"after pruning, the forward pass of {type(model).__name__} failed ({type(exc).__name__}: {exc}); "
+            f"the model was restored. A layer it uses has a width fixed in code: add it to ignore"
+        ) from exc
     if shape_after != shape_before:
+        _restore(undo)
         raise RuntimeError(
             f"after pruning, {type(model).__name__} returns shape {shape_after} instead of {shape_before}; "
-            f"this is a prunekit bug, please report it with the plan"
+            f"the model was restored. This is a prunekit bug, please report it with the plan"
         )
     model._prunekit_plan = plan  # the latest plan; all of them, in order, in _prunekit_plans
     model._prunekit_plans = [*getattr(model, "_prunekit_plans", []), plan]
