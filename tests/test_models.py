@@ -112,6 +112,13 @@ def test_bad_kwarg_names_it_and_the_allowed_ones():
         build_model(_cfg("simple_cnn", width=0), 10, (1, 8, 8))
     with pytest.raises(ValueError, match=r"needs inputs shaped \(channels, length\)"):
         build_model(_cfg("cnn1d"), 10, (1, 28, 28))
+    with pytest.raises(ValueError, match=r"hidden must be a list of positive integers"):
+        build_model(_cfg("mlp", hidden=[True]), 10, (4,))  # a YAML `yes` is not a width
+    for bad_shape in [(), (1, 0), (4.0,), None]:
+        with pytest.raises(ValueError, match=r"input_shape must be a non-empty tuple of positive integers"):
+            build_model(_cfg("mlp"), 10, bad_shape)
+    with pytest.raises(ValueError, match=r"num_classes must be a positive integer"):
+        build_model(_cfg("mlp"), True, (4,))
 
 
 def test_register_model_rejects_duplicates_and_builds_new_ones(monkeypatch):
@@ -279,3 +286,7 @@ def test_example_inputs_validates_kind():
         example_inputs(model, (1, 40), kind="image")
     with pytest.raises(ValueError, match="need a model with config.vocab_size"):
         example_inputs(model, (1, 40), kind="text")
+    with pytest.raises(ValueError, match="batch must be an integer >= 1"):
+        example_inputs(model, (1, 40), batch=0)
+    with pytest.raises(ValueError, match="seq_len must be a positive integer"):
+        example_inputs(model, (1, 40), kind="text", seq_len=0)

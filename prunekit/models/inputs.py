@@ -54,8 +54,10 @@ def example_inputs(
     """
     if kind not in ("auto", "tensor", "text"):
         raise ValueError(f"example_inputs kind must be 'auto', 'tensor' or 'text', got {kind!r}")
-    if batch < 1:
-        raise ValueError(f"example_inputs batch must be >= 1, got {batch}")
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ValueError(f"example_inputs batch must be an integer >= 1, got {batch!r}")
+    if seq_len is not None and (not isinstance(seq_len, int) or seq_len < 1):
+        raise ValueError(f"example_inputs seq_len must be a positive integer or None, got {seq_len!r}")
     gen = torch.Generator().manual_seed(seed)
     device = _device_of(model) if isinstance(model, nn.Module) else torch.device("cpu")
     is_text, vocab, takes_types = _text_info(model) if kind != "tensor" else (False, 0, False)

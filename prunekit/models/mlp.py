@@ -26,7 +26,9 @@ class MLP(nn.Module):
 def mlp(num_classes: int, input_shape: tuple, hidden: Sequence[int] = (256, 128)) -> nn.Module:
     """``hidden``: widths of the hidden layers (an empty list gives a linear classifier)."""
     hidden = list(hidden) if isinstance(hidden, (list, tuple)) else hidden
-    if not isinstance(hidden, list) or not all(isinstance(h, int) and h > 0 for h in hidden):
+    if not isinstance(hidden, list) or not all(
+        isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden
+    ):
         raise ValueError(
             f"model.kwargs.hidden must be a list of positive integers, e.g. [256, 128]; got {hidden!r}"
         )

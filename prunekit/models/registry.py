@@ -13,6 +13,7 @@ initial weights (a new classification head included), and the caller's global RN
 from __future__ import annotations
 
 import inspect
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -89,13 +90,27 @@ def _check_kwargs(name: str, factory: Factory, kwargs: dict[str, Any]) -> None:
             )
 
 
+def _shape(input_shape: Any) -> tuple[int, ...]:
+    """``input_shape`` as a tuple of ints (numpy integers too); empty when it is not a sequence of integers."""
+    try:
+        return tuple(operator.index(d) for d in input_shape)
+    except TypeError:
+        return ()
+
+
 def _call(
     name: str, cfg: ModelConfig, kwargs: dict[str, Any], num_classes: int, input_shape: tuple, seed: int
 ) -> nn.Module:
     entry = _entry(name)
     _check_kwargs(name, entry.factory, kwargs)
-    if not isinstance(num_classes, int) or num_classes < 1:
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    shape = _shape(input_shape)
+    if not shape or min(shape) < 1:
+        raise ValueError(
+            f"input_shape must be a non-empty tuple of positive integers (per example, e.g. (1, 40)), "
+            f"got {input_shape!r}"
+        )
     params = inspect.signature(entry.factory).parameters
     extra: dict[str, Any] = {}
     if "path" in params:
@@ -104,7 +119,7 @@ def _call(
         extra["trust_remote_code"] = cfg.trust_remote_code
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = entry.factory(num_classes=num_classes, input_shape=tuple(input_shape), **extra, **kwargs)
+        model = entry.factory(num_classes=num_classes, input_shape=shape, **extra, **kwargs)
     if not isinstance(model, nn.Module):
         raise TypeError(f"factory of model '{name}' returned {type(model).__name__}, not an nn.Module")
     return model
