@@ -20,7 +20,8 @@ from prunekit.data.source import SourceData
 _NUMERIC = ("int", "uint", "float", "bool")
 
 
-def _short(err: Exception) -> str:
+def first_line(err: Exception) -> str:
+    """The first line of an exception's message (its type name when empty), for one-line errors."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
 
@@ -34,7 +35,7 @@ def load_dataset_dict(name: str, *args: Any, **kwargs: Any) -> Any:
     except (OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:
         if "corresponds to no data" in str(err):  # what `datasets` says for a header-only file
             raise ValueError(f"dataset '{name}' is empty: it has no rows") from None
-        raise ValueError(f"cannot load dataset '{name}': {_short(err)}") from None
+        raise ValueError(f"cannot load dataset '{name}': {first_line(err)}") from None
 
 
 def _check_files(cfg: DataConfig) -> dict[str, str]:

@@ -50,9 +50,10 @@ def load_tokenizer(path: str) -> Any:
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        from prunekit.data.generic import first_line
+
         raise ValueError(
-            f"cannot load the tokenizer '{path}' ({first}): set data.tokenizer to a local model folder"
+            f"cannot load the tokenizer '{path}' ({first_line(err)}): set data.tokenizer to a local model folder"
         ) from None
 
 

@@ -20,6 +20,11 @@ from torch import nn
 from prunekit.config import ModelConfig
 
 
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def _looks_local(path: str) -> bool:
     """A hub id is ``name`` or ``org/name``; anything else that names a file-system place is a local path."""
     return (
@@ -75,9 +80,8 @@ def _load_config(path: str, num_classes: int, trust_remote_code: bool, local_onl
             path, num_labels=num_classes, trust_remote_code=trust_remote_code, local_files_only=local_only
         )
     except OSError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(
-            f"could not load the HF config of '{path}' ({first}): give a local model folder, or a hub id with "
+            f"could not load the HF config of '{path}' ({_first_line(err)}): give a local model folder, or a hub id with "
             "network access (HF_HUB_OFFLINE unset)"
         ) from None
 
@@ -112,8 +116,9 @@ def _from_pretrained(
             **extra,
         )
     except OSError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"could not load HF weights from '{path}' ({first}): check model.path") from None
+        raise ValueError(
+            f"could not load HF weights from '{path}' ({_first_line(err)}): check model.path"
+        ) from None
     except RuntimeError as err:
         if "ignore_mismatched_sizes" not in str(err):
             raise
