@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from ..batch import Inputs, logits_of
 from .sizes import check_groups_match, removed_entries
 from .types import Group, Plan
 
@@ -177,9 +178,7 @@ def _restore(undo: tuple[list, list]) -> None:
         c.__dict__.update(fields)
 
 
-def _output_shape(model: nn.Module, example_inputs) -> tuple:
-    from ..batch import logits_of
-
+def _output_shape(model: nn.Module, example_inputs: Inputs) -> tuple:
     was_training = model.training
     try:
         model.eval()  # no dropout, no BatchNorm statistics update
@@ -192,7 +191,7 @@ def _output_shape(model: nn.Module, example_inputs) -> tuple:
 def apply_plan_(
     model: nn.Module,
     plan: Plan,
-    example_inputs,
+    example_inputs: Inputs,
     groups: Sequence[Group] | None = None,
     timeout_s: float = 120.0,
 ) -> nn.Module:

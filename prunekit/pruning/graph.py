@@ -8,22 +8,16 @@ from the slices alone, so what the estimators see is exactly what surgery remove
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 from torch import nn
 
+from ..batch import Inputs, logits_of
 from .timeout import call_with_timeout
 from .types import ParamSlice
 
 
 class UnsupportedLayer(Exception):
     """A group couples to a layer whose parameters prunekit cannot slice."""
-
-
-def _forward(model: nn.Module, inputs):
-    out = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
-    return out.logits if hasattr(out, "logits") else out
 
 
 def _item_slices(tp, dg, module, handler, name: str) -> list[tuple[str, int]]:
@@ -117,7 +111,7 @@ def _raw_group(tp, dg, model_names, root_name: str, root: nn.Module, group) -> d
     )
 
 
-def graph_groups(model: nn.Module, example_inputs, timeout_s: float) -> list[dict]:
+def graph_groups(model: nn.Module, example_inputs: Inputs, timeout_s: float) -> list[dict]:
     """Raw groups rooted at each Conv / Linear output, in model order, one per coupled set."""
     import torch_pruning as tp
 
@@ -126,7 +120,7 @@ def graph_groups(model: nn.Module, example_inputs, timeout_s: float) -> list[dic
     def build() -> list[dict]:
         with torch.enable_grad():  # the trace follows autograd; the caller may be under no_grad
             dg = tp.DependencyGraph().build_dependency(
-                model, example_inputs=example_inputs, forward_fn=_forward, verbose=False
+                model, example_inputs=example_inputs, forward_fn=logits_of, verbose=False
             )
         raw, visited = [], set()
         for name, module in model.named_modules():

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from ..batch import Inputs
 from .sizes import mac_terms, param_shapes, removed_entries, size_after
 from .types import Group
 
@@ -26,7 +27,7 @@ def _ignored(raw: dict, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(n, p) for n in names for p in patterns)
 
 
-def _with_costs(model: nn.Module, raws: list[dict], example_inputs) -> list[Group]:
+def _with_costs(model: nn.Module, raws: list[dict], example_inputs: Inputs) -> list[Group]:
     """Attach params_per_unit / macs_per_unit: what removing unit 0 alone saves."""
     shapes = param_shapes(model)
     terms = mac_terms(model, example_inputs)
@@ -51,7 +52,7 @@ def _with_costs(model: nn.Module, raws: list[dict], example_inputs) -> list[Grou
 
 def find_groups(
     model: nn.Module,
-    example_inputs,
+    example_inputs: Inputs,
     ignore: Sequence[str] = (),
     timeout_s: float = 120.0,
     strict: bool = True,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..batch import Inputs, batch_size_of
 from .types import Group
 
 Key = tuple[str, int]  # (parameter or buffer name, dim)
@@ -32,18 +33,8 @@ class MacTerm:
     macs: float
 
 
-def _forward(model: nn.Module, inputs) -> object:
-    return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
-
-
-def _batch_size(inputs) -> int:
-    if isinstance(inputs, Mapping):
-        return int(next(iter(inputs.values())).shape[0])
-    return int(inputs.shape[0])
-
-
 def collect_mac_terms(
-    model: nn.Module, example_inputs, attention_queries: Sequence[str] = ()
+    model: nn.Module, example_inputs: Inputs, attention_queries: Sequence[str] = ()
 ) -> list[MacTerm]:
     """One forward pass with hooks on every Conv / Linear (subclasses included).
 
@@ -74,13 +65,16 @@ def collect_mac_terms(
     try:
         model.eval()  # no dropout, and no update of BatchNorm running statistics
         with torch.no_grad():
-            _forward(model, example_inputs)
+            if isinstance(example_inputs, Mapping):
+                model(**example_inputs)
+            else:
+                model(example_inputs)
     finally:
         for h in hooks:
             h.remove()
         model.train(was_training)
 
-    batch = _batch_size(example_inputs)
+    batch = batch_size_of(example_inputs)
     terms = []
     for name, pos in positions.items():
         weight = model.get_submodule(name).weight
@@ -91,7 +85,7 @@ def collect_mac_terms(
     return terms
 
 
-def _input_signature(inputs) -> tuple:
+def _input_signature(inputs: Inputs) -> tuple:
     if isinstance(inputs, Mapping):
         return tuple(sorted((k, tuple(v.shape)) for k, v in inputs.items()))
     return (tuple(inputs.shape),)
@@ -101,7 +95,7 @@ _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def mac_terms(model: nn.Module, example_inputs) -> list[MacTerm]:
+def mac_terms(model: nn.Module, example_inputs: Inputs) -> list[MacTerm]:
     """:func:`collect_mac_terms` with the model's self-attention modules, cached per model while its
     shapes and the input shapes are unchanged (planners call :func:`remaining_size` many times)."""
     from .blocks import find_blocks
@@ -159,7 +153,7 @@ def param_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
 
 
 def remaining_size(
-    model: nn.Module, groups: Sequence[Group], keep_counts: Mapping[str, int], example_inputs
+    model: nn.Module, groups: Sequence[Group], keep_counts: Mapping[str, int], example_inputs: Inputs
 ) -> tuple[int, int]:
     """Exact parameter count and MACs per example after keeping ``keep_counts[g]`` units of each group.
 
