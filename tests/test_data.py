@@ -163,6 +163,9 @@ def test_loader_batches_order_and_speed(mnist1d: DataSplits) -> None:
     assert x0.shape == (256, 1, 40) and x0.dtype == torch.float32 and y0.dtype == torch.int64
     assert torch.equal(x0, torch.from_numpy(mnist1d.arrays("test").inputs[:256]))  # unshuffled = in order
     assert len(list(mnist1d.loader("test", 256, drop_last=True))) == 3
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            mnist1d.loader("test", bad)
     empty = load_data(DataConfig(name="mnist1d", validation_fraction=0.0), seed=0)
     assert empty.size("validation") == 0 and list(empty.loader("validation", 8, shuffle=True)) == []
 
@@ -289,6 +292,13 @@ def test_register_dataset_custom_and_duplicate() -> None:
     register_dataset("test_flat", flat)
     with pytest.raises(ValueError, match=r"shaped \(N, \*features\)"):
         load_data(DataConfig(name="test_flat"), seed=0)
+
+    def two_rows(cfg: DataConfig, model_cfg: ModelConfig | None) -> SourceData:
+        return SourceData("two", "tensor", np.zeros((2, 3), np.float32), np.array([0, 1]), 2)
+
+    register_dataset("test_two_rows", two_rows)  # 20 % of 2 rows rounds to an empty test split
+    with pytest.raises(ValueError, match=r"too few rows \(2\) to carve a test split"):
+        load_data(DataConfig(name="test_two_rows"), seed=0)
 
 
 def test_array_cache_hit_miss_and_corrupt_file(tmp_path: Path, monkeypatch) -> None:

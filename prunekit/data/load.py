@@ -69,6 +69,11 @@ def split_rows(src: SourceData, cfg: DataConfig, seed: int) -> dict[str, np.ndar
             src.y_train, TEST_FRACTION, rng_for(seed, STREAM_TEST), src.x_train if text_groups else None
         )
         train, test = train[keep], train[taken]
+        if len(test) == 0:  # a handful of rows: 20 % rounds to none, and nothing could be evaluated
+            raise ValueError(
+                f"dataset '{cfg.name}' has too few rows ({n_train}) to carve a test split: add data or "
+                "give the source a test split of its own"
+            )
     else:
         test = np.arange(n_train, len(y_all), dtype=np.int64)
     x_train = src.x_train[train] if text_groups else None

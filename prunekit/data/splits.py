@@ -182,8 +182,8 @@ class DataSplits:
         over the loader draws the next permutation from it.
         """
         split = self._check(split)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         rows = _Rows(self._arrays[split])
         shuffle = shuffle and len(rows) > 0  # torch's RandomSampler rejects an empty split
         generator = torch.Generator().manual_seed(int(seed)) if shuffle else None
