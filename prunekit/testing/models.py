@@ -136,12 +136,21 @@ def tiny_mlp(num_classes: int = 5, seed: int = 0) -> TinyMLP:
     return TinyMLP(num_classes=num_classes).eval()
 
 
-def tiny_bert(num_labels: int = 3, seed: int = 0, layers: int = 2):
-    """BertForSequenceClassification: hidden 32, 4 heads of 8, FFN 64, vocab 100."""
-    from transformers import BertConfig, BertForSequenceClassification
+def _hf(config_cls: str, model_cls: str, seed: int, **fields: object) -> nn.Module:
+    """An HF model from a config built of ``fields`` (eager attention), seeded, in eval mode."""
+    import transformers
 
     _seeded(seed)
-    cfg = BertConfig(
+    cfg = getattr(transformers, config_cls)(attn_implementation="eager", **fields)
+    return getattr(transformers, model_cls)(cfg).eval()
+
+
+def tiny_bert(num_labels: int = 3, seed: int = 0, layers: int = 2) -> nn.Module:
+    """BertForSequenceClassification: hidden 32, 4 heads of 8, FFN 64, vocab 100."""
+    return _hf(
+        "BertConfig",
+        "BertForSequenceClassification",
+        seed,
         vocab_size=100,
         hidden_size=32,
         num_hidden_layers=layers,
@@ -149,17 +158,15 @@ def tiny_bert(num_labels: int = 3, seed: int = 0, layers: int = 2):
         intermediate_size=64,
         max_position_embeddings=64,
         num_labels=num_labels,
-        attn_implementation="eager",
     )
-    return BertForSequenceClassification(cfg).eval()
 
 
-def tiny_distilbert(num_labels: int = 3, seed: int = 0, layers: int = 2):
+def tiny_distilbert(num_labels: int = 3, seed: int = 0, layers: int = 2) -> nn.Module:
     """DistilBertForSequenceClassification: dim 32, 4 heads of 8, FFN 64, vocab 100."""
-    from transformers import DistilBertConfig, DistilBertForSequenceClassification
-
-    _seeded(seed)
-    cfg = DistilBertConfig(
+    return _hf(
+        "DistilBertConfig",
+        "DistilBertForSequenceClassification",
+        seed,
         vocab_size=100,
         dim=32,
         n_layers=layers,
@@ -167,17 +174,15 @@ def tiny_distilbert(num_labels: int = 3, seed: int = 0, layers: int = 2):
         hidden_dim=64,
         max_position_embeddings=64,
         num_labels=num_labels,
-        attn_implementation="eager",
     )
-    return DistilBertForSequenceClassification(cfg).eval()
 
 
-def tiny_vit(num_labels: int = 3, seed: int = 0, layers: int = 2):
+def tiny_vit(num_labels: int = 3, seed: int = 0, layers: int = 2) -> nn.Module:
     """ViTForImageClassification: image 16, patch 8, hidden 32, 4 heads, FFN 64."""
-    from transformers import ViTConfig, ViTForImageClassification
-
-    _seeded(seed)
-    cfg = ViTConfig(
+    return _hf(
+        "ViTConfig",
+        "ViTForImageClassification",
+        seed,
         image_size=16,
         patch_size=8,
         num_channels=3,
@@ -186,18 +191,16 @@ def tiny_vit(num_labels: int = 3, seed: int = 0, layers: int = 2):
         num_attention_heads=4,
         intermediate_size=64,
         num_labels=num_labels,
-        attn_implementation="eager",
     )
-    return ViTForImageClassification(cfg).eval()
 
 
-def tiny_llama_gqa(num_labels: int = 3, seed: int = 0, layers: int = 2):
+def tiny_llama_gqa(num_labels: int = 3, seed: int = 0, layers: int = 2) -> nn.Module:
     """LlamaForSequenceClassification with grouped-query attention: 8 query / 4 key-value heads of 8,
     hidden 64, FFN 96, vocab 100. ``pad_token_id`` = 0 so batches of several sequences work."""
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
-    _seeded(seed)
-    cfg = LlamaConfig(
+    return _hf(
+        "LlamaConfig",
+        "LlamaForSequenceClassification",
+        seed,
         vocab_size=100,
         hidden_size=64,
         intermediate_size=96,
@@ -208,9 +211,7 @@ def tiny_llama_gqa(num_labels: int = 3, seed: int = 0, layers: int = 2):
         max_position_embeddings=64,
         num_labels=num_labels,
         pad_token_id=0,
-        attn_implementation="eager",
     )
-    return LlamaForSequenceClassification(cfg).eval()
 
 
 def example_inputs_for(
