@@ -215,6 +215,9 @@ def test_hf_missing_path_and_head_mismatch(tmp_path):
         build_model(ModelConfig(name="hf", path=str(missing)), 2, (8,))
     with pytest.raises(ValueError, match=r"needs model.path"):
         build_model(ModelConfig(name="hf"), 2, (8,))
+    # a hub id that is not in the local cache, offline: one line that says what to give instead
+    with pytest.raises(ValueError, match=r"HF config of 'nobody/no-such-model' .*give a local model folder"):
+        build_model(ModelConfig(name="hf", path="nobody/no-such-model"), 2, (8,))
     folder = _tiny_bert(tmp_path)
     build_model(
         ModelConfig(name="hf", path=str(folder), kwargs={"pretrained": False}), 3, (8,)
