@@ -9,16 +9,16 @@ for it), and ``.loader()`` gathers whole batches by index instead of converting 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from prunekit.batch import Batch, Inputs
+from prunekit.data.source import Kind
 
 SPLITS = ("train", "validation", "test")
-Kind = Literal["tensor", "text"]
 
 
 class SplitArrays:
