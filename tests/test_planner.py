@@ -85,6 +85,7 @@ def test_target_is_met_within_one_percent_after_surgery(planner, model_key, metr
     macs_saved = 1 - count_macs(pruned, x) / count_macs(model, x)
     achieved = params_saved if metric == "params" else macs_saved
     assert abs(achieved - 0.5) <= 0.01, f"{planner}/{model_key}: {metric} saved {achieved:.4f}"
+    assert plan.extra["achieved"]["within_tolerance"] is True
     # the plan's own report is exact
     assert plan.extra["achieved"]["params"] == count_params(pruned)
     assert plan.extra["achieved"]["params_saved"] == pytest.approx(params_saved)
@@ -203,6 +204,14 @@ def test_a_planner_returning_a_bad_plan_is_refused():
         make_plan(model, groups, Target(), "_test_broken", example_inputs=x)
 
 
+def test_a_target_too_fine_for_the_units_is_reported_not_hidden():
+    with pytest.warns(UserWarning, match=r"saves 0\.\d+ of the params instead of 0\.300.*round_to=16"):
+        plan = _plan("uniform", "cnn1d", Target("params", 0.3), round_to=16)
+    assert plan.extra["achieved"]["within_tolerance"] is False
+    assert abs(plan.extra["achieved"]["params_saved"] - 0.3) > 0.01
+
+
+@pytest.mark.filterwarnings("ignore:planner .* more than 1 % off")
 def test_every_planner_plans_a_transformer_with_dict_inputs():
     from prunekit.testing.models import example_inputs_for, tiny_bert
 

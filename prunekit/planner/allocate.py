@@ -54,7 +54,7 @@ class SizeModel:
             return 1.0 - params / dense_params
         return 1.0 - macs / dense_macs if dense_macs > 0 else 0.0
 
-    def report(self, counts: Mapping[str, int]) -> dict[str, float | int]:
+    def report(self, counts: Mapping[str, int]) -> dict[str, float | int | bool]:
         params, macs = self.size(counts)
         return {
             "params": int(params),

@@ -8,6 +8,7 @@ target, the planner's name and config, and the exact size it achieves.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ from torch import nn
 
 from prunekit.batch import Batch
 from prunekit.planner.allocate import SizeModel, floor_counts
-from prunekit.planner.target import Target
+from prunekit.planner.target import TOLERANCE, Target
 from prunekit.pruning.apply import validate_plan
 from prunekit.pruning.types import Group, Plan
 
@@ -192,5 +193,15 @@ def make_plan(
     )
     validate_plan(groups, plan)  # a planner's bug surfaces here, not halfway through surgery
     counts = {name: len(k) for name, k in plan.keep.items()}
-    plan.extra = {"achieved": sizes.report(counts), "config": dataclasses.asdict(cfg), **note}
+    achieved = sizes.report(counts)
+    saved = achieved[f"{target.metric}_saved"]
+    achieved["within_tolerance"] = abs(saved - target.saved) <= TOLERANCE
+    if not achieved["within_tolerance"]:  # units too coarse (few heads, a large round_to) to land closer
+        warnings.warn(
+            f"planner '{spec.name}' saves {saved:.3f} of the {target.metric} instead of {target.saved:.3f}, "
+            f"more than 1 % off: the groups' units (round_to={cfg.round_to}) are too coarse to land closer; "
+            "lower round_to or min_keep_fraction for a closer fit",
+            stacklevel=2,
+        )
+    plan.extra = {"achieved": achieved, "config": dataclasses.asdict(cfg), **note}
     return plan
