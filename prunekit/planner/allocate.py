@@ -123,8 +123,6 @@ def uniform_counts(
             lo = mid
         else:
             hi = mid
-        if counts_at(lo) == counts_at(hi):
-            break
     return _pick(_between(groups, counts_at(hi), counts_at(lo)), sizes, target)
 
 
