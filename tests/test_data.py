@@ -257,6 +257,12 @@ def test_missing_file_unknown_name_and_empty_dataset(tmp_path: Path) -> None:
     (tmp_path / "empty.csv").write_text("text,label\n")
     with pytest.raises(ValueError, match="empty.csv.*(empty|no rows)"):
         load_data(DataConfig(name="csv", files={"train": str(tmp_path / "empty.csv")}), seed=0)
+    for i, labels in enumerate((["cat", "", "dog"], ["0", "", "1"])):  # an empty label cell is no class
+        (tmp_path / f"holes{i}.csv").write_text(
+            "a,label\n" + "".join(f"{j},{v}\n" for j, v in enumerate(labels))
+        )
+        with pytest.raises(ValueError, match=r"label column 'label' has 1 empty cell\(s\) .* at row 1"):
+            load_data(DataConfig(name="csv", files={"train": str(tmp_path / f"holes{i}.csv")}), seed=0)
     with pytest.raises(ValueError, match="no label column 'target'"):
         (tmp_path / "x.csv").write_text("a,label\n1,0\n2,1\n")
         load_data(

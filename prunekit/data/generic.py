@@ -108,6 +108,15 @@ def _pick_splits(dd: Any, cfg: DataConfig, source: str) -> tuple[Any, Any | None
     return dd["train"], test
 
 
+def _missing(values: np.ndarray) -> np.ndarray:
+    """Which entries are empty cells: None, or a float NaN."""
+    if values.dtype.kind == "f":
+        return np.isnan(values)
+    if values.dtype.kind == "O":
+        return np.array([v is None or (isinstance(v, float) and np.isnan(v)) for v in values], dtype=bool)
+    return np.zeros(len(values), dtype=bool)
+
+
 def _labels(
     train: Any, test: Any | None, column: str, source: str
 ) -> tuple[np.ndarray, np.ndarray | None, list[str] | None, int]:
@@ -119,6 +128,13 @@ def _labels(
         )
     feature = train.features[column]
     raw = [np.asarray(_column(d, column)) for d in ([train] if test is None else [train, test])]
+    for split, r in zip(("train", "test"), raw, strict=False):
+        missing = _missing(r)
+        if missing.any():  # an empty cell would otherwise become a class "None" (or "nan")
+            raise ValueError(
+                f"dataset '{source}': label column '{column}' has {int(missing.sum())} empty cell(s) in its "
+                f"{split} split (first at row {int(np.flatnonzero(missing)[0])}): fill or drop those rows"
+            )
     if isinstance(feature, ClassLabel):
         names: list[str] | None = list(feature.names)
         ids = [r.astype(np.int64) for r in raw]
