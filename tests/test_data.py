@@ -263,6 +263,9 @@ def test_missing_file_unknown_name_and_empty_dataset(tmp_path: Path) -> None:
         )
         with pytest.raises(ValueError, match=r"label column 'label' has 1 empty cell\(s\) .* at row 1"):
             load_data(DataConfig(name="csv", files={"train": str(tmp_path / f"holes{i}.csv")}), seed=0)
+    (tmp_path / "gaps.csv").write_text("a,b,label\n1,2.5,0\n2,,1\n3,3,1\n")  # an empty input cell: NaN
+    with pytest.raises(ValueError, match=r"1 train row\(s\) hold NaN or inf inputs \(first: row 1"):
+        load_data(DataConfig(name="csv", files={"train": str(tmp_path / "gaps.csv")}), seed=0)
     with pytest.raises(ValueError, match="no label column 'target'"):
         (tmp_path / "x.csv").write_text("a,label\n1,0\n2,1\n")
         load_data(

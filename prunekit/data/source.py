@@ -61,6 +61,12 @@ class SourceData:
                 f"dataset '{self.name}': {split} inputs must be numbers shaped (N, *features), "
                 f"got {x.dtype} {x.shape}"
             )
+        if self.kind == "tensor" and x.dtype.kind == "f" and not np.isfinite(x).all():
+            bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+            raise ValueError(
+                f"dataset '{self.name}': {len(bad)} {split} row(s) hold NaN or inf inputs (first: row "
+                f"{int(bad[0])}; an empty csv cell?): fill or drop those rows"
+            )
         if self.kind == "text" and x.ndim != 1:
             raise ValueError(f"dataset '{self.name}': {split} texts must be a 1-D array, got shape {x.shape}")
         if len(y) == 0:
