@@ -96,9 +96,15 @@ def test_ignore_patterns_skip_groups_that_prune_matching_layers():
 
 
 def test_a_layer_that_cannot_be_cut_is_named_with_the_ignore_fix():
-    model = tiny_grouped_conv()
+    model = tiny_grouped_conv().train()
+    model.stem.weight.requires_grad_(False)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match=r"grouped.*add 'stem' to ignore"):
         find_groups(model, example_inputs_for(model))
+    # the failed trace left the model as it was: weights, mode, frozen flags, no leftover hooks
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert model.training and not model.stem.weight.requires_grad and model.grouped.weight.requires_grad
+    assert not any(m._forward_hooks for m in model.modules())
     assert find_groups(model, example_inputs_for(model), ignore=["stem", "grouped"]) == []
 
 
