@@ -156,7 +156,12 @@ def test_vit_groups():
     names = list(groups)
     assert len(names) == 4
     assert names[0].endswith(".0.attention:heads") and names[1].endswith(".0.mlp:neurons")
-    assert groups[names[0]].num_units == 4 and groups[names[1]].num_units == 64
+    heads, mlp = groups[names[0]], groups[names[1]]
+    assert heads.num_units == 4 and mlp.num_units == 64
+    # a head: q, k, v rows with their biases and the output projection's columns; 5 tokens (4 patches + CLS)
+    assert heads.params_per_unit == 3 * (8 * 32 + 8) + 32 * 8
+    assert heads.macs_per_unit == 5 * (3 * 8 * 32 + 32 * 8) + 2 * 5 * 5 * 8  # projections + QK^T and AV
+    assert mlp.params_per_unit == 32 + 1 + 32 and mlp.macs_per_unit == 5 * (32 + 32)
 
 
 def test_llama_gqa_groups_never_trace_and_finish_fast():
