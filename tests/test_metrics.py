@@ -161,6 +161,8 @@ def test_latency_record_is_well_formed_and_restores_state():
     assert torch.get_num_threads() == 1 and model.training
     with pytest.raises(ValueError, match="repeats must be a positive integer"):
         measure_latency(model, torch.zeros(1, 1, 40), repeats=0)
+    with pytest.raises(ValueError, match="tensor or a dict of tensors, got ndarray"):
+        measure_latency(model, torch.zeros(1, 1, 40).numpy())
 
 
 def test_gpt2_conv1d_and_fused_attention_count():

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit.batch import Inputs, logits_of, move_to
+from prunekit.batch import Inputs, logits_of
+from prunekit.metrics.macs import checked_inputs
 
 
 def measure_latency(
@@ -28,7 +29,7 @@ def measure_latency(
         raise ValueError(f"latency threads must be a positive integer, got {threads!r}")
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    inputs = move_to(example_inputs, device)
+    inputs, _ = checked_inputs(model, example_inputs)  # on the model's device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     old_threads, was_training = torch.get_num_threads(), model.training
     times_ms: list[float] = []

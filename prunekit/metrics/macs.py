@@ -88,7 +88,7 @@ def _mha_macs(m: nn.MultiheadAttention, args: tuple, kwargs: dict[str, Any]) -> 
     return b * (proj + 2 * lq * lk * e)
 
 
-def _checked_inputs(model: nn.Module, example_inputs: Inputs) -> tuple[Inputs, int]:
+def checked_inputs(model: nn.Module, example_inputs: Inputs) -> tuple[Inputs, int]:
     """``example_inputs`` on the model's device, and their batch size; ValueError for unusable inputs."""
     fix = "use prunekit.models.example_inputs(model, input_shape)"
     if isinstance(example_inputs, Mapping):
@@ -110,7 +110,7 @@ def mac_breakdown(model: nn.Module, example_inputs: Inputs) -> dict[str, int]:
 
     The inputs are moved to the model's device; ValueError for inputs that are not a (dict of) tensor(s)
     or hold no examples."""
-    example_inputs, batch = _checked_inputs(model, example_inputs)
+    example_inputs, batch = checked_inputs(model, example_inputs)
     conv1d = _hf_conv1d_type()
     attention = _attention_modules(model)
     totals: dict[str, int] = {}
