@@ -429,3 +429,29 @@ def test_a_forward_that_breaks_after_surgery_restores_the_model():
     assert _same_state(model, state) and [id(p) for p in model.parameters()] == params
     assert (model.a.out_features, model.b.in_features) == (6, 6)
     assert torch.equal(_logits(model, x), dense)
+
+
+def test_causal_lm_with_tied_embeddings_prunes_exactly():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=100,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=1,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=8,
+        tie_word_embeddings=True,
+        attn_implementation="eager",
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # the LM head's MACs use a tied weight
+    x = {"input_ids": torch.randint(1, 100, (2, 8), generator=torch.Generator().manual_seed(0))}
+    groups = find_groups(model, x)
+    plan = _random_plan(groups)
+    params, macs = remaining_size(model, groups, {k: len(v) for k, v in plan.keep.items()}, x)
+    apply_plan_(model, plan, x, groups=groups)
+    assert (params, macs) == (sum(p.numel() for p in model.parameters()), count_macs(model, x))
+    assert model.lm_head.weight is model.model.embed_tokens.weight

@@ -75,13 +75,16 @@ def collect_mac_terms(
         model.train(was_training)
 
     batch = batch_size_of(example_inputs)
+    # a tied weight (an LM head sharing the embedding matrix) goes by the one name named_parameters() gives
+    canonical = {id(p): n for n, p in model.named_parameters()}
     terms = []
     for name, pos in positions.items():
         weight = model.get_submodule(name).weight
-        terms.append(MacTerm(f"{name}.weight", tuple(range(weight.dim())), pos / batch * weight.numel()))
+        param = canonical[id(weight)]
+        terms.append(MacTerm(param, tuple(range(weight.dim())), pos / batch * weight.numel()))
     for name, length in seq_len.items():
-        rows = model.get_submodule(name).out_features
-        terms.append(MacTerm(f"{name}.weight", (0,), 2.0 * length * length * rows))
+        q = model.get_submodule(name)
+        terms.append(MacTerm(canonical[id(q.weight)], (0,), 2.0 * length * length * q.out_features))
     return terms
 
 
