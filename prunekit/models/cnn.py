@@ -16,7 +16,8 @@ def _check_width(width: object) -> int:
     return width
 
 
-def _check_shape(input_shape: tuple, dims: int, name: str) -> int:
+def check_input_shape(input_shape: tuple, dims: int, name: str) -> int:
+    """The input channels of a ``dims``-D conv net's per-example ``input_shape``; ValueError otherwise."""
     if len(input_shape) != dims + 1:
         want = "(channels, length)" if dims == 1 else "(channels, height, width)"
         raise ValueError(f"model '{name}' needs inputs shaped {want}, got input_shape {tuple(input_shape)}")
@@ -50,7 +51,7 @@ class PlainCNN(nn.Module):
 
 def simple_cnn(num_classes: int, input_shape: tuple, width: int = 32) -> nn.Module:
     """2-D CNN; ``width`` = channels of the first conv (then 2x, 2x)."""
-    return PlainCNN(2, _check_shape(input_shape, 2, "simple_cnn"), num_classes, _check_width(width), 3)
+    return PlainCNN(2, check_input_shape(input_shape, 2, "simple_cnn"), num_classes, _check_width(width), 3)
 
 
 def cnn1d(num_classes: int, input_shape: tuple, width: int = 56, kernel_size: int = 5) -> nn.Module:
@@ -61,4 +62,6 @@ def cnn1d(num_classes: int, input_shape: tuple, width: int = 56, kernel_size: in
     """
     if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"model.kwargs.kernel_size must be an odd positive integer, got {kernel_size!r}")
-    return PlainCNN(1, _check_shape(input_shape, 1, "cnn1d"), num_classes, _check_width(width), kernel_size)
+    return PlainCNN(
+        1, check_input_shape(input_shape, 1, "cnn1d"), num_classes, _check_width(width), kernel_size
+    )

@@ -8,7 +8,11 @@ every channel prunable together with its block (no zero-padded identity to keep 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import Tensor, nn
+
+from prunekit.models.cnn import check_input_shape
 
 
 class BasicBlock(nn.Module):
@@ -67,17 +71,15 @@ def _resnet(
     dims: int, n: int, name: str, num_classes: int, input_shape: tuple, width: float = 1.0
 ) -> nn.Module:
     """``width``: multiplier of the stage widths 16/32/64."""
-    if len(input_shape) != dims + 1:
-        want = "(channels, length)" if dims == 1 else "(channels, height, width)"
-        raise ValueError(f"model '{name}' needs inputs shaped {want}, got input_shape {tuple(input_shape)}")
+    in_channels = check_input_shape(input_shape, dims, name)
     if isinstance(width, bool) or not isinstance(width, (int, float)) or width <= 0:
         raise ValueError(
             f"model.kwargs.width must be a positive number (a multiplier of 16/32/64), got {width!r}"
         )
-    return CifarResNet(dims, n, int(input_shape[0]), num_classes, float(width))
+    return CifarResNet(dims, n, in_channels, num_classes, float(width))
 
 
-def _factory(dims: int, n: int, name: str):
+def _factory(dims: int, n: int, name: str) -> Callable[..., nn.Module]:
     def factory(num_classes: int, input_shape: tuple, width: float = 1.0) -> nn.Module:
         return _resnet(dims, n, name, num_classes, input_shape, width)
 
