@@ -117,6 +117,17 @@ def test_two_ranks_train_in_lockstep(runs):
     assert i0["dense"]["train_loss"][-1] < i0["dense"]["train_loss"][0]
 
 
+def test_batchnorm_statistics_end_equal_on_both_ranks(runs):
+    """DDP broadcasts rank 0's buffers before each forward, so after the last step each rank holds the
+    statistics of its own last batch; finetune broadcasts them once more so the ranks hold one model."""
+    assert runs["ddp"]["rc"] == 0, runs["ddp"]["stderr"][-3000:]
+    out = runs["ddp"]["out"]
+    b0, b1 = (load_file(str(out / f"rank{r}_bn.safetensors")) for r in (0, 1))
+    assert float(b0["bn1.running_mean"].abs().sum()) > 0  # the statistics were updated by training
+    for k in b0:
+        assert torch.equal(b0[k], b1[k]), k
+
+
 def test_two_ranks_match_one_process_with_the_same_global_batch(runs):
     """Same init, same shuffled order, same examples in every optimizer step (64, then 128 with 2
     accumulated micro-batches): DDP's average of per-rank mean gradients equals the one-process mean

@@ -89,6 +89,21 @@ def _strip_forward_patch(model: nn.Module, had_forward: bool) -> None:
         model.__dict__.pop("forward", None)
 
 
+def _sync_buffers(model: nn.Module, accelerator: Accelerator) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics).
+
+    DDP broadcasts them at the start of each forward, so after the last training step every rank holds
+    the statistics of its own last batch: without this the ranks would evaluate, prune and save
+    different models. Runs only on the success path (a collective after one rank failed would hang).
+    """
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast
+
+        buffers = list(model.buffers())
+        if buffers:
+            broadcast(buffers, from_process=0)  # in place
+
+
 def _accumulation(cfg: TrainConfig, accelerator: Accelerator) -> int:
     """Micro-batches per optimizer step: from ``cfg``, or from ``make_accelerator(grad_accum_steps=)``."""
     from_acc = int(accelerator.gradient_accumulation_steps)
@@ -223,6 +238,7 @@ def finetune(
         gc.collect()  # drop the DDP reducer (and its autograd hooks) before the next prune + finetune
         model.train(was_training)
 
+    _sync_buffers(model, accelerator)
     history.update(
         steps=step,
         epochs=micro / micro_per_epoch,

@@ -46,10 +46,15 @@ def run(out: Path, batch_size: int, accelerator_kind: str = "make", data: Path |
         seed=1,
     )
     metrics = evaluate(model, test, accelerator)
+    # With BatchNorm: each rank's last forward updates its running statistics from its own batch.
+    torch.manual_seed(0)
+    bn_model = TinyCNN1d(width=4)
+    finetune(bn_model, train, cfg.model_copy(update={"max_steps": 3}), accelerator, desc="bn", seed=2)
     rank = accelerator.process_index
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out / f"rank{rank}.safetensors"))
+    for suffix, net in (("", model), ("_bn", bn_model)):
+        state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        save_file(state, str(out / f"rank{rank}{suffix}.safetensors"))
     info = {
         "rank": rank,
         "num_processes": accelerator.num_processes,
