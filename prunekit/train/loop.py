@@ -224,6 +224,7 @@ def finetune(
             totals = accelerator.reduce(torch.stack([epoch_loss, count]), reduction="sum")
             history["train_loss"].append(float(totals[0] / totals[1].clamp(min=1)))
             if val_loader is not None:
+                _sync_buffers(model, accelerator)  # every rank evaluates the same model
                 metrics = evaluate(model, val_loader, accelerator)
                 history["val_loss"].append(metrics["loss"])
                 history["val_accuracy"].append(metrics["accuracy"])
