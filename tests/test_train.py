@@ -137,6 +137,8 @@ def test_empty_loader_is_a_clear_error(accelerator):
         evaluate(TinyCNN1d(width=4), empty, accelerator)
     model = TinyCNN1d(width=4)
     before = _params(model)
+    with pytest.raises(ValueError, match="needs a prunekit.config.TrainConfig, got dict"):
+        finetune(model, empty, {"epochs": 1}, accelerator)
     with pytest.raises(ValueError, match="the validation loader yields no batches: pass val_loader=None"):
         finetune(
             model,

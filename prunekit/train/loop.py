@@ -155,6 +155,11 @@ def finetune(
     """
     from accelerate.utils import set_seed
 
+    if not isinstance(cfg, TrainConfig):
+        raise ValueError(
+            f"finetune needs a prunekit.config.TrainConfig, got {type(cfg).__name__}: "
+            "build one with TrainConfig(**values)"
+        )
     check_launch(accelerator)
     _warn_on_precision_mismatch(cfg, accelerator)
     accum = _accumulation(cfg, accelerator)
