@@ -8,7 +8,8 @@ objects, and an optimizer or DDP wrapper built before a prune would hold the old
 Determinism: ``seed`` seeds python/numpy/torch and re-seeds the training loader's shuffling generator,
 so the same (model, data, cfg, seed) gives bit-identical parameters in one process. Across processes,
 accelerate copies rank 0's generator state to every rank at the start of each epoch, so all ranks
-shuffle alike and each takes its own slice of every global batch.
+shuffle alike and each takes its own slice of every global batch; buffers (BatchNorm statistics) are
+broadcast from rank 0 before each validation and at the end, so every rank ends with the same model.
 """
 
 from __future__ import annotations
@@ -151,7 +152,9 @@ def finetune(
     as one), ``steps`` (optimizer steps), ``epochs`` (fraction of passes over the data), ``seconds``,
     ``lr_last``, ``grad_norm_last``, ``global_batch_size`` and ``num_processes``.
     The global batch is ``cfg.batch_size``-sized loader batches × processes × accumulation steps: the
-    loader's batch size is per process.
+    loader's batch size is per process. With accumulation, the optimizer steps are
+    ``ceil(epochs × micro-batches / accum)`` and a step may span the end of one pass and the start of
+    the next (then the next pass's few micro-batches add a short entry to ``train_loss``).
     """
     from accelerate.utils import set_seed
 
