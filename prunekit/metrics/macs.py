@@ -27,7 +27,7 @@ negligible against the above, and the usual convention of MAC counters).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -119,7 +119,7 @@ def mac_breakdown(model: nn.Module, example_inputs: Inputs) -> dict[str, int]:
     def add(name: str, macs: int) -> None:
         totals[name] = totals.get(name, 0) + int(macs)
 
-    def layer_hook(name: str):
+    def layer_hook(name: str) -> Callable[..., None]:
         def hook(m: nn.Module, inp: tuple, out: Tensor) -> None:
             w = m.weight
             if isinstance(m, nn.modules.conv._ConvTransposeNd):  # weight (in, out / groups, *kernel)
@@ -133,7 +133,7 @@ def mac_breakdown(model: nn.Module, example_inputs: Inputs) -> dict[str, int]:
 
         return hook
 
-    def attn_hook(name: str, width: int):
+    def attn_hook(name: str, width: int) -> Callable[..., None]:
         def hook(m: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
             hidden = args[0] if args and isinstance(args[0], Tensor) else kwargs.get("hidden_states")
             if not isinstance(hidden, Tensor) or hidden.dim() != 3:
@@ -144,7 +144,7 @@ def mac_breakdown(model: nn.Module, example_inputs: Inputs) -> dict[str, int]:
 
         return hook
 
-    def mha_hook(name: str):
+    def mha_hook(name: str) -> Callable[..., None]:
         def hook(m: nn.MultiheadAttention, args: tuple, kwargs: dict[str, Any]) -> None:
             add(name, _mha_macs(m, args, kwargs))
 
