@@ -236,6 +236,7 @@ def test_json_and_imagefolder_sources(tmp_path: Path) -> None:
     )
     s = load_data(DataConfig(name="json", files={"train": str(tmp_path / "d.jsonl")}), seed=0)
     assert s.input_shape == (2,) and s.num_classes == 3
+    assert [s.size(k) for k in ("train", "validation", "test")] == [22, 2, 6]  # 20 % test, 10 % of the rest
     for cls in ("ants", "bees"):
         (tmp_path / "img" / cls).mkdir(parents=True)
         for i in range(5):
@@ -244,6 +245,7 @@ def test_json_and_imagefolder_sources(tmp_path: Path) -> None:
             )
     s = load_data(DataConfig(name="imagefolder", path=str(tmp_path / "img"), validation_fraction=0.0), seed=0)
     assert s.input_shape == (3, 4, 6) and s.class_names == ["ants", "bees"]
+    assert [s.size(k) for k in ("train", "validation", "test")] == [8, 0, 2]
     x, y = next(iter(s.loader("train", 8)))
     assert torch.allclose(x[:, 2].mean(dim=(1, 2)), y.float() * 200 / 255)  # blue channel encodes the class
 
