@@ -254,6 +254,10 @@ def test_missing_file_unknown_name_and_empty_dataset(tmp_path: Path) -> None:
     missing = tmp_path / "nope.csv"
     with pytest.raises(ValueError, match="nope.csv"):
         load_data(DataConfig(name="csv", files={"train": str(missing)}), seed=0)
+    with pytest.raises(
+        ValueError, match=r"cannot load dataset 'nobody/no-such-dataset' .*offline give a local"
+    ):
+        load_data(DataConfig(name="hf", path="nobody/no-such-dataset"), seed=0)  # offline in tests
     with pytest.raises(ValueError, match=r"unknown dataset 'mnist2d'.*fashion_mnist.*mnist1d"):
         load_data(DataConfig(name="mnist2d"), seed=0)
     (tmp_path / "empty.csv").write_text("text,label\n")

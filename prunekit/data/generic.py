@@ -35,7 +35,10 @@ def load_dataset_dict(name: str, *args: Any, **kwargs: Any) -> Any:
     except (OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:
         if "corresponds to no data" in str(err):  # what `datasets` says for a header-only file
             raise ValueError(f"dataset '{name}' is empty: it has no rows") from None
-        raise ValueError(f"cannot load dataset '{name}': {first_line(err)}") from None
+        raise ValueError(
+            f"cannot load dataset '{name}' ({first_line(err)}): check data.path / data.files; a hub id "
+            "needs network access (HF_HUB_OFFLINE unset), offline give a local folder or files"
+        ) from None
 
 
 def _check_files(cfg: DataConfig) -> dict[str, str]:
