@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -41,20 +42,24 @@ def call_with_timeout(fn: Callable[[], T], timeout_s: float, what: str) -> T:
     def target() -> None:
         try:
             box["value"] = fn()
+            box["seconds"] = time.monotonic() - start
         except _Stop:
             box["stopped"] = True
         except BaseException as exc:  # handed back to the caller's thread below
             box["error"] = exc
 
     worker = threading.Thread(target=target, name="prunekit-graph-build", daemon=True)
+    start = time.monotonic()
     worker.start()
     worker.join(timeout_s)
+    # past the limit is an error, even if the build completes while it is being stopped
+    late = worker.is_alive() or box.get("seconds", 0.0) > timeout_s
     for _ in range(20):  # repeat: a bare ``except:`` in traced code may swallow one interruption
         if not worker.is_alive():
             break
         _interrupt(worker)
         worker.join(0.5)  # it stops at its next bytecode; a slow C call may take a moment to return
-    if "value" not in box and "error" not in box:
+    if late or ("value" not in box and "error" not in box):
         raise GraphTimeoutError(
             f"building the dependency graph of {what} took longer than {timeout_s:g} s; raise timeout_s if "
             f"the model is just large. Attention that prunekit does not recognise is traced and can stall "
