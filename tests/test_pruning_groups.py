@@ -208,6 +208,23 @@ def test_graph_build_timeout_names_the_model_and_leaves_it_clean():
     assert len(find_groups(model, example_inputs_for(model))) == 5  # still usable
 
 
+def test_a_build_past_its_limit_is_an_error_even_if_it_swallows_the_stop_and_finishes():
+    from prunekit.pruning.timeout import call_with_timeout
+
+    def stubborn() -> int:
+        start = time.monotonic()
+        while time.monotonic() - start < 0.3:
+            try:
+                time.sleep(0.01)
+            except BaseException:  # traced code with a bare except swallows the interruption
+                pass
+        return 1
+
+    with pytest.raises(GraphTimeoutError, match="stubborn model.*0.05 s"):
+        call_with_timeout(stubborn, 0.05, "stubborn model")
+    assert call_with_timeout(lambda: 2, 5.0, "quick model") == 2
+
+
 def test_round_keep():
     assert round_keep(13, 64, 8) == 16
     assert round_keep(11, 64, 8) == 8
