@@ -184,6 +184,10 @@ def test_bad_planners_and_configs_are_rejected():
         make_plan(model, groups, Target(), "uniform", batches=data)
     with pytest.raises(ValueError, match="no prunable groups"):
         make_plan(model, [], Target(), "uniform", example_inputs=x)
+    with pytest.raises(ValueError, match=r"unknown keys \['ratio'\]"):
+        make_plan(model, groups, {"metric": "params", "ratio": 0.5}, "uniform", example_inputs=x)
+    plan = make_plan(model, groups, {"metric": "macs", "saved": 0.3}, "uniform", example_inputs=x)
+    assert plan.target == {"metric": "macs", "saved": 0.3}
 
 
 @dataclass(frozen=True)

@@ -152,6 +152,9 @@ def _as_target(target: Target | Mapping[str, Any]) -> Target:
     if isinstance(target, Target):
         return target
     if isinstance(target, Mapping):
+        unknown = sorted(set(target) - {"metric", "saved"})
+        if unknown:
+            raise ValueError(f"target has unknown keys {unknown}; give metric ('params' or 'macs') and saved")
         return Target(**target)
     raise ValueError(f"target must be a Target(metric=..., saved=...), got {type(target).__name__}")
 
