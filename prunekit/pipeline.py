@@ -18,6 +18,7 @@ from torch import nn
 
 from prunekit.config import RunConfig, load_config
 from prunekit.errors import UserError
+from prunekit.pruning.types import Plan
 from prunekit.run_state import RunState
 
 log = logging.getLogger("prunekit")
@@ -62,16 +63,31 @@ class Task:
         from prunekit.batch import take
         from prunekit.data import load_data
         from prunekit.models import describe
+        from prunekit.pruning.checkpoint import read_meta
 
         self.cfg = cfg
         self.splits = load_data(cfg.data, seed=cfg.seed, model_cfg=cfg.model)
         if self.splits.n_train == 0:
             raise UserError(f"dataset '{cfg.data.name}' has an empty train split: check data settings")
-        self.base = describe(cfg.model, self.splits.num_classes, self.splits.input_shape)
+        # Checkpoints record the base architecture plus one plan relative to it. Starting from a
+        # (possibly pruned) checkpoint, its base and plan carry over and later plans compose with it.
+        self.base_plan: Plan | None = None
+        if cfg.model.checkpoint:
+            meta = read_meta(cfg.model.checkpoint)
+            self.base = meta["base"]
+            self.base_plan = Plan.from_dict(meta["plan"]) if meta.get("plan") else None
+        else:
+            self.base = describe(cfg.model, self.splits.num_classes, self.splits.input_shape)
         # Real inputs (two training examples) for graph building, MAC counts and forward checks.
         self.example = take(self.loader("train", 2), 2)[0]
         lat_bs = cfg.evaluate.latency_batch_size
         self.latency_example = take(self.loader("train", lat_bs), lat_bs)[0]
+
+    def plan_from_base(self, plan: Plan) -> Plan:
+        """``plan`` (made for the dense model of this run) as a plan for the checkpoint's base model."""
+        from prunekit.pruning import compose_plans
+
+        return compose_plans(self.base_plan, plan) if self.base_plan is not None else plan
 
     def loader(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0):
         return self.splits.loader(split, batch_size=batch_size, shuffle=shuffle, seed=seed)
@@ -162,7 +178,7 @@ def _dense_stage(task: Task, state: RunState, accelerator) -> dict[str, Any]:
         save(
             model,
             state.folder / "dense",
-            None,
+            task.base_plan,
             metrics,
             task.base,
             task.example,
@@ -261,7 +277,7 @@ def _level_stage(
         save(
             model,
             state.folder / name,
-            plan,
+            task.plan_from_base(plan),
             {k: v for k, v in result.items() if k != "history"},
             task.base,
             task.example,

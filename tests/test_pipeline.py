@@ -232,3 +232,23 @@ def test_estimate_command_on_a_checkpoint_folder(reference_run: Path) -> None:
     # the fine-tuned model is estimated (not the pruned one before fine-tuning that the report predicted from)
     assert est["bound"] > 0 and est["C_arch"] != level["estimate"]["C_arch"]
     assert est["top_groups_ntk"]  # per-group contributions of the pruned model
+
+
+def test_pruning_a_pruned_checkpoint_composes_the_plans(reference_run: Path, tmp_path: Path) -> None:
+    import prunekit
+
+    start = reference_run / "level-50"
+    out = tmp_path / "again"
+    proc = run_cli(
+        out, f"model.checkpoint={start}", "train.epochs=0", "prune.levels=[0.5]", "estimate.enabled=false"
+    )
+    finish(proc)
+    report = json.loads((out / "report.json").read_text())
+    first = json.loads((reference_run / "report.json").read_text())["levels"][0]
+    assert report["dense"]["params"] == first["params"]  # the run's "dense" model is the pruned checkpoint
+    (level,) = report["levels"]
+    model, meta = prunekit.load(out / "level-50")  # rebuilt from the original base and one composed plan
+    assert sum(p.numel() for p in model.parameters()) == level["params"]
+    assert meta["base"]["name"] == "cnn1d" and meta["base"]["kwargs"] == {"width": 16}
+    dense_again, _ = prunekit.load(out / "dense")
+    assert sum(p.numel() for p in dense_again.parameters()) == first["params"]
