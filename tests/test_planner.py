@@ -174,8 +174,9 @@ def test_bad_planners_and_configs_are_rejected():
         planner_config("lamp", importance="l1")
     with pytest.raises(ValueError, match="unknown importance criterion"):
         UniformConfig(importance="l7")
-    with pytest.raises(ValueError, match="min_keep_fraction"):
-        UniformConfig(min_keep_fraction=1.0)
+    for bad in (1.0, -0.1, "0.1"):
+        with pytest.raises(ValueError, match="min_keep_fraction"):
+            UniformConfig(min_keep_fraction=bad)
     with pytest.raises(ValueError, match="round_to"):
         UniformConfig(round_to=0)
     with pytest.raises(ValueError, match="needs data"):

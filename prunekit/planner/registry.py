@@ -35,7 +35,8 @@ class PlannerConfig:
     num_batches: int = 4
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.min_keep_fraction < 1.0:
+        frac = self.min_keep_fraction
+        if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 <= frac < 1.0:
             raise ValueError(f"min_keep_fraction={self.min_keep_fraction} must be in [0, 1)")
         for name in ("round_to", "min_units", "num_batches"):
             value = getattr(self, name)
