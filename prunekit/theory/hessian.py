@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from prunekit.batch import Batch, batch_size_of, logits_of, move_to
 from prunekit.pruning.types import Group
+from prunekit.theory.eigen import flat, top_eigenvalue_of, unflat
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Vectors = list[Tensor]
@@ -143,18 +144,6 @@ def hvp(
 
 def _rademacher(params: Vectors, gen: torch.Generator) -> Vectors:
     return [(torch.randint(0, 2, p.shape, generator=gen).to(p.dtype) * 2 - 1).to(p.device) for p in params]
-
-
-def _flat(vs: Vectors) -> Tensor:
-    return torch.cat([v.reshape(-1) for v in vs])
-
-
-def _unflat(flat: Tensor, like: Vectors) -> Vectors:
-    out, i = [], 0
-    for p in like:
-        out.append(flat[i : i + p.numel()].view_as(p))
-        i += p.numel()
-    return out
 
 
 class _Reducer:
@@ -270,12 +259,12 @@ def hessian_trace(
             hutch_probes = num_probes - 2 * k
             sketch = []
             for _ in range(k):
-                sketch.append(_flat(obj.hvp(_rademacher(obj.params, gen))))
+                sketch.append(flat(obj.hvp(_rademacher(obj.params, gen))))
                 bar.update()
             basis = torch.linalg.qr(torch.stack(sketch, dim=1)).Q  # (P, k) orthonormal
             det_entries = [torch.zeros_like(p) for p in obj.params]
             for j in range(basis.shape[1]):
-                q = _unflat(basis[:, j], obj.params)
+                q = unflat(basis[:, j], obj.params)
                 for acc, qi, hqi in zip(det_entries, q, obj.hvp(q), strict=True):
                     acc.add_(qi * hqi)  # Σ_j Q_j ⊙ HQ_j: its sum over a block D is tr(D QQᵀH)
                 bar.update()
@@ -285,8 +274,8 @@ def hessian_trace(
             v = _rademacher(obj.params, gen)
             w = v
             if basis is not None:  # project the probe off the sketched subspace: estimates tr(D H(I − QQᵀ))
-                fv = _flat(v)
-                w = _unflat(fv - basis @ (basis.T @ fv), obj.params)
+                fv = flat(v)
+                w = unflat(fv - basis @ (basis.T @ fv), obj.params)
             samples.append(reduce([vi * hwi for vi, hwi in zip(v, obj.hvp(w), strict=True)]))
             bar.update()
         bar.close()
@@ -312,75 +301,20 @@ def hessian_trace(
     return out
 
 
-def _power_top(mv: Callable[[Tensor], Tensor], v: Tensor, iters: int, tol: float) -> dict[str, Any]:
-    """Power iteration: the Rayleigh quotient of the dominant (largest-magnitude) eigenvector."""
-    v = v / v.norm()
-    lam_prev, lam, converged, done = math.nan, math.nan, False, 0
-    for it in range(1, iters + 1):
-        done = it
-        w = mv(v)
-        lam = float(torch.dot(v.double(), w.double()))
-        norm = w.norm()
-        if norm == 0:  # v is in the null space: H = 0 along every direction tried
-            converged = True
-            break
-        v = w / norm
-        if abs(lam - lam_prev) <= tol * max(abs(lam), 1e-12):
-            converged = True
-            break
-        lam_prev = lam
-    return {"eigenvalue": lam, "iters": done, "converged": converged, "method": "power"}
-
-
-def _lanczos_top(mv: Callable[[Tensor], Tensor], v: Tensor, iters: int, tol: float) -> dict[str, Any]:
-    """Lanczos with full reorthogonalisation: the largest Ritz value of the tridiagonal matrix."""
-    basis = [v / v.norm()]
-    alphas: list[float] = []
-    betas: list[float] = []
-    lam_prev, lam, converged = math.nan, math.nan, False
-    for it in range(1, iters + 1):
-        w = mv(basis[-1])
-        alphas.append(float(torch.dot(w.double(), basis[-1].double())))
-        for _ in range(2):  # full reorthogonalisation, twice: round-off otherwise ghosts eigenvalues
-            for q in basis:
-                w = w - torch.dot(w, q) * q
-        t = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
-        lam = float(np.linalg.eigvalsh(t)[-1])
-        beta = float(w.norm())
-        if abs(lam - lam_prev) <= tol * max(abs(lam), 1e-12) or beta <= 1e-10 * max(abs(lam), 1e-30):
-            converged = True  # Ritz value settled, or an invariant subspace was found (exact)
-            break
-        lam_prev = lam
-        if it == iters or it >= v.numel():
-            converged = it >= v.numel()
-            break
-        betas.append(beta)
-        basis.append(w / beta)
-    return {"eigenvalue": lam, "iters": it, "converged": converged, "method": "lanczos"}
-
-
 def _top(
     matvec: Callable[[Vectors], Vectors], obj: _Objective, iters: int, tol: float, seed: int, method: str
-):
-    if iters < 1:
-        raise ValueError(f"iters must be >= 1, got {iters}")
-    if tol <= 0:
-        raise ValueError(f"tol must be > 0, got {tol}")
-    solvers = {"power": _power_top, "lanczos": _lanczos_top}
-    if method not in solvers:
-        raise ValueError(f"unknown eigenvalue method {method!r}; choose 'power' or 'lanczos'")
-    gen = torch.Generator().manual_seed(seed)
-    v0 = torch.randn(sum(p.numel() for p in obj.params), generator=gen).to(obj.device, obj.params[0].dtype)
-    bar = tqdm(total=iters, desc=f"top eigenvalue ({method})", disable=not sys.stderr.isatty(), leave=False)
-
-    def flat_mv(x: Tensor) -> Tensor:
-        bar.update()
-        return _flat(matvec(_unflat(x, obj.params)))
-
-    try:
-        return solvers[method](flat_mv, v0, iters, tol)
-    finally:
-        bar.close()
+) -> dict[str, Any]:
+    """The top eigenvalue of ``matvec`` (H or G) over the trainable parameters, as flat vectors."""
+    return top_eigenvalue_of(
+        lambda x: flat(matvec(unflat(x, obj.params))),
+        sum(p.numel() for p in obj.params),
+        iters,
+        tol,
+        seed,
+        method,
+        device=obj.device,
+        dtype=obj.params[0].dtype,
+    )
 
 
 def top_eigenvalue(
