@@ -1,0 +1,91 @@
+"""``prunekit estimate CONFIG``: run :func:`prunekit.theory.estimate.estimate` on a config's dense model,
+print a summary and write ``estimate.json``."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from prunekit.batch import move_to
+
+if TYPE_CHECKING:  # estimate.py re-exports this module's command: import it lazily, no cycle
+    from prunekit.theory.estimate import Estimates
+
+
+def _num(x: Any, se: Any = None) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.4g}" if se is None else f"{x:.4g} ± {se:.2g}"
+
+
+def format_summary(est: Estimates) -> str:
+    """A readable summary: the bound's quantities, the top groups and the seconds per estimator."""
+    h = est.hessian
+    lines = [
+        f"C_arch (NTK d_λ, ridge {est.ntk.get('ridge')})".ljust(40)
+        + f": {_num(est.C_arch)}  on {est.settings['probe_samples']} inputs",
+        f"T_opt (layer-normalised Hessian trace)  : {_num(est.T_opt, h.get('normalized_trace_se'))}"
+        f"  ({h.get('num_probes')} probes)",
+        f"top Hessian eigenvalue                  : {_num(est.hessian_top_eigenvalue)}",
+        f"n (training samples)                    : {est.n}",
+        f"d_eff (TwoNN on {est.intrinsic_dim['representation']})".ljust(40) + f": {_num(est.d_eff)}",
+        f"bound sqrt(C·T/(n·d_eff))               : {_num(est.bound)}",
+    ]
+    for title, rows in (("NTK trace", est.top_groups_ntk), ("Hessian trace", est.top_groups_hessian)):
+        if rows:
+            lines.append(f"top {len(rows)} groups by {title}:")
+            lines += [f"  {r['name']:<44s} {_num(r['trace'], r['se'])}" for r in rows]
+    lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in est.seconds.items()))
+    lines += [f"note: {n}" for n in est.notes]
+    return "\n".join(lines)
+
+
+def run_estimate_command(cfg: Any, output: Any | None = None) -> dict[str, Any]:
+    """``prunekit estimate CONFIG``: estimates for the config's dense model; writes estimate.json.
+
+    The model is, in order of preference: ``model.checkpoint``; the ``dense`` checkpoint of an earlier
+    ``prunekit run`` in the output folder; or the built model, trained with ``train`` when
+    ``train.epochs > 0`` (not saved). ``output``: a folder (estimate.json goes inside) or a ``.json`` path;
+    default the run's output folder. Returns the estimates as a dict (with ``model_source``).
+    """
+    from pathlib import Path
+
+    from prunekit.atomic import write_json
+    from prunekit.pipeline import Task, output_folder
+    from prunekit.pruning import find_groups
+    from prunekit.pruning.checkpoint import load
+    from prunekit.theory.estimate import estimate
+    from prunekit.train import make_accelerator
+
+    accelerator = make_accelerator(seed=cfg.seed)
+    root = logging.getLogger("prunekit")
+    if accelerator.is_main_process and not root.handlers:  # one progress line per estimator
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[prunekit] %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+    task = Task(cfg)
+    out = Path(output) if output is not None else output_folder(cfg, None)
+    path = out if out.suffix == ".json" else out / "estimate.json"
+    dense_dir = output_folder(cfg, None if out.suffix == ".json" else out) / "dense"
+    if cfg.model.checkpoint:
+        model, source = task.build_dense(), f"checkpoint {cfg.model.checkpoint}"
+    elif (dense_dir / "prunekit.json").is_file():
+        model, source = load(dense_dir)[0], f"dense checkpoint {dense_dir}"
+    else:
+        model = task.build_dense()
+        source = "built from the config, untrained"
+        if cfg.train.epochs > 0:
+            task.train(model, cfg.train, accelerator, seed=cfg.seed, desc="dense")
+            source = f"built from the config and trained for {cfg.train.epochs} epochs (not saved)"
+    model.to(accelerator.device)
+    groups = find_groups(model, move_to(task.example, accelerator.device), ignore=cfg.prune.ignore)
+    est = estimate(model, task.splits, cfg.estimate, groups=groups, accelerator=accelerator, seed=cfg.seed)
+    result = est.to_dict() | {"model_source": source, "config_name": cfg.name}
+    if accelerator.is_main_process:
+        print(f"estimates for '{cfg.name}' ({source}):")
+        print(format_summary(est))
+        write_json(path, result)
+        print(f"wrote {path}")
+    accelerator.wait_for_everyone()
+    return result
