@@ -155,6 +155,11 @@ def _bad_plans(groups):
     yield "empty", Plan(keep={b.name: []}, num_units=n), "at least 1"
     yield "other model", Plan(keep={b.name: [0]}, num_units={**n, b.name: b.num_units + 1}), "another model"
     yield "no size", Plan(keep={b.name: [0]}, num_units={a.name: a.num_units}), "num_units"
+    yield (
+        "other model, unpruned group",
+        Plan(keep={}, num_units={**n, a.name: a.num_units + 2}),
+        "another model",
+    )
     yield "not a list", Plan(keep={b.name: 3}, num_units=n), "must be a list"
     yield "round_to", Plan(keep={b.name: [0, 1, 2]}, num_units=n, round_to=2), "multiple of plan.round_to=2"
     yield "bad round_to", Plan(keep={b.name: [0]}, num_units=n, round_to=0), "round_to must be an integer"

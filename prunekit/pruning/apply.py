@@ -31,41 +31,42 @@ def validate_plan(groups: Sequence[Group], plan: Plan) -> None:
                 f"plan names group {name!r}, which this model does not have (a plan for another model, or "
                 f"groups found with other ignore patterns?); this model's groups start {near}"
             )
-    if (
-        isinstance(plan.round_to, bool)
-        or not isinstance(plan.round_to, numbers.Integral)
-        or plan.round_to < 1
-    ):
-        raise ValueError(f"plan.round_to must be an integer >= 1, got {plan.round_to!r}")
+    round_to = plan.round_to
+    if isinstance(round_to, bool) or not isinstance(round_to, numbers.Integral) or round_to < 1:
+        raise ValueError(f"plan.round_to must be an integer >= 1, got {round_to!r}")
+    for name, n in plan.num_units.items():  # every group the plan sizes, pruned or not
+        if n != by_name[name].num_units:
+            raise ValueError(
+                f"group {name!r} has {by_name[name].num_units} units in this model but {n} in the plan: "
+                f"the plan was made for another model (or an already pruned one)"
+            )
     for name, keep in plan.keep.items():
-        g = by_name[name]
-        if not isinstance(keep, (list, tuple)):
-            raise ValueError(f"plan.keep[{name!r}] must be a list of unit indices, got {type(keep).__name__}")
         if name not in plan.num_units:
             raise ValueError(f"plan.num_units has no entry for group {name!r}; the plan is incomplete")
-        if plan.num_units[name] != g.num_units:
-            raise ValueError(
-                f"group {name!r} has {g.num_units} units in this model but {plan.num_units[name]} in the "
-                f"plan: the plan was made for another model (or an already pruned one)"
-            )
-        if any(isinstance(i, bool) or not isinstance(i, numbers.Integral) for i in keep):
-            raise ValueError(f"plan.keep[{name!r}] must hold integer unit indices")
-        keep = [int(i) for i in keep]
-        if any(i < 0 or i >= g.num_units for i in keep):
-            bad = [i for i in keep if i < 0 or i >= g.num_units][:5]
-            raise ValueError(f"plan.keep[{name!r}] has indices {bad} outside [0, {g.num_units})")
-        if any(a >= b for a, b in zip(keep, keep[1:], strict=False)):
-            raise ValueError(f"plan.keep[{name!r}] must be sorted without duplicates, got {keep[:10]}...")
-        if len(keep) < g.min_units:
-            raise ValueError(
-                f"plan.keep[{name!r}] keeps {len(keep)} units but the group needs at least {g.min_units}; "
-                f"keep more or add the layer to ignore"
-            )
-        if len(keep) % plan.round_to and len(keep) != g.num_units:
-            raise ValueError(
-                f"plan.keep[{name!r}] keeps {len(keep)} units, not a multiple of plan.round_to="
-                f"{plan.round_to}; keep a multiple (or all {g.num_units}) or lower round_to"
-            )
+        _check_keep(name, keep, by_name[name], round_to)
+
+
+def _check_keep(name: str, keep: object, g: Group, round_to: int) -> None:
+    if not isinstance(keep, (list, tuple)):
+        raise ValueError(f"plan.keep[{name!r}] must be a list of unit indices, got {type(keep).__name__}")
+    if any(isinstance(i, bool) or not isinstance(i, numbers.Integral) for i in keep):
+        raise ValueError(f"plan.keep[{name!r}] must hold integer unit indices")
+    keep = [int(i) for i in keep]
+    bad = [i for i in keep if i < 0 or i >= g.num_units]
+    if bad:
+        raise ValueError(f"plan.keep[{name!r}] has indices {bad[:5]} outside [0, {g.num_units})")
+    if any(a >= b for a, b in zip(keep, keep[1:], strict=False)):
+        raise ValueError(f"plan.keep[{name!r}] must be sorted without duplicates, got {keep[:10]}...")
+    if len(keep) < g.min_units:
+        raise ValueError(
+            f"plan.keep[{name!r}] keeps {len(keep)} units but the group needs at least {g.min_units}; "
+            f"keep more or add the layer to ignore"
+        )
+    if len(keep) % round_to and len(keep) != g.num_units:
+        raise ValueError(
+            f"plan.keep[{name!r}] keeps {len(keep)} units, not a multiple of plan.round_to={round_to}; "
+            f"keep a multiple (or all {g.num_units}) or lower round_to"
+        )
 
 
 def _owners(model: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]:
