@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from prunekit.batch import Batch, batch_size_of, logits_of, move_to
 from prunekit.pruning.types import Group
 from prunekit.theory.eigen import flat, top_eigenvalue_of, unflat
+from prunekit.theory.modes import eval_mode
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Vectors = list[Tensor]
@@ -105,8 +106,10 @@ class _Objective:
         return out
 
     def __enter__(self) -> _Objective:
-        self._was_training = self.model.training
-        self.model.eval()  # dropout off, BatchNorm on running statistics: a fixed, deterministic loss
+        # dropout off, BatchNorm on running statistics: a fixed, deterministic loss; every module's own
+        # mode comes back on exit
+        self._modes = eval_mode(self.model, eager_attention=False)
+        self._modes.__enter__()
         # fused scaled-dot-product attention kernels (flash, memory-efficient) have no double backward;
         # the math kernel is plain differentiable ops, so second derivatives work for attention models
         self._sdpa = sdpa_kernel([SDPBackend.MATH])
@@ -115,7 +118,7 @@ class _Objective:
 
     def __exit__(self, *exc: Any) -> None:
         self._sdpa.__exit__(*exc)
-        self.model.train(self._was_training)
+        self._modes.__exit__(*exc)
 
 
 def _check_vectors(obj: _Objective, vectors: Sequence[Tensor]) -> Vectors:
@@ -188,19 +191,22 @@ class _Reducer:
             self.units[g.name] = (g.num_units, slices)
 
     def __call__(self, entries: Vectors) -> dict[str, Any]:
-        per_tensor = np.array([float(e.sum()) for e in entries])
+        per_tensor = np.array([float(e.sum(dtype=torch.float64)) for e in entries])
         out: dict[str, Any] = {
             "trace": float(per_tensor.sum()),
             "per_tensor": per_tensor,
             "normalized_trace": float((self.sq_norms * per_tensor).sum() / self.num_params),
-            "groups": {g: sum(float(entries[i][m].sum()) for i, m in ms) for g, ms in self.masks.items()},
+            "groups": {
+                g: sum(float(entries[i][m].sum(dtype=torch.float64)) for i, m in ms)
+                for g, ms in self.masks.items()
+            },
             "units": {},
         }
         for gname, (num_units, slices) in self.units.items():
             acc = torch.zeros(num_units, dtype=torch.float64, device=self.obj.device)
             for i, dim, flat_idx, unit_ids in slices:
                 e = entries[i].movedim(dim, 0)
-                along = e.reshape(e.shape[0], -1).sum(dim=1).double()
+                along = e.reshape(e.shape[0], -1).sum(dim=1, dtype=torch.float64)
                 acc.index_add_(0, unit_ids, along[flat_idx])
             out["units"][gname] = acc.cpu().numpy()
         return out

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from prunekit.batch import Batch, batch_size_of, logits_of, move_to
+from prunekit.theory.modes import eval_mode
 
 # distances are computed in blocks of query rows holding at most this many float64 entries (128 MiB)
 _BLOCK_ENTRIES = 1 << 24
@@ -232,11 +233,9 @@ def representation(
             raise ValueError(f"model has no module named {layer!r}; similar names: {near}")
         captured: list[Any] = []
         handle = modules[layer].register_forward_hook(lambda _m, _i, o: captured.append(o))
-        was_training = model.training
-        model.eval()
         device = next(model.parameters()).device
         try:
-            with torch.no_grad():
+            with torch.no_grad(), eval_mode(model, eager_attention=False):
                 for inputs, _ in batches:
                     inputs = move_to(inputs, device)
                     captured.clear()
@@ -249,7 +248,6 @@ def representation(
                         break
         finally:
             handle.remove()
-            model.train(was_training)
     if not feats:
         raise ValueError("no batches to take a representation from: the data split is empty")
     out = torch.cat(feats)

@@ -39,8 +39,7 @@ Jacobian engines in :mod:`prunekit.theory.ntk_jacobian`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +47,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from prunekit.batch import Inputs, batch_size_of, logits_of, move_to, slice_inputs
+from prunekit.theory.modes import eval_mode
 from prunekit.theory.ntk_jacobian import (
     ENGINES,
     JacobianRows,
@@ -132,28 +132,6 @@ def inputs_of(batch: object) -> Inputs:
     if isinstance(batch, (Tensor, Mapping)):
         return batch
     raise ValueError(f"a batch is (inputs, labels) or inputs; got {type(batch).__name__}")
-
-
-@contextmanager
-def eval_mode(model: nn.Module, eager_attention: bool = True) -> Iterator[nn.Module]:
-    """Eval mode (dropout off, BatchNorm on running statistics) and, for HF models, eager attention.
-
-    Both are restored on exit, module by module.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    config = getattr(model, "config", None)
-    old_attn = getattr(config, "_attn_implementation", None)
-    switch = eager_attention and old_attn not in (None, "eager")
-    model.eval()
-    if switch:
-        config._attn_implementation = "eager"
-    try:
-        yield model
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        if switch:
-            config._attn_implementation = old_attn
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -369,8 +347,9 @@ def level1_gram(
 
 
 def level2_gram(model: nn.Module, batch: object, groups: Groups, removed: Removed, **kwargs) -> Tensor:
-    """Level 2 kernel: Θ recomputed over the remaining entries, with the removed units zeroed (parameters
-    and buffers in their slices) at fixed weights; the model is restored exactly afterwards."""
+    """Level 2 kernel: Θ recomputed over the remaining entries, with the removed units' parameter entries
+    zeroed at fixed weights (buffers left alone, see :func:`masked_units`); the model is restored exactly
+    afterwards."""
     if "param_filter" in kwargs:
         raise ValueError("level2_gram selects the remaining entries itself; do not pass param_filter")
     removed_masks = removed_entry_masks(model, groups, removed)

@@ -211,6 +211,10 @@ def test_model_is_evaluated_in_eval_mode_and_restored():
     b = hessian_trace(model, (x, y), num_probes=3, seed=0)["trace"]
     assert a == b  # dropout off: deterministic
     assert model.training
+    model[3].eval()  # a submodule kept in eval (e.g. a frozen BatchNorm) must come back in eval
+    for fn in (hessian_trace, top_eigenvalue, gauss_newton_top_eigenvalue):
+        fn(model, (x, y), 2)
+        assert model.training and model[1].training and not model[3].training, fn.__name__
     with pytest.raises(ValueError, match="unknown trace method"):
         hessian_trace(model, (x, y), method="exact")
 

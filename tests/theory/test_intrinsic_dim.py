@@ -120,12 +120,13 @@ class Tiny(nn.Module):
 def test_representation_of_inputs_and_of_a_named_layer():
     torch.manual_seed(0)
     model = Tiny().train()
+    model.head.eval()  # a submodule kept in eval inside a training model must stay so
     batches = [(torch.randn(8, 3, 4), torch.zeros(8, dtype=torch.long)) for _ in range(3)]
     raw = representation(model, batches, layer="inputs", max_samples=20)
     assert raw.shape == (20, 12) and raw.dtype == np.float32
     feats = representation(model, batches, layer="body", max_samples=None)
     assert feats.shape == (24, 7)
-    assert model.training  # restored after the hook run
+    assert model.training and model.body.training and not model.head.training  # each module restored
     expected = model.body(torch.cat([b[0] for b in batches])).detach().numpy()
     np.testing.assert_allclose(feats, expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="no module named"):
