@@ -201,10 +201,15 @@ def make_plan(
     saved = achieved[f"{target.metric}_saved"]
     achieved["within_tolerance"] = abs(saved - target.saved) <= TOLERANCE
     if not achieved["within_tolerance"]:  # units too coarse (few heads, a large round_to) to land closer
+        why = (
+            f"round_to={cfg.round_to} makes its steps too coarse; lower round_to"
+            if cfg.round_to > 1
+            else "the groups have few units, each a large share of the model; a global planner "
+            "(global_magnitude, lamp) steps more finely"
+        )
         warnings.warn(
             f"planner '{spec.name}' saves {saved:.3f} of the {target.metric} instead of {target.saved:.3f}, "
-            f"more than 1 % off: the groups' units (round_to={cfg.round_to}) are too coarse to land closer; "
-            "lower round_to or min_keep_fraction for a closer fit",
+            f"more than 1 % off: {why}",
             stacklevel=2,
         )
     plan.extra = {"achieved": achieved, "config": dataclasses.asdict(cfg), **note}
