@@ -345,6 +345,25 @@ def test_two_rounds_equal_one_composed_plan(name):
         compose_plans(first, first)
 
 
+def test_composing_rounds_with_different_round_to_gives_a_valid_plan():
+    model, x, groups = _setup("mlp")
+    base = copy.deepcopy(model)
+    n = {g.name: g.num_units for g in groups}
+    first = Plan(keep={"net.0:out": [0, 3, 5, 9, 12]}, num_units=n)  # 5 of 16, round_to 1
+    apply_plan_(model, first, x, groups=groups)
+    # the second round (round_to 4) keeps the 5 survivors of net.0 and 8 of net.2's 16
+    second = Plan(
+        keep={"net.0:out": list(range(5)), "net.2:out": list(range(0, 16, 2))},
+        num_units={"net.0:out": 5, "net.2:out": 16},
+        round_to=4,
+    )
+    apply_plan_(model, second, x)
+    composed = compose_plans(first, second)
+    assert composed.round_to == 1
+    apply_plan_(base, composed, x)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in base.state_dict().items())
+
+
 @pytest.mark.parametrize("name", ["llama_gqa", "resnet"])
 def test_a_plan_on_one_block_never_shrinks_the_residual_stream(name):
     model, x, groups = _setup(name)

@@ -10,6 +10,7 @@ CNNs and transformers alike. New ``nn.Parameter`` objects replace the old ones w
 from __future__ import annotations
 
 import copy
+import math
 import numbers
 from collections.abc import Mapping, Sequence
 
@@ -266,6 +267,8 @@ def compose_plans(first: Plan, second: Plan) -> Plan:
         target=dict(second.target),
         planner=second.planner,
         predicted_gap=second.predicted_gap,
-        round_to=second.round_to,
+        # counts follow the first plan's rounding where the second keeps a whole group: only the common
+        # divisor of both holds for every count
+        round_to=math.gcd(first.round_to, second.round_to),
         extra={**first.extra, **second.extra},
     )
