@@ -4,6 +4,9 @@ print a summary and write ``estimate.json``."""
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from prunekit.batch import move_to
@@ -48,6 +51,37 @@ def run_estimate_command(cfg: Any, output: Any | None = None) -> dict[str, Any]:
     ``train.epochs > 0`` (not saved). ``output``: a folder (estimate.json goes inside) or a ``.json`` path;
     default the run's output folder. Returns the estimates as a dict (with ``model_source``).
     """
+    from prunekit.train import make_accelerator
+
+    accelerator = make_accelerator(seed=cfg.seed)
+    with _progress_lines(accelerator.is_main_process):
+        return _run(cfg, output, accelerator)
+
+
+@contextmanager
+def _progress_lines(main: bool) -> Iterator[None]:
+    """One ``[prunekit]`` line per estimator on stderr (main process), for this command only.
+
+    The handler is removed afterwards: a handler left on the ``prunekit`` logger would outlive the
+    command and write to whatever stderr it captured (or double every line of a later run).
+    """
+    logger = logging.getLogger("prunekit")
+    if not main or logger.handlers:  # a caller (e.g. the pipeline) already shows progress
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[prunekit] %(message)s"))
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+def _run(cfg: Any, output: Any | None, accelerator: Any) -> dict[str, Any]:
     from pathlib import Path
 
     from prunekit.atomic import write_json
@@ -55,15 +89,7 @@ def run_estimate_command(cfg: Any, output: Any | None = None) -> dict[str, Any]:
     from prunekit.pruning import find_groups
     from prunekit.pruning.checkpoint import load
     from prunekit.theory.estimate import estimate
-    from prunekit.train import make_accelerator
 
-    accelerator = make_accelerator(seed=cfg.seed)
-    root = logging.getLogger("prunekit")
-    if accelerator.is_main_process and not root.handlers:  # one progress line per estimator
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("[prunekit] %(message)s"))
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
     task = Task(cfg)
     out = Path(output) if output is not None else output_folder(cfg, None)
     path = out if out.suffix == ".json" else out / "estimate.json"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -162,15 +163,26 @@ def test_run_estimate_command_end_to_end(tmp_path: Path, capsys) -> None:
             },
         }
     )
+    logger = logging.getLogger("prunekit")
+    handlers = list(logger.handlers)
     out = run_estimate_command(cfg, tmp_path / "out")
+    assert logger.handlers == handlers  # the progress handler does not outlive the command
     path = tmp_path / "out" / "estimate.json"
     saved = json.loads(path.read_text())
     assert saved["C_arch"] == out["C_arch"] and saved["n"] == 300
     assert "trained for 1" in saved["model_source"]
     assert len(saved["top_groups_ntk"]) == 3  # the three convs of cnn1d (the classifier is never a group)
-    text = capsys.readouterr().out
+    assert len(saved["top_groups_hessian"]) == 3
+    for key in ("C_arch", "T_opt", "n", "d_eff"):
+        assert isinstance(saved[key], (int, float)), key
+    # the bound, or why there is none (T_opt <= 0 after one epoch: an indefinite Hessian)
+    assert saved["bound"] is not None or any("no stated bound" in n for n in saved["notes"])
+    assert set(saved["seconds"]) >= {"ntk_gram", "hessian_trace", "intrinsic_dim", "total"}
+    captured = capsys.readouterr()
     for word in ("C_arch", "T_opt", "d_eff", "bound", "top 3 groups by NTK trace", "seconds"):
-        assert word in text
+        assert word in captured.out
+    if not handlers:  # progress: one line per estimator (unless a caller's handler already shows it)
+        assert "estimated ntk_gram in" in captured.err
     assert not list(path.parent.glob("*.tmp"))  # written atomically, no temp file left
 
 
