@@ -360,6 +360,10 @@ def test_composing_rounds_with_different_round_to_gives_a_valid_plan():
     apply_plan_(model, second, x)
     composed = compose_plans(first, second)
     assert composed.round_to == 1
+    with pytest.raises(ValueError, match="not made for the model the first produced"):  # index 5 of 5
+        compose_plans(first, Plan(keep={"net.0:out": [5]}, num_units={"net.0:out": 5}))
+    with pytest.raises(ValueError, match="16 after the first"):  # net.2 was untouched: still 16 units
+        compose_plans(first, Plan(keep={"net.2:out": [0]}, num_units={"net.2:out": 8}))
     apply_plan_(base, composed, x)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in base.state_dict().items())
 

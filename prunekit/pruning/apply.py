@@ -251,16 +251,15 @@ def compose_plans(first: Plan, second: Plan) -> Plan:
     keep = {g: list(v) for g, v in first.keep.items()}
     num_units = dict(first.num_units)
     for g, kept in second.keep.items():
-        if g in first.keep:
-            if second.num_units.get(g) != len(first.keep[g]):
-                raise ValueError(
-                    f"group {g!r} has {second.num_units.get(g)} units in the second plan but the first keeps "
-                    f"{len(first.keep[g])}: the second plan was not made for the model the first produced"
-                )
-            keep[g] = [first.keep[g][i] for i in kept]
-        else:
-            keep[g] = list(kept)
-            num_units[g] = second.num_units[g]
+        # the group's size in the model the first plan produced
+        size = len(first.keep[g]) if g in first.keep else first.num_units.get(g, second.num_units.get(g))
+        if size is None or second.num_units.get(g) != size or any(not 0 <= i < size for i in kept):
+            raise ValueError(
+                f"group {g!r} has {second.num_units.get(g)} units in the second plan but {size} after the "
+                f"first: the second plan was not made for the model the first produced"
+            )
+        keep[g] = [first.keep[g][i] for i in kept] if g in first.keep else list(kept)
+        num_units.setdefault(g, size)
     return Plan(
         keep=keep,
         num_units=num_units,
