@@ -48,13 +48,20 @@ def _deduplicate(arr: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def _knn_distances(arr: np.ndarray, k: int) -> np.ndarray:
-    """Euclidean distances from every point to its ``k`` nearest other points, sorted ascending (N, k)."""
+    """Euclidean distances from every point to its ``k`` nearest other points, sorted ascending (N, k).
+
+    Neighbours are found with ``torch.cdist`` in blocks; it expands ‖x − y‖² = ‖x‖² + ‖y‖² − 2x·y, which
+    cancels catastrophically for close points far from the origin (a cloud offset by 1e6 gave garbage
+    ratios r2/r1). So the points are centred first, and the ``k`` distances kept are recomputed directly
+    as ‖x − y‖ of the chosen neighbours.
+    """
     n = arr.shape[0]
     if n <= k:
         raise ValueError(f"need more than {k} distinct points for {k} nearest neighbours, got {n}")
-    pts = torch.from_numpy(np.ascontiguousarray(arr))
+    pts = torch.from_numpy(np.ascontiguousarray(arr - arr.mean(axis=0)))
     out = np.empty((n, k), dtype=np.float64)
     chunk = max(16, _BLOCK_ENTRIES // n)
+    sub = max(1, _BLOCK_ENTRIES // (k * pts.shape[1]))  # rows whose k difference vectors fit the budget
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         d = torch.cdist(pts[start:stop], pts)
@@ -62,7 +69,11 @@ def _knn_distances(arr: np.ndarray, k: int) -> np.ndarray:
         # tiny positive number rather than exactly 0
         rows = torch.arange(stop - start)
         d[rows, rows + start] = math.inf
-        out[start:stop] = torch.topk(d, k, dim=1, largest=False).values.numpy()
+        idx = torch.topk(d, k, dim=1, largest=False).indices
+        for a in range(start, stop, sub):
+            b = min(a + sub, stop)
+            exact = (pts[a:b, None, :] - pts[idx[a - start : b - start]]).norm(dim=-1)
+            out[a:b] = exact.sort(dim=1).values.numpy()
     return out
 
 

@@ -71,6 +71,14 @@ def test_duplicates_are_removed_and_never_give_nan():
         twonn(np.ones((10, 4)))
 
 
+def test_a_cloud_far_from_the_origin_gives_the_same_dimension():
+    # ‖x‖² + ‖y‖² − 2x·y loses every digit of a small distance at ‖x‖ ≈ 1e6: distances must not use it
+    x = gaussian_subspace(4, 600, seed=2)
+    near, far = twonn(x), twonn(x + 1e6)
+    assert far["d"] == pytest.approx(near["d"], rel=1e-6) and far["n_used"] == 600
+    assert levina_bickel(x + 1e6)["d"] == pytest.approx(levina_bickel(x)["d"], rel=1e-6)
+
+
 def test_bad_inputs_are_rejected_with_a_clear_message():
     with pytest.raises(ValueError, match="2-D array"):
         twonn(np.zeros(10))
