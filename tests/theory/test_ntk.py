@@ -250,6 +250,19 @@ def test_level2_with_nothing_removed_is_the_kernel_and_restores_weights() -> Non
     assert all(torch.equal(before[k], after[k]) for k in before)  # restored bit for bit
 
 
+class _Branches(nn.Module):
+    """f(x) = A x + MLP(x): the linear layer A has no parameters downstream of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(6)
+        self.a = nn.Linear(4, 3).to(D)
+        self.mlp = _mlp((4, 6, 3), seed=7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x) + self.mlp(x)
+
+
 def test_level1_equals_level2_without_downstream_coupling() -> None:
     x = torch.randn(6, 4, dtype=D)
     # one hidden layer: a hidden unit's only downstream path is its own output column
@@ -268,6 +281,16 @@ def test_level1_equals_level2_without_downstream_coupling() -> None:
         level2_gram(deep, x, part, removed, output="full"),
     )
     assert torch.allclose(l1, l2, rtol=1e-10, atol=1e-12)
+    # a whole linear layer on its own branch, f(x) = A x + MLP(x): nothing downstream depends on A
+    branch = _Branches()
+    part = {
+        "a": ["a.weight", "a.bias"],
+        "mlp": [n for n, _ in branch.named_parameters() if not n.startswith("a.")],
+    }
+    l1, l2 = level1_gram(branch, x, part, {"a": None}), level2_gram(branch, x, part, {"a": None})
+    assert torch.allclose(l1, l2, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(l1, ntk_gram(branch, x, param_filter=part["mlp"]), rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(l1, ntk_gram(branch, x))
     # negative control: a first-layer unit of a deeper net changes the Jacobians downstream of it
     g = [_hidden_group(deep, 0)]
     removed = {"0:out": [2]}
