@@ -94,7 +94,7 @@ def test_plan_apply_forward_backward_and_exact_size(name):
     assert apply_plan_(model, plan, x, groups=groups) is model
     params = sum(p.numel() for p in model.parameters())
     assert predicted_params == params < dense_params
-    assert abs(predicted_macs - count_macs(model, x)) <= 0.02 * count_macs(model, x)
+    assert predicted_macs == count_macs(model, x)  # the planner's MACs are the ones reported later
     out = logits_of(model, x)
     assert out.shape == shape
     out.float().pow(2).sum().backward()
