@@ -61,6 +61,14 @@ def _positive_finite(name: str, value: Any) -> float:
     return x
 
 
+def readable_version(d: Mapping[str, Any], current: int, what: str) -> int:
+    """The ``format_version`` of a saved ``what`` (0 when absent); ValueError if newer than ``current``."""
+    version = int(d.get("format_version", 0))
+    if version > current:
+        raise ValueError(f"{what} format version {version} is newer than this prunekit; upgrade prunekit")
+    return version
+
+
 def stated_bound(C: float, T: float, n: float, d_eff: float) -> float:
     """``sqrt(C·T / (n·d_eff))``, the stated bound with every constant set to 1."""
     c = _positive_finite("C (C_arch)", C)
@@ -151,11 +159,7 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Calibration:
-        version = int(d.get("format_version", 0))
-        if version > CALIBRATION_FORMAT_VERSION:
-            raise ValueError(
-                f"calibration format version {version} is newer than this prunekit; upgrade prunekit"
-            )
+        version = readable_version(d, CALIBRATION_FORMAT_VERSION, "calibration")
 
         def ex(e: Mapping[str, Any]) -> Exponent:
             ci = e.get("ci95")

@@ -27,7 +27,7 @@ from torch import nn
 
 from prunekit.batch import Batch, batch_size_of, concat_inputs, slice_inputs
 from prunekit.config import EstimateConfig
-from prunekit.theory.bound import stated_bound
+from prunekit.theory.bound import readable_version, stated_bound
 
 # the command-line part lives in prunekit.theory.command; re-exported here for prunekit.cli
 from prunekit.theory.command import format_summary as format_summary
@@ -68,11 +68,7 @@ class Estimates:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Estimates:
         """Read back ``to_dict()`` output (e.g. estimate.json); extra keys such as ``model_source`` are ignored."""
-        version = int(d.get("format_version", 0))
-        if version > ESTIMATES_FORMAT_VERSION:
-            raise ValueError(
-                f"estimates format version {version} is newer than this prunekit; upgrade prunekit"
-            )
+        readable_version(d, ESTIMATES_FORMAT_VERSION, "estimates")
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 

@@ -107,6 +107,8 @@ def test_predict_and_json_round_trip() -> None:
     cal = calibrate(recs)
     back = Calibration.from_json(cal.to_json())
     assert back.to_dict() == cal.to_dict()
+    with pytest.raises(ValueError, match="calibration format version 99 is newer"):
+        Calibration.from_dict(cal.to_dict() | {"format_version": 99})
     r = recs[0]
     p = cal.predict(r["C"], r["T"], r["n"], r["d_eff"])
     assert back.predict(r["C"], r["T"], r["n"], r["d_eff"]) == pytest.approx(p)

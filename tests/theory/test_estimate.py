@@ -85,6 +85,8 @@ def test_estimate_reports_every_quantity(result, splits) -> None:
     assert d["C_arch"] == est.C_arch and d["n"] == 600
     back = Estimates.from_dict(d | {"model_source": "ignored"})
     assert back.to_dict() == d
+    with pytest.raises(ValueError, match="estimates format version 99 is newer"):
+        Estimates.from_dict(d | {"format_version": 99})
 
 
 def test_estimate_per_group_traces_and_top_lists(result) -> None:
