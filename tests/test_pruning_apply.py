@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 
 import pytest
@@ -224,6 +225,14 @@ def test_groups_of_another_model_are_rejected():
     ):
         with pytest.raises(ValueError, match="does not fit this model"):
             call()
+
+
+def test_a_group_whose_slices_miss_units_is_refused():
+    model, x, groups = _setup("mlp")
+    g = groups[0]
+    short = dataclasses.replace(g, slices=(dataclasses.replace(g.slices[0], index=g.slices[0].index[:-1]),))
+    with pytest.raises(ValueError, match=r"lists 15 units, not 16"):
+        remaining_size(model, [short], {g.name: 3}, x)
 
 
 def test_apply_without_groups_finds_them_and_skips_uncuttable_layers():

@@ -190,6 +190,11 @@ def check_groups_match(model: nn.Module, groups: Sequence[Group]) -> None:
         return
     for g in groups:
         for s in g.slices:
+            if len(s.index) != g.num_units:
+                raise ValueError(
+                    f"group {g.name!r}: its slice of {s.param} lists {len(s.index)} units, not {g.num_units}; "
+                    "build groups with find_groups"
+                )
             t = tensors.get(s.param)
             top = max((i for unit in s.index for i in unit), default=-1)
             if t is None or s.dim >= t.dim() or top >= t.shape[s.dim]:
