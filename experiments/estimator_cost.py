@@ -31,16 +31,19 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from prunekit.config import DataConfig, EstimateConfig, ModelConfig, TrainConfig
-from prunekit.data import load_data
+from prunekit.data import DataSplits, load_data
 from prunekit.models import build_model
 from prunekit.pruning import find_groups
+from prunekit.pruning.types import Group
 from prunekit.theory import estimate
 from prunekit.theory.estimate import balanced_order
 from prunekit.theory.hessian import hessian_trace, top_eigenvalue
@@ -49,11 +52,16 @@ from prunekit.theory.ntk import group_ntk_traces, ntk_gram
 from prunekit.theory.spectrum import ntk_spectrum
 from prunekit.train import finetune, make_accelerator
 
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+Probe = tuple[torch.Tensor, torch.Tensor]  # (inputs, labels) of the class-balanced probe set
+
 # A cheaper setting, sized to approach the 10 % goal on the quickstart model (see the results).
 CHEAP = EstimateConfig(probe_samples=64, trace_probes=16, hessian_probes=8, power_iters=5, id_samples=1000)
 
 
-def timed(fn, *args, **kwargs) -> tuple[Any, dict[str, float]]:
+def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, dict[str, float]]:
     w0, c0 = time.perf_counter(), time.process_time()
     out = fn(*args, **kwargs)
     return out, {"wall_s": time.perf_counter() - w0, "cpu_s": time.process_time() - c0}
@@ -63,20 +71,20 @@ def scale(t: dict[str, float], factor: float) -> dict[str, float]:
     return {k: v * factor for k, v in t.items()}
 
 
-def probe_batch(splits, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def probe_batch(splits: DataSplits, n: int, seed: int = 0) -> Probe:
     idx = balanced_order(splits.labels("train"), seed)[:n]
     x = torch.from_numpy(np.ascontiguousarray(splits.arrays("train").inputs[idx]))
     return x, torch.from_numpy(splits.labels("train")[idx])
 
 
-def epoch_time(model, splits, accelerator) -> dict[str, float]:
+def epoch_time(model: nn.Module, splits: DataSplits, accelerator: Accelerator) -> dict[str, float]:
     cfg = TrainConfig(epochs=1, batch_size=64, lr=1e-3)
     loader = splits.loader("train", 64, shuffle=True, seed=0)
     _, t = timed(finetune, model, loader, cfg, accelerator, desc="epoch")
     return t
 
 
-def warm_up(model, batch, groups=None, gram: bool = True) -> None:
+def warm_up(model: nn.Module, batch: Probe, groups: list[Group] | None = None, gram: bool = True) -> None:
     """One tiny call of each estimator: first calls pay one-off costs (vmap tracing, allocator) not to time."""
     small = (batch[0][:4], batch[1][:4])
     if gram:
@@ -86,14 +94,16 @@ def warm_up(model, batch, groups=None, gram: bool = True) -> None:
         group_ntk_traces(model, small, groups, num_probes=2)
 
 
-def gram_cost(model, batch) -> dict[str, float]:
-    def run():
+def gram_cost(model: nn.Module, batch: Probe) -> dict[str, float]:
+    def run() -> dict[str, object]:
         return ntk_spectrum(ntk_gram(model, batch, output="trace"))
 
     return timed(run)[1]
 
 
-def measure_model(width: int, splits, accelerator, args, gram: str) -> dict[str, Any]:
+def measure_model(
+    width: int, splits: DataSplits, accelerator: Accelerator, args: argparse.Namespace, gram: str
+) -> dict[str, Any]:
     """``gram``: "full" (timed at 256 inputs), "32" (timed at 32, extrapolated) or "skip" (not timed)."""
     model = build_model(
         ModelConfig(name="cnn1d", kwargs={"width": width}), splits.num_classes, splits.input_shape
@@ -128,7 +138,7 @@ def measure_model(width: int, splits, accelerator, args, gram: str) -> dict[str,
     return row
 
 
-def gram_n_scaling(width: int, splits, sizes: list[int]) -> dict[str, Any]:
+def gram_n_scaling(width: int, splits: DataSplits, sizes: list[int]) -> dict[str, Any]:
     model = build_model(
         ModelConfig(name="cnn1d", kwargs={"width": width}), splits.num_classes, splits.input_shape
     )
@@ -143,7 +153,7 @@ def gram_n_scaling(width: int, splits, sizes: list[int]) -> dict[str, Any]:
     return out
 
 
-def relative_se(model, probe, groups, probes: list[int]) -> dict[str, Any]:
+def relative_se(model: nn.Module, probe: Probe, groups: list[Group], probes: list[int]) -> dict[str, Any]:
     tr = group_ntk_traces(model, probe, groups, num_probes=max(probes), seed=1)
     out: dict[str, Any] = {}
     for k in probes:
@@ -155,7 +165,7 @@ def relative_se(model, probe, groups, probes: list[int]) -> dict[str, Any]:
     return out
 
 
-def quickstart(splits, accelerator, args) -> dict[str, Any]:
+def quickstart(splits: DataSplits, accelerator: Accelerator, args: argparse.Namespace) -> dict[str, Any]:
     """estimate() with the default config on the trained quickstart model, against its fine-tuning."""
     model = build_model(
         ModelConfig(name="cnn1d", kwargs={"width": 32}), splits.num_classes, splits.input_shape

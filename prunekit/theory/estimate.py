@@ -188,7 +188,15 @@ def _top(groups: dict[str, dict[str, Any]], key: str, k: int = TOP_K) -> list[di
     return [{"name": g, "trace": v[key], "se": v.get(key + "_se")} for g, v in rows[:k]]
 
 
-def _ntk_traces(model, probe, groups, cfg, seed, accelerator, per_group) -> dict[str, Any]:
+def _ntk_traces(
+    model: nn.Module,
+    probe: Batch,
+    groups: Any,
+    cfg: EstimateConfig,
+    seed: int,
+    accelerator: Any | None,
+    per_group: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
     """Per-group and per-unit NTK traces, this rank's share of the probes, merged over ranks."""
     from prunekit.theory.ntk import group_ntk_traces
 
@@ -206,7 +214,15 @@ def _ntk_traces(model, probe, groups, cfg, seed, accelerator, per_group) -> dict
     return {"hutchinson_trace": total, "hutchinson_trace_se": se, "hutchinson_probes": probes}
 
 
-def _hessian(model, batches, groups, cfg, seed, accelerator, per_group) -> dict[str, Any]:
+def _hessian(
+    model: nn.Module,
+    batches: list[Batch],
+    groups: Any,
+    cfg: EstimateConfig,
+    seed: int,
+    accelerator: Any | None,
+    per_group: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
     """Hessian trace, T_opt and per-group traces from this rank's probes, merged over ranks."""
     from prunekit.theory.hessian import hessian_trace
 
@@ -242,7 +258,9 @@ def _hessian(model, batches, groups, cfg, seed, accelerator, per_group) -> dict[
     }
 
 
-def _intrinsic(model, batches, layer: str, cfg: EstimateConfig, seed: int) -> dict[str, Any]:
+def _intrinsic(
+    model: nn.Module, batches: Iterable[Batch], layer: str, cfg: EstimateConfig, seed: int
+) -> dict[str, Any]:
     from prunekit.theory.intrinsic_dim import levina_bickel, representation, subsample_curve, twonn
 
     X = representation(model if layer != "inputs" else None, batches, layer, max_samples=cfg.id_samples)

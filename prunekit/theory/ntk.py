@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -333,7 +334,12 @@ def level1_trace_drop(traces: GroupTraces, removed: Removed) -> dict[str, float]
 
 
 def level1_gram(
-    model: nn.Module, batch: object, groups: Groups, removed: Removed, gram: Tensor | None = None, **kwargs
+    model: nn.Module,
+    batch: object,
+    groups: Groups,
+    removed: Removed,
+    gram: Tensor | None = None,
+    **kwargs: Any,
 ) -> Tensor:
     """Level 1 kernel Θ − Θ_S, Θ_S = J_S J_Sᵀ over the union S of the removed units' trainable entries.
 
@@ -346,7 +352,7 @@ def level1_gram(
     return full - ntk_gram(model, batch, param_filter=masks, **kwargs)
 
 
-def level2_gram(model: nn.Module, batch: object, groups: Groups, removed: Removed, **kwargs) -> Tensor:
+def level2_gram(model: nn.Module, batch: object, groups: Groups, removed: Removed, **kwargs: Any) -> Tensor:
     """Level 2 kernel: Θ recomputed over the remaining entries, with the removed units' parameter entries
     zeroed at fixed weights (buffers left alone, see :func:`masked_units`); the model is restored exactly
     afterwards."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from prunekit.config import EstimateConfig
 from prunekit.theory import estimate
 from prunekit.theory.ntk import module_partition
 from prunekit.train import make_accelerator
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 CFG = EstimateConfig(probe_samples=32, trace_probes=32, hessian_probes=16, power_iters=3, id_samples=400)
 N_TRAIN = 800
@@ -36,7 +40,7 @@ def mnist1d_train() -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(d["x"][:N_TRAIN], dtype=np.float32), np.asarray(d["y"][:N_TRAIN], dtype=np.int64)
 
 
-def run(accelerator, data: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+def run(accelerator: Accelerator | None, data: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """The estimates of the fixed tiny model and data; ``accelerator=None`` is the one-process reference."""
     torch.set_num_threads(1)  # two processes share two cores
     x_np, y_np = mnist1d_train() if data is None else data
