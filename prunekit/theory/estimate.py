@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -259,19 +259,30 @@ def _hessian(
 
 
 def _intrinsic(
-    model: nn.Module, batches: Iterable[Batch], layer: str, cfg: EstimateConfig, seed: int
+    model: nn.Module, batches: Iterable[Batch], layer: str, cfg: EstimateConfig, seed: int, notes: list[str]
 ) -> dict[str, Any]:
     from prunekit.theory.intrinsic_dim import levina_bickel, representation, subsample_curve, twonn
 
     X = representation(model if layer != "inputs" else None, batches, layer, max_samples=cfg.id_samples)
+
+    def optional(what: str, fn: Callable[[], Any]) -> Any:
+        # the companions of d_eff need more distinct points than TwoNN; duplicates (repeated sentences,
+        # blank images) are removed first, so a point count alone cannot tell whether there are enough
+        try:
+            return fn()
+        except ValueError as err:
+            notes.append(f"no {what}: {err}")
+            return None
+
     return {
         "representation": layer,
         "num_points": int(X.shape[0]),
         "twonn": twonn(X),
-        "levina_bickel": levina_bickel(X) if X.shape[0] > 21 else None,  # needs > k2 = 20 neighbours
-        "curve": subsample_curve(X, fractions=(1.0, 0.5, 0.25), repeats=4, seed=seed)
-        if X.shape[0] >= 40
-        else None,
+        "levina_bickel": optional("Levina-Bickel estimate", lambda: levina_bickel(X)),
+        "curve": optional(
+            "subsample curve",
+            lambda: subsample_curve(X, fractions=(1.0, 0.5, 0.25), repeats=4, seed=seed),
+        ),
     }
 
 
@@ -334,7 +345,7 @@ def estimate(
     if not top.get("converged", True):
         notes.append(f"the top Hessian eigenvalue did not converge in {cfg.power_iters} power iterations")
     with _Timer(seconds, "intrinsic_dim", show):
-        intrinsic = _intrinsic(model, id_batches, layer, cfg, seed)
+        intrinsic = _intrinsic(model, id_batches, layer, cfg, seed, notes)
 
     C, T, d = float(spectrum["d_lambda"]), float(hessian["normalized_trace"]), float(intrinsic["twonn"]["d"])
     try:

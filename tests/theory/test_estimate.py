@@ -138,6 +138,18 @@ def test_iterable_data_needs_n_and_gives_balanced_probes(model, splits) -> None:
     assert est.groups == {} and est.top_groups_ntk == []
 
 
+def test_duplicated_points_leave_d_eff_and_note_what_could_not_be_estimated(model, splits) -> None:
+    """50 training rows, 10 distinct: TwoNN runs on the distinct points; Levina-Bickel (k up to 20)
+    cannot, and says so in a note instead of failing the whole estimate."""
+    x = torch.from_numpy(splits.arrays("train").inputs[:10]).repeat(5, 1, 1)
+    y = torch.from_numpy(splits.labels("train")[:10]).repeat(5)
+    cfg = SMALL.model_copy(update={"probe_samples": 20, "trace_probes": 2, "hessian_probes": 2})
+    est = estimate(model, [(x, y)], cfg.model_copy(update={"power_iters": 2, "id_samples": 50}), n=50)
+    assert est.intrinsic_dim["twonn"]["n_used"] == 10 and math.isfinite(est.d_eff)
+    assert est.intrinsic_dim["levina_bickel"] is None
+    assert any(n.startswith("no Levina-Bickel estimate") for n in est.notes)
+
+
 def test_balanced_order_cycles_through_classes() -> None:
     labels = np.array([0] * 50 + [1] * 5 + [2] * 20)
     order = balanced_order(labels, seed=0)
