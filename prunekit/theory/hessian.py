@@ -157,7 +157,8 @@ class _Reducer:
         self.sq_norms = np.array([float(p.detach().double().pow(2).sum()) for p in obj.params])
         self.num_params = sum(p.numel() for p in obj.params)
         index = {n: i for i, n in enumerate(obj.names)}
-        self.masks: dict[str, list[tuple[int, Tensor]]] = {}
+        # group -> [(tensor index, mask of the group's entries, or None for the whole tensor)]
+        self.masks: dict[str, list[tuple[int, Tensor | None]]] = {}
         self.units: dict[str, tuple[int, list[tuple[int, int, Tensor, Tensor]]]] = {}
         all_names = {n for n, _ in obj.model.named_parameters()} | {n for n, _ in obj.model.named_buffers()}
         if isinstance(groups, Mapping):  # a parameter partition: group name -> whole parameters
@@ -166,12 +167,11 @@ class _Reducer:
                 for pname in pnames:
                     if pname not in all_names:
                         raise ValueError(f"group {gname!r} names unknown parameter {pname!r}")
-                    if pname in index:
-                        p = obj.params[index[pname]]
-                        self.masks[gname].append((index[pname], torch.ones_like(p, dtype=torch.bool)))
+                    if pname in index:  # no mask: a whole-tensor sum needs no copy of the entries
+                        self.masks[gname].append((index[pname], None))
             return
         for g in groups or ():
-            masks: dict[int, Tensor] = {}
+            masks: dict[int, Tensor | None] = {}
             slices = []
             for s in g.slices:
                 if s.param not in all_names:
@@ -184,8 +184,9 @@ class _Reducer:
                 p = obj.params[i]
                 flat_idx = torch.tensor([j for unit in s.index for j in unit], dtype=torch.long)
                 unit_ids = torch.tensor([u for u, unit in enumerate(s.index) for _ in unit], dtype=torch.long)
-                mask = masks.setdefault(i, torch.zeros_like(p, dtype=torch.bool))
-                mask.index_fill_(s.dim, flat_idx.to(p.device), True)
+                if i not in masks:  # one mask per tensor, allocated once
+                    masks[i] = torch.zeros_like(p, dtype=torch.bool)
+                masks[i].index_fill_(s.dim, flat_idx.to(p.device), True)
                 slices.append((i, s.dim, flat_idx.to(p.device), unit_ids.to(p.device)))
             self.masks[g.name] = list(masks.items())
             self.units[g.name] = (g.num_units, slices)
@@ -197,7 +198,10 @@ class _Reducer:
             "per_tensor": per_tensor,
             "normalized_trace": float((self.sq_norms * per_tensor).sum() / self.num_params),
             "groups": {
-                g: sum(float(entries[i][m].sum(dtype=torch.float64)) for i, m in ms)
+                g: sum(
+                    float(per_tensor[i]) if m is None else float(entries[i][m].sum(dtype=torch.float64))
+                    for i, m in ms
+                )
                 for g, ms in self.masks.items()
             },
             "units": {},
