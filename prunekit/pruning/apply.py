@@ -9,7 +9,6 @@ CNNs and transformers alike. New ``nn.Parameter`` objects replace the old ones w
 
 from __future__ import annotations
 
-import copy
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -164,7 +163,7 @@ def _snapshot(model: nn.Module) -> tuple[list, list]:
         for m in model.modules()
     ]
     configs = {id(c): c for m in model.modules() if hasattr(c := getattr(m, "config", None), "to_dict")}
-    return modules, [(c, copy.deepcopy(vars(c))) for c in configs.values()]
+    return modules, [(c, dict(vars(c))) for c in configs.values()]  # patching sets top-level fields only
 
 
 def _restore(undo: tuple[list, list]) -> None:
