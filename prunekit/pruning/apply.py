@@ -200,7 +200,8 @@ def apply_plan_(
 
     The whole plan is checked before anything changes (a bad plan raises ValueError and leaves the
     model as it was). Afterwards module attributes and the HF config are patched, a forward pass on
-    ``example_inputs`` must give the same output shape, ``model._prunekit_plan`` holds the plan and
+    ``example_inputs`` must give the same output shape (if it fails, the model is restored and
+    RuntimeError raised), ``model._prunekit_plan`` holds the plan and
     ``model._prunekit_plans`` every plan applied so far. Pass ``groups`` from :func:`find_groups` to
     skip finding them again; otherwise they are found with ``plan.extra["ignore"]`` (if any) and groups
     that prunekit cannot cut are left out rather than reported, since the plan does not name them.
