@@ -246,7 +246,7 @@ def _hessian(
         row = per_group.setdefault(g, {})
         row["hessian_trace"], row["hessian_trace_se"] = m[f"g:{g}"][0], m[f"g:{g}"][1]
         if f"u:{g}" in m:
-            row["hessian_unit_traces"] = m[f"u:{g}"][0]
+            row["hessian_unit_traces"], row["hessian_unit_traces_se"] = m[f"u:{g}"][0], m[f"u:{g}"][1]
     return {
         "trace": m["trace"][0],
         "trace_se": m["trace"][1],

@@ -11,7 +11,7 @@ loss of one batch) replaces cross-entropy, e.g. for tests with a known quadratic
 - :func:`hessian_trace` — Hutchinson / Hutch++ trace with standard errors; the same probes give the
   diagonal-block traces tr(H_ll) of each parameter tensor, per-group and per-unit traces, and the
   layer-normalised trace T = Σ_l ‖θ_l‖² tr(H_ll) / P, where a "layer" l is one parameter tensor;
-- :func:`top_eigenvalue` — of H by power iteration or Lanczos;
+- :func:`top_eigenvalue` — of H by power iteration or Lanczos (:mod:`prunekit.theory.eigen`);
 - :func:`gauss_newton_top_eigenvalue` — of G = Jᵀ H_out J, positive semi-definite even right after
   pruning, when the weights are off a minimum and H is indefinite.
 """

@@ -98,6 +98,7 @@ def test_estimate_per_group_traces_and_top_lists(result) -> None:
         assert row["ntk_trace"] > 0 and row["ntk_trace_se"] >= 0
         assert len(row["ntk_unit_traces"]) == g.num_units
         assert "hessian_trace" in row and len(row["hessian_unit_traces"]) == g.num_units
+        assert len(row["hessian_unit_traces_se"]) == g.num_units
     top = est.top_groups_ntk
     assert 1 <= len(top) <= 10 and len(top) == min(10, len(groups))
     traces = [r["trace"] for r in top]
