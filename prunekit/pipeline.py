@@ -154,7 +154,7 @@ class Task:
         return finetune(model, train_loader, recipe, accelerator, val_loader=val_loader, desc=desc, seed=seed)
 
 
-def _dense_stage(task: Task, state: RunState, accelerator) -> dict[str, Any]:
+def _dense_stage(task: Task, state: RunState, accelerator, model: nn.Module) -> dict[str, Any]:
     from prunekit.pruning.checkpoint import save
 
     cfg = task.cfg
@@ -162,7 +162,6 @@ def _dense_stage(task: Task, state: RunState, accelerator) -> dict[str, Any]:
         log.info("dense: finished earlier, reusing %s", state.folder / "dense")
         return state.result("dense")
     t0 = time.perf_counter()
-    model = task.build_dense()
     history = {}
     if cfg.train.epochs > 0 or cfg.train.max_steps:
         log.info("dense: training %s for %s epochs", cfg.model.name, cfg.train.epochs)
@@ -313,13 +312,14 @@ def run(cfg: RunConfig, output_dir: str | Path | None = None, overwrite: bool = 
     state = RunState.open(folder, cfg.fingerprint(), cfg.model_dump(mode="json"), overwrite=overwrite)
     seed_everything(cfg.seed)
     task = Task(cfg)
+    model = task.build_dense()  # before the folder is touched: a bad model path or kwarg fails here
     if accelerator.is_main_process:
         state.start()
     accelerator.wait_for_everyone()
     _setup_logging(folder, accelerator.is_main_process)
     log.info("run '%s' → %s (seed %d, %d process(es))", cfg.name, folder, cfg.seed, accelerator.num_processes)
 
-    dense = _dense_stage(task, state, accelerator)
+    dense = _dense_stage(task, state, accelerator, model)
     levels = [_level_stage(task, state, accelerator, i, lv, dense) for i, lv in enumerate(cfg.prune.levels)]
 
     report = build_report(cfg, dense, levels)

@@ -26,6 +26,7 @@ class RunState:
         self.fingerprint = fingerprint
         self.config = config
         self.data: dict[str, Any] = {"version": STATE_VERSION, "fingerprint": fingerprint, "done": {}}
+        self.replace_contents = False  # set by open(..., overwrite=True); done in start()
 
     @classmethod
     def open(cls, folder: str | Path, fingerprint: str, config: dict[str, Any], overwrite: bool) -> RunState:
@@ -44,14 +45,14 @@ class RunState:
                     "replace them, or choose another --output"
                 )
             else:
-                state.clear()
+                state.replace_contents = True
         elif folder.exists() and any(folder.iterdir()) and not overwrite:
             raise UserError(
                 f"output folder '{folder}' is not empty and was not written by prunekit run: "
                 "pass --overwrite to replace its contents, or choose another --output"
             )
         elif folder.exists() and overwrite:
-            state.clear()
+            state.replace_contents = True
         return state
 
     def clear(self) -> None:
@@ -62,7 +63,12 @@ class RunState:
                 child.unlink()
 
     def start(self) -> None:
-        """Create the folder and write the config it belongs to (first thing a run writes)."""
+        """Create (or, with --overwrite, empty) the folder and write the config it belongs to.
+
+        Called only after the config, data and model were validated, so bad input never touches it."""
+        if self.replace_contents:
+            self.clear()
+            self.replace_contents = False
         self.folder.mkdir(parents=True, exist_ok=True)
         write_json(self.folder / "config.json", self.config)
         self._flush()

@@ -92,3 +92,12 @@ def test_unknown_dataset(tmp_path: Path) -> None:
 
 def test_info_on_a_folder_that_is_not_a_checkpoint(tmp_path: Path) -> None:
     assert_one_line_error(cli("info", str(tmp_path)), "not a prunekit checkpoint")
+
+
+def test_overwrite_with_bad_model_leaves_existing_output_untouched(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    proc = cli("run", str(QUICK), "--overwrite", "--set", "model.kwargs.depth=3", "--output", str(out))
+    assert_one_line_error(proc, "depth")
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
