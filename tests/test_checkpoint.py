@@ -200,3 +200,31 @@ def test_pretrained_minilm_pruned_round_trip(tmp_path: Path) -> None:
     # the tokenizer travels with the checkpoint
     tok = AutoTokenizer.from_pretrained(tmp_path / "m")
     assert tok("pruning works")["input_ids"][0] == tok.cls_token_id
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"format_version": 1}', "[]"])
+def test_corrupt_metadata_is_a_clear_error(tmp_path: Path, text: str) -> None:
+    model, x, ref, plan = pruned("mlp")
+    folder = save(model, tmp_path / "c", plan, {}, ref, x)
+    (folder / "prunekit.json").write_text(text)
+    with pytest.raises(CheckpointError, match="corrupt|incomplete"):
+        load(folder)
+
+
+def test_dense_causal_lm_config_stays_loadable(tmp_path: Path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    x = {"input_ids": torch.randint(1, 60, (2, 8), generator=torch.Generator().manual_seed(0))}
+    save(model, tmp_path / "lm", None, {}, {"name": "hf", "hf_config": cfg.to_dict()}, x)
+    assert json.loads((tmp_path / "lm" / "prunekit.json").read_text())["hf_from_pretrained"] is True
+    assert json.loads((tmp_path / "lm" / "config.json").read_text())["model_type"] == "llama"

@@ -103,20 +103,15 @@ def _hf_config_dict(model: nn.Module) -> dict[str, Any] | None:
 
 def _hf_expressible(model: nn.Module) -> bool:
     """Would ``from_config(model.config)`` build exactly these shapes? (Checked on the meta device.)"""
-    from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
     d = model.config.to_dict()
     if any(isinstance(d.get(k), (list, dict)) for k in HF_WIDTH_KEYS):
         return False
     config = AutoConfig.for_model(**{k: v for k, v in d.items() if k not in ("transformers_version",)})
-    auto = (
-        AutoModelForImageClassification
-        if "pixel" in str(getattr(model, "main_input_name", ""))
-        else AutoModelForSequenceClassification
-    )
     try:
         with torch.device("meta"):
-            fresh = auto.from_config(config)
+            fresh = type(model)._from_config(config)  # the model's own class, whatever its head
     except Exception:  # the config itself cannot build a model: certainly not expressible
         return False
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -199,8 +194,16 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"'{folder}' is not a prunekit checkpoint: {META} is missing (give a folder written by prunekit)"
         )
-    meta = json.loads(meta_path.read_text())
-    version = int(meta.get("format_version", 0))
+    try:
+        meta = json.loads(meta_path.read_text())
+        version = int(meta.get("format_version", 0))
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        raise CheckpointError(
+            f"{meta_path} is not valid prunekit metadata: the checkpoint is corrupt; re-save it"
+        ) from None
+    missing = [k for k in ("base", "shapes", "weights_sha256", "example_inputs") if k not in meta]
+    if missing:
+        raise CheckpointError(f"{meta_path} lacks {missing}: the checkpoint is incomplete; re-save it")
     if version > FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint '{folder}' has format version {version}, newer than this prunekit reads "
