@@ -34,6 +34,7 @@ from prunekit.batch import Batch, batch_size_of, logits_of, move_to
 from prunekit.pruning.types import Group
 from prunekit.theory.eigen import flat, top_eigenvalue_of, unflat
 from prunekit.theory.modes import eval_mode
+from prunekit.theory.ntk_units import UnitReducer, normalise_groups
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Vectors = list[Tensor]
@@ -150,46 +151,33 @@ def _rademacher(params: Vectors, gen: torch.Generator) -> Vectors:
 
 
 class _Reducer:
-    """Sums a per-entry tensor list over parameters, groups and units (the same for every probe)."""
+    """Sums a per-entry tensor list over parameters, groups and units (the same for every probe).
+
+    Groups go through the NTK's :class:`~prunekit.theory.ntk_units.UnitReducer`, so both estimators
+    count a unit's entries the same way: each entry once per unit, even where one unit slices the same
+    tensor along two dims (row j and column j of a layer that feeds itself).
+    """
 
     def __init__(self, obj: _Objective, groups: Sequence[Group] | Mapping[str, Sequence[str]] | None):
-        self.obj = obj
+        self.names = obj.names
         self.sq_norms = np.array([float(p.detach().double().pow(2).sum()) for p in obj.params])
         self.num_params = sum(p.numel() for p in obj.params)
         index = {n: i for i, n in enumerate(obj.names)}
-        # group -> [(tensor index, mask of the group's entries, or None for the whole tensor)]
-        self.masks: dict[str, list[tuple[int, Tensor | None]]] = {}
-        self.units: dict[str, tuple[int, list[tuple[int, int, Tensor, Tensor]]]] = {}
-        all_names = {n for n, _ in obj.model.named_parameters()} | {n for n, _ in obj.model.named_buffers()}
-        if isinstance(groups, Mapping):  # a parameter partition: group name -> whole parameters
+        # a parameter partition (any subset of tensors, not necessarily covering): group -> tensor indices
+        self.tensors: dict[str, list[int]] = {}
+        self.reducers: list[tuple[str, UnitReducer]] = []
+        if isinstance(groups, Mapping):
+            all_names = dict(obj.model.named_parameters()) | dict(obj.model.named_buffers())
             for gname, pnames in groups.items():
-                self.masks[gname] = []
-                for pname in pnames:
-                    if pname not in all_names:
-                        raise ValueError(f"group {gname!r} names unknown parameter {pname!r}")
-                    if pname in index:  # no mask: a whole-tensor sum needs no copy of the entries
-                        self.masks[gname].append((index[pname], None))
+                unknown = [p for p in pnames if p not in all_names]
+                if unknown:
+                    raise ValueError(f"group {gname!r} names unknown parameter {unknown[0]!r}")
+                # buffers and frozen parameters carry no Hessian
+                self.tensors[gname] = [index[p] for p in pnames if p in index]
             return
-        for g in groups or ():
-            masks: dict[int, Tensor | None] = {}
-            slices = []
-            for s in g.slices:
-                if s.param not in all_names:
-                    raise ValueError(
-                        f"group {g.name!r} names unknown parameter {s.param!r}; rebuild the groups"
-                    )
-                if s.param not in index:  # buffers and frozen parameters carry no Hessian
-                    continue
-                i = index[s.param]
-                p = obj.params[i]
-                flat_idx = torch.tensor([j for unit in s.index for j in unit], dtype=torch.long)
-                unit_ids = torch.tensor([u for u, unit in enumerate(s.index) for _ in unit], dtype=torch.long)
-                if i not in masks:  # one mask per tensor, allocated once
-                    masks[i] = torch.zeros_like(p, dtype=torch.bool)
-                masks[i].index_fill_(s.dim, flat_idx.to(p.device), True)
-                slices.append((i, s.dim, flat_idx.to(p.device), unit_ids.to(p.device)))
-            self.masks[g.name] = list(masks.items())
-            self.units[g.name] = (g.num_units, slices)
+        specs, _ = normalise_groups(groups or (), obj.model)
+        shapes = {n: p.shape for n, p in zip(obj.names, obj.params, strict=True)}
+        self.reducers = [(gname, UnitReducer(units, shapes)) for gname, units in specs]
 
     def __call__(self, entries: Vectors) -> dict[str, Any]:
         per_tensor = np.array([float(e.sum(dtype=torch.float64)) for e in entries])
@@ -197,22 +185,14 @@ class _Reducer:
             "trace": float(per_tensor.sum()),
             "per_tensor": per_tensor,
             "normalized_trace": float((self.sq_norms * per_tensor).sum() / self.num_params),
-            "groups": {
-                g: sum(
-                    float(per_tensor[i]) if m is None else float(entries[i][m].sum(dtype=torch.float64))
-                    for i, m in ms
-                )
-                for g, ms in self.masks.items()
-            },
+            "groups": {g: float(per_tensor[idx].sum()) for g, idx in self.tensors.items()},
             "units": {},
         }
-        for gname, (num_units, slices) in self.units.items():
-            acc = torch.zeros(num_units, dtype=torch.float64, device=self.obj.device)
-            for i, dim, flat_idx, unit_ids in slices:
-                e = entries[i].movedim(dim, 0)
-                along = e.reshape(e.shape[0], -1).sum(dim=1, dtype=torch.float64)
-                acc.index_add_(0, unit_ids, along[flat_idx])
-            out["units"][gname] = acc.cpu().numpy()
+        values = dict(zip(self.names, entries, strict=True))
+        for gname, reduce in self.reducers:
+            units, total = reduce(values)
+            out["groups"][gname] = float(total)
+            out["units"][gname] = units.cpu().numpy()
         return out
 
 

@@ -141,25 +141,26 @@ class UnitReducer:
         self._to(device)
         units = torch.zeros(self.num_units, dtype=torch.float64, device=device)
         total = torch.zeros((), dtype=torch.float64, device=device)
+        f64 = torch.float64  # sums accumulate in float64 whatever the values' dtype
         for pname, dim, idx, owner, union in self.fast:
             s = values.get(pname)
             if s is None:
                 continue
             if dim is None:
-                v = s.sum().reshape(1)
-                units.index_add_(0, owner, v[idx].to(torch.float64))
+                v = s.sum(dtype=f64).reshape(1)
+                units.index_add_(0, owner, v[idx])
                 total += v[0]
                 continue
-            v = s.sum(dim=[d for d in range(s.dim()) if d != dim]) if s.dim() > 1 else s
-            units.index_add_(0, owner, v[idx].to(torch.float64))
+            v = s.sum(dim=[d for d in range(s.dim()) if d != dim], dtype=f64) if s.dim() > 1 else s.to(f64)
+            units.index_add_(0, owner, v[idx])
             total += v[union].sum()
         for pname, masks, union in self.masked:
             s = values.get(pname)
             if s is None:
                 continue
             for u, m in enumerate(masks):
-                units[u] += s[m].sum()
-            total += s[union].sum()
+                units[u] += s[m].sum(dtype=f64)
+            total += s[union].sum(dtype=f64)
         return units, total
 
 

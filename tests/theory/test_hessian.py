@@ -188,6 +188,32 @@ def test_per_group_and_per_unit_traces_match_the_exact_hessian_diagonal():
         hessian_trace(model, (x, y), num_probes=2, groups={"bad": ["nope.weight"]})
 
 
+class Square(nn.Module):
+    """Outputs its 3×3 weight, flattened: with ``quad_loss`` the Hessian over its 9 entries is A."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(3, 3, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w.reshape(1, -1).expand(x.shape[0], -1)
+
+
+def test_overlapping_slices_of_one_tensor_count_each_entry_once_per_unit():
+    # unit j owns row j and column j of the same tensor (a layer feeding itself): entry (j, j) is in
+    # both slices but is one entry. Hutch++ with a sketch as large as the space is exact.
+    a = sym_matrix([9.0, 7.0, 5.0, 4.0, 3.0, 2.0, 1.5, 1.0, 0.5], seed=11)
+    units = tuple((j,) for j in range(3))
+    g = Group("w:out", "neuron", "w", 3, (ParamSlice("w", 0, units), ParamSlice("w", 1, units)), 5, 0)
+    res = hessian_trace(
+        Square(), dummy_batch(), num_probes=30, method="hutchpp", groups=[g], loss_fn=quad_loss(a)
+    )
+    d = torch.diagonal(a).view(3, 3).double()
+    exact_units = d.sum(1) + d.sum(0) - d.diagonal()
+    np.testing.assert_allclose(res["units"]["w:out"], exact_units.numpy(), rtol=1e-4, atol=1e-4)
+    assert res["groups"]["w:out"] == pytest.approx(float(d.sum()), rel=1e-4)
+
+
 def test_micro_batching_does_not_change_the_loss_or_its_hessian():
     model = tiny_mlp()
     x, y = torch.randn(12, 4), torch.randint(0, 3, (12,))
