@@ -137,6 +137,15 @@ def test_empty_loader_is_a_clear_error(accelerator):
         evaluate(TinyCNN1d(width=4), empty, accelerator)
     model = TinyCNN1d(width=4)
     before = _params(model)
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            yield torch.zeros(1, 40), torch.tensor(0)
+
+    registered = len(accelerator._dataloaders)
+    with pytest.raises(ValueError, match="the training loader has no length"):
+        finetune(model, torch.utils.data.DataLoader(Stream()), TrainConfig(), accelerator)
+    assert len(accelerator._dataloaders) == registered  # the refused loader is not kept alive
     with pytest.raises(ValueError, match="needs a prunekit.config.TrainConfig, got dict"):
         finetune(model, empty, {"epochs": 1}, accelerator)
     with pytest.raises(ValueError, match="the validation loader yields no batches: pass val_loader=None"):

@@ -51,6 +51,20 @@ def _prepare_loader(accelerator: Accelerator, loader: Any) -> DataLoader:
     return loader if _is_prepared(loader) else accelerator.prepare_data_loader(loader)
 
 
+def _num_batches(loader: Any) -> int:
+    """Micro-batches per pass of the training loader (it needs a length: epochs are counted in passes)."""
+    try:
+        n = len(loader)
+    except TypeError:
+        raise ValueError(
+            "the training loader has no length (an iterable-style dataset): use a map-style dataset, "
+            "e.g. DataSplits.loader, or set a length on the dataset"
+        ) from None
+    if n == 0:
+        raise ValueError("the training loader yields no batches: check the split size and batch_size")
+    return n
+
+
 def _yields_nothing(loader: Any) -> bool:
     try:
         return len(loader) == 0
@@ -178,13 +192,14 @@ def finetune(
     model.to(accelerator.device)
     optimizer = build_optimizer(model, cfg)
     loader = _prepare_loader(accelerator, train_loader)
-    micro_per_epoch = len(loader)
-    if micro_per_epoch == 0:
-        _release(accelerator, loader)
-        raise ValueError("the training loader yields no batches: check the split size and batch_size")
+    try:
+        micro_per_epoch = _num_batches(loader)
+        wrapped, optimizer = accelerator.prepare(model, optimizer)
+    except BaseException:
+        _release(accelerator, loader)  # the accelerator must not keep the loader (and its data) alive
+        raise
     total_steps = total_optimizer_steps(cfg, micro_per_epoch, accum)
     total_micro = total_steps * accum
-    wrapped, optimizer = accelerator.prepare(model, optimizer)
     params = [p for p in model.parameters() if p.requires_grad]
 
     history: dict[str, Any] = {"train_loss": [], "val_loss": [], "val_accuracy": [], "steps": 0}
