@@ -176,11 +176,14 @@ def test_gradient_accumulation_matches_a_larger_batch(data, accelerator):
 def test_accumulation_set_in_two_places_must_agree(data):
     acc = make_accelerator(grad_accum_steps=2)
     model = TinyCNN1d(width=4)
-    with pytest.raises(ValueError, match="grad_accum_steps is 3 in the train config but 2"):
-        finetune(model, _small(data), TrainConfig(grad_accum_steps=3), acc)
-    hist = finetune(model, _small(data), TrainConfig(max_steps=2), acc)  # the accelerator's 2 is used
-    assert hist["grad_accum_steps"] == 2 and hist["steps"] == 2 and hist["epochs"] == pytest.approx(0.5)
-    make_accelerator()  # back to no accumulation for the other tests (accelerate shares this state)
+    try:
+        with pytest.raises(ValueError, match="grad_accum_steps is 3 in the train config but 2"):
+            finetune(model, _small(data), TrainConfig(grad_accum_steps=3), acc)
+        hist = finetune(model, _small(data), TrainConfig(max_steps=2), acc)  # the accelerator's 2 is used
+        assert hist["grad_accum_steps"] == 2 and hist["steps"] == 2
+        assert hist["epochs"] == pytest.approx(0.5)
+    finally:
+        make_accelerator()  # back to no accumulation for the other tests (accelerate shares this state)
 
 
 def test_steps_from_epochs_and_max_steps(data, accelerator):
