@@ -41,6 +41,15 @@ def run_cli(out: Path, *extra: str) -> subprocess.Popen:
     )
 
 
+def prunekit_cmd(*args: str, sets: list[str] = ()) -> subprocess.CompletedProcess:
+    """Run one prunekit command to completion (``--set`` for each of ``sets``)."""
+    argv = [sys.executable, "-m", "prunekit", *args]
+    for s in sets:
+        argv += ["--set", s]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=env, timeout=400)
+
+
 def finish(proc: subprocess.Popen, timeout: float = 400) -> str:
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out
@@ -166,26 +175,13 @@ def test_folder_of_another_config_is_refused(reference_run: Path) -> None:
 
 
 def test_info_and_evaluate_commands_on_a_checkpoint(reference_run: Path) -> None:
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    info = subprocess.run(
-        [sys.executable, "-m", "prunekit", "info", str(reference_run / "level-70")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
+    info = prunekit_cmd("info", str(reference_run / "level-70"))
     assert info.returncode == 0, info.stderr
     meta = json.loads(info.stdout)
     assert meta["planner"] == "uniform" and meta["weights_ok"] is True
     assert meta["base"]["name"] == "cnn1d"
     assert meta["pruned_groups"]  # it says which groups lost units
-    ev = subprocess.run(
-        [sys.executable, "-m", "prunekit", "evaluate", str(reference_run / "level-70")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
+    ev = prunekit_cmd("evaluate", str(reference_run / "level-70"))
     assert ev.returncode == 0, ev.stderr
     result = json.loads(ev.stdout)
     report = json.loads((reference_run / "report.json").read_text())
@@ -195,20 +191,7 @@ def test_info_and_evaluate_commands_on_a_checkpoint(reference_run: Path) -> None
 
 def test_plan_command_shows_plans_and_changes_nothing(reference_run: Path) -> None:
     before = sorted(p.name for p in reference_run.iterdir())
-    args = [
-        sys.executable,
-        "-m",
-        "prunekit",
-        "plan",
-        "configs/quickstart.yaml",
-        "--output",
-        str(reference_run),
-    ]
-    for s in SMALL:
-        args += ["--set", s]
-    proc = subprocess.run(
-        args, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1")
-    )
+    proc = prunekit_cmd("plan", "configs/quickstart.yaml", "--output", str(reference_run), sets=SMALL)
     assert proc.returncode == 0, proc.stderr
     plans = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [p["level"] for p in plans] == [0.5, 0.7]
@@ -218,12 +201,8 @@ def test_plan_command_shows_plans_and_changes_nothing(reference_run: Path) -> No
 
 
 def test_estimate_command_on_a_checkpoint_folder(reference_run: Path) -> None:
-    args = [sys.executable, "-m", "prunekit", "estimate", str(reference_run / "level-50")]
-    for s in SMALL[-5:]:  # the cheap estimator settings
-        args += ["--set", s]
-    proc = subprocess.run(
-        args, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1")
-    )
+    # the cheap estimator settings only
+    proc = prunekit_cmd("estimate", str(reference_run / "level-50"), sets=SMALL[-5:])
     assert proc.returncode == 0, proc.stderr
     est = json.loads((reference_run / "estimate-level-50.json").read_text())
     report = json.loads((reference_run / "report.json").read_text())
