@@ -13,6 +13,7 @@ from torch import nn
 from prunekit.config import ModelConfig
 from prunekit.metrics import count_macs, count_params, mac_breakdown, measure_latency
 from prunekit.models import build_model, example_inputs
+from prunekit.testing.models import tiny_bert
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -104,19 +105,8 @@ def test_multihead_attention_counts_projections_and_matmuls():
     assert count_macs(Wrap(), torch.randn(2, 5, 16)) == 5120 + 800
 
 
-def test_hf_bert_macs_include_attention_matmuls(tmp_path):
-    from transformers import BertConfig, BertForSequenceClassification
-
-    config = BertConfig(
-        vocab_size=50,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_labels=3,
-        attn_implementation="eager",
-    )
-    model = BertForSequenceClassification(config)
+def test_hf_bert_macs_include_attention_matmuls():
+    model = tiny_bert(num_labels=3)  # hidden 32, 4 heads, FFN 64, 2 layers
     inputs = {"input_ids": torch.randint(0, 50, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
     # per layer, L = 8: q,k,v,o 4 x 8 x 32 x 32 = 32768; FFN 2 x 8 x 32 x 64 = 32768; attention 2 x 8 x 8 x 32
     per_layer = 32768 + 32768 + 2 * 8 * 8 * 32

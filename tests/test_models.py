@@ -13,6 +13,7 @@ from prunekit.batch import logits_of
 from prunekit.config import ModelConfig
 from prunekit.models import build_from_reference, build_model, describe, example_inputs, register_model
 from prunekit.models import registry as registry_mod
+from prunekit.testing.models import tiny_bert
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -140,18 +141,9 @@ def test_register_model_rejects_duplicates_and_builds_new_ones(monkeypatch):
 
 
 def _tiny_bert(tmp_path):
-    from transformers import BertConfig
-
-    config = BertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=32,
-    )
+    """A folder holding only the config.json of a tiny BERT (hidden 32, vocab 100)."""
     folder = tmp_path / "tiny-bert"
-    config.save_pretrained(folder)
+    tiny_bert().config.save_pretrained(folder)
     return folder
 
 
