@@ -188,47 +188,51 @@ def _top(groups: dict[str, dict[str, Any]], key: str, k: int = TOP_K) -> list[di
     return [{"name": g, "trace": v[key], "se": v.get(key + "_se")} for g, v in rows[:k]]
 
 
-def _ntk_traces(
-    model: nn.Module,
-    probe: Batch,
-    groups: Any,
-    cfg: EstimateConfig,
-    seed: int,
-    accelerator: Any | None,
-    per_group: dict[str, dict[str, Any]],
-) -> dict[str, Any]:
+@dataclass
+class _Run:
+    """What the Monte-Carlo estimators share: the model and groups, the settings, and the probe split."""
+
+    model: nn.Module
+    groups: Any
+    cfg: EstimateConfig
+    seed: int
+    accelerator: Any | None
+    per_group: dict[str, dict[str, Any]]  # filled in: group name -> its NTK and Hessian traces
+
+    def share(self, probes: int, minimum: int) -> tuple[int, int]:
+        """This rank's number of probes (at least ``minimum``) and its probe seed."""
+        rank, world = rank_and_world(self.accelerator)
+        return max(minimum, shard_size(probes, rank, world)), rank_seed(self.seed, rank)
+
+
+def _ntk_traces(run: _Run, probe: Batch) -> dict[str, Any]:
     """Per-group and per-unit NTK traces, this rank's share of the probes, merged over ranks."""
     from prunekit.theory.ntk import group_ntk_traces
 
-    rank, world = rank_and_world(accelerator)
-    k = max(2, shard_size(cfg.trace_probes, rank, world))  # the estimator needs >= 2 probes per rank
-    tr = group_ntk_traces(model, probe, groups, num_probes=k, seed=rank_seed(seed, rank))
+    k, seed = run.share(run.cfg.trace_probes, 2)  # the estimator needs >= 2 probes per rank
+    tr = group_ntk_traces(run.model, probe, run.groups, num_probes=k, seed=seed)
     stats = {f"g:{g}": (tr.group[g], tr.group_se[g], k) for g in tr.group}
     stats |= {f"u:{g}": (tr.unit[g].numpy(), tr.unit_se[g].numpy(), k) for g in tr.unit}
     stats["total"] = (tr.total, tr.total_se, k)
-    merged = reduce_mean_se(stats, accelerator)
+    merged = reduce_mean_se(stats, run.accelerator)
     for g in tr.group:
         (m, s, _), (um, us, _) = merged[f"g:{g}"], merged[f"u:{g}"]
-        per_group[g] = {"ntk_trace": m, "ntk_trace_se": s, "ntk_unit_traces": um, "ntk_unit_traces_se": us}
+        run.per_group[g] = {
+            "ntk_trace": m,
+            "ntk_trace_se": s,
+            "ntk_unit_traces": um,
+            "ntk_unit_traces_se": us,
+        }
     total, se, probes = merged["total"]
     return {"hutchinson_trace": total, "hutchinson_trace_se": se, "hutchinson_probes": probes}
 
 
-def _hessian(
-    model: nn.Module,
-    batches: list[Batch],
-    groups: Any,
-    cfg: EstimateConfig,
-    seed: int,
-    accelerator: Any | None,
-    per_group: dict[str, dict[str, Any]],
-) -> dict[str, Any]:
+def _hessian(run: _Run, batches: list[Batch]) -> dict[str, Any]:
     """Hessian trace, T_opt and per-group traces from this rank's probes, merged over ranks."""
     from prunekit.theory.hessian import hessian_trace
 
-    rank, world = rank_and_world(accelerator)
-    k = max(1, shard_size(cfg.hessian_probes, rank, world))
-    h = hessian_trace(model, batches, num_probes=k, groups=groups or None, seed=rank_seed(seed, rank))
+    k, seed = run.share(run.cfg.hessian_probes, 1)
+    h = hessian_trace(run.model, batches, num_probes=k, groups=run.groups or None, seed=seed)
     names = list(h["per_tensor"])
     stats: dict[str, Any] = {
         "trace": (h["trace"], h["trace_se"], k),
@@ -241,9 +245,9 @@ def _hessian(
     }
     stats |= {f"g:{g}": (h["groups"][g], h["groups_se"][g], k) for g in h["groups"]}
     stats |= {f"u:{g}": (np.asarray(h["units"][g]), np.asarray(h["units_se"][g]), k) for g in h["units"]}
-    m = reduce_mean_se(stats, accelerator)
+    m = reduce_mean_se(stats, run.accelerator)
     for g in h["groups"]:
-        row = per_group.setdefault(g, {})
+        row = run.per_group.setdefault(g, {})
         row["hessian_trace"], row["hessian_trace_se"] = m[f"g:{g}"][0], m[f"g:{g}"][1]
         if f"u:{g}" in m:
             row["hessian_unit_traces"], row["hessian_unit_traces_se"] = m[f"u:{g}"][0], m[f"u:{g}"][1]
@@ -330,15 +334,16 @@ def estimate(
     hess_batches = _chunks(probe, _HESSIAN_BATCH)
     seconds: dict[str, float] = {}
     per_group: dict[str, dict[str, Any]] = {}
+    run = _Run(model, groups, cfg, seed, accelerator, per_group)
 
     totals: dict[str, Any] = {}
     if groups is not None and len(groups) > 0:
         with _Timer(seconds, "ntk_group_traces", show):
-            totals = _ntk_traces(model, probe, groups, cfg, seed, accelerator, per_group)
+            totals = _ntk_traces(run, probe)
     with _Timer(seconds, "ntk_gram", show):
         spectrum = ntk_spectrum(ntk_gram(model, probe, output="trace"), ridge=cfg.ridge) | totals
     with _Timer(seconds, "hessian_trace", show):
-        hessian = _hessian(model, hess_batches, groups, cfg, seed, accelerator, per_group)
+        hessian = _hessian(run, hess_batches)
     with _Timer(seconds, "hessian_top_eigenvalue", show):
         top = top_eigenvalue(model, hess_batches, iters=cfg.power_iters, seed=seed)
     hessian["top_eigenvalue"] = top
