@@ -69,6 +69,12 @@ class Estimates:
     def from_dict(cls, d: dict[str, Any]) -> Estimates:
         """Read back ``to_dict()`` output (e.g. estimate.json); extra keys such as ``model_source`` are ignored."""
         readable_version(d, ESTIMATES_FORMAT_VERSION, "estimates")
+        optional = {"notes", "format_version"}
+        missing = [k for k in cls.__dataclass_fields__ if k not in d and k not in optional]
+        if missing:
+            raise ValueError(
+                f"estimates lack {', '.join(missing)}: not an estimate.json; rerun `prunekit estimate`"
+            )
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 

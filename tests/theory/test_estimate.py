@@ -87,6 +87,8 @@ def test_estimate_reports_every_quantity(result, splits) -> None:
     assert back.to_dict() == d
     with pytest.raises(ValueError, match="estimates format version 99 is newer"):
         Estimates.from_dict(d | {"format_version": 99})
+    with pytest.raises(ValueError, match="estimates lack C_arch: not an estimate.json"):
+        Estimates.from_dict({k: v for k, v in d.items() if k != "C_arch"})
 
 
 def test_estimate_per_group_traces_and_top_lists(result) -> None:
