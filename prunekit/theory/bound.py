@@ -160,6 +160,12 @@ class Calibration:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Calibration:
         version = readable_version(d, CALIBRATION_FORMAT_VERSION, "calibration")
+        required = ("exponents", "intercept", "not_identified", "fixed_values", "num_records", "dof")
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise ValueError(
+                f"calibration lacks {', '.join(missing)}: not a saved Calibration; fit it again with calibrate()"
+            )
 
         def ex(e: Mapping[str, Any]) -> Exponent:
             ci = e.get("ci95")

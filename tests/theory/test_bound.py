@@ -109,6 +109,8 @@ def test_predict_and_json_round_trip() -> None:
     assert back.to_dict() == cal.to_dict()
     with pytest.raises(ValueError, match="calibration format version 99 is newer"):
         Calibration.from_dict(cal.to_dict() | {"format_version": 99})
+    with pytest.raises(ValueError, match="calibration lacks exponents"):
+        Calibration.from_dict({k: v for k, v in cal.to_dict().items() if k != "exponents"})
     r = recs[0]
     p = cal.predict(r["C"], r["T"], r["n"], r["d_eff"])
     assert back.predict(r["C"], r["T"], r["n"], r["d_eff"]) == pytest.approx(p)
