@@ -277,8 +277,19 @@ def test_bf16_finetune_on_cpu_runs_and_leaves_a_plain_model(data):
         finetune(model, _small(data), TrainConfig(max_steps=1, mixed_precision="bf16"), acc)
 
 
-def test_launch_checks_read_world_size_and_the_launcher_command_line(accelerator, monkeypatch):
-    from prunekit.train.accel import _num_processes_from_argv, requested_processes
+def test_launch_checks_read_world_size_and_the_launcher_command_line(accelerator, monkeypatch, tmp_path):
+    from prunekit.train.accel import _num_processes_from_argv, _num_processes_from_config, requested_processes
+
+    # an accelerate config file asking for 2 processes, without --multi_gpu: the launcher starts ONE
+    # process (checked by hand with `accelerate launch --config_file`), so the request must be seen
+    config = tmp_path / "accelerate.yaml"
+    config.write_text(
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_CPU\nnum_processes: 2\n"
+        "num_machines: 1\nmachine_rank: 0\nmixed_precision: 'no'\nuse_cpu: true\n"
+    )
+    found = _num_processes_from_config(["--config_file", str(config), "train.py"])
+    assert found == (2, f"num_processes: 2 in {config}")
+    assert _num_processes_from_config(["--config_file", str(config), "--num_processes", "1", "x.py"]) is None
 
     # what `accelerate launch` passes on: its own options, then the script and the script's options
     assert (

@@ -4,9 +4,10 @@ Two launches look fine and are not (measured with accelerate 1.15 on a CPU-only 
 
 (a) ``accelerate launch --cpu --num_processes 2 script.py`` starts ONE process: ``--cpu`` selects the
     simple launcher, which ignores ``--num_processes`` (so does a launch without ``--multi_gpu`` on a
-    machine without GPUs). Nothing in the child's environment records the
-    request (no WORLD_SIZE, no ACCELERATE_NUM_PROCESSES), so we read it from the launcher's command line,
-    the parent process.
+    machine without GPUs, and so does ``num_processes: 2`` in an accelerate config file whose
+    distributed_type is MULTI_CPU). Nothing in the child's environment records the request (no
+    WORLD_SIZE, no ACCELERATE_NUM_PROCESSES), so we read it from the launcher's command line, the parent
+    process, or from the config file that command line makes the launcher read.
 (b) ``accelerate launch --multi_gpu --num_processes 2 script.py`` whose script builds a plain
     ``Accelerator()`` without a GPU: both processes get WORLD_SIZE=2 but no process group is formed, so
     each trains alone (``accelerator.num_processes == 1``) on the full data, with no error.
@@ -27,7 +28,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -64,8 +65,9 @@ def _launcher_argv(pid: int) -> list[str] | None:
     return None
 
 
-def _num_processes_from_argv(argv: list[str]) -> int | None:
-    """``--num_processes`` as accelerate's own parser reads it (the script's arguments are not looked at)."""
+def _launch_args(argv: list[str]) -> Any:
+    """The launcher's options as accelerate's own parser reads them (the script's arguments are not
+    looked at); None for a command line the launcher itself would have refused."""
     import contextlib
     import io
 
@@ -74,9 +76,33 @@ def _num_processes_from_argv(argv: list[str]) -> int | None:
     try:
         with contextlib.redirect_stderr(io.StringIO()):
             args, _ = launch_command_parser().parse_known_args(argv)
-    except SystemExit:  # a command line the launcher itself would have refused
+    except SystemExit:
         return None
-    return args.num_processes
+    return args
+
+
+def _num_processes_from_argv(argv: list[str]) -> int | None:
+    """``--num_processes`` on the launcher's command line, else None."""
+    args = _launch_args(argv)
+    return None if args is None else args.num_processes
+
+
+def _num_processes_from_config(argv: list[str]) -> tuple[int, str] | None:
+    """``num_processes`` from the accelerate config file the launcher reads when the command line has
+    none: ``--config_file``, else the default file (which accelerate skips under ``--cpu``)."""
+    args = _launch_args(argv)
+    if args is None or args.num_processes is not None:
+        return None
+    from accelerate.commands.config.config_args import default_config_file, load_config_from_file
+
+    path = args.config_file or (default_config_file if not args.cpu else None)
+    if not path or not os.path.isfile(path):
+        return None
+    try:
+        n = load_config_from_file(path).num_processes
+    except Exception:  # noqa: BLE001 - a config the launcher could not read either: nothing to check
+        return None
+    return (int(n), f"num_processes: {n} in {path}") if isinstance(n, int) else None
 
 
 def requested_processes() -> tuple[int, str]:
@@ -84,15 +110,21 @@ def requested_processes() -> tuple[int, str]:
 
     WORLD_SIZE is set by every multi-process launcher (torchrun, ``accelerate launch --multi_gpu``);
     ``accelerate launch --cpu`` sets nothing, so the launcher's ``--num_processes`` is read from its
-    command line. Returns ``(1, "")`` for a plain ``python script.py``.
+    command line, or from the accelerate config file it read. Returns ``(1, "")`` for a plain
+    ``python script.py``.
     """
     world = os.environ.get("WORLD_SIZE", "")
     if world.isdigit() and int(world) > 1:
         return int(world), f"WORLD_SIZE={world}"
     argv = _launcher_argv(os.getppid())
-    n = _num_processes_from_argv(argv) if argv is not None else None
+    if argv is None:
+        return 1, ""
+    n = _num_processes_from_argv(argv)
     if n is not None and n > 1:
         return n, f"accelerate launch --num_processes {n}"
+    found = _num_processes_from_config(argv) if n is None else None
+    if found is not None and found[0] > 1:
+        return found
     return 1, ""
 
 
@@ -111,7 +143,7 @@ def check_launch(accelerator: Accelerator) -> None:
     else:
         what = (
             f"the launch asked for {asked} processes ({source}) but only {have} is running: without "
-            "--multi_gpu (or with --cpu) accelerate uses its one-process launcher, which ignores --num_processes"
+            "--multi_gpu (or with --cpu) accelerate uses its one-process launcher, which ignores the process count"
         )
     raise LaunchError(f"{what}; launch with: {_WORKING_LAUNCH.format(n=asked)}")
 
