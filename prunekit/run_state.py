@@ -70,8 +70,8 @@ class RunState:
             self.clear()
             self.replace_contents = False
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._flush()  # state.json first: it is what marks the folder as this run's, should we die next
         write_json(self.folder / "config.json", self.config)
-        self._flush()
 
     def is_done(self, key: str) -> bool:
         return key in self.data["done"]

@@ -135,7 +135,7 @@ def _done(out: Path) -> dict:
 
 # Kill points: in the middle of dense training, and in the middle of the pruned levels.
 KILL_POINTS = {
-    "during-dense": lambda out: (out / "config.json").is_file() and (time.sleep(1.5) or True),
+    "during-dense": lambda out: (out / "state.json").is_file() and (time.sleep(1.5) or True),
     "during-levels": lambda out: "dense" in _done(out),
 }
 
