@@ -69,8 +69,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
+    from prunekit.commands import plan_only
     from prunekit.config import load_config
-    from prunekit.pipeline import plan_only
 
     cfg = load_config(args.config, args.overrides)
     plans = plan_only(cfg, output_dir=args.output)
@@ -80,8 +80,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_estimate(args: argparse.Namespace) -> int:
+    from prunekit.commands import config_for_checkpoint
     from prunekit.config import load_config
-    from prunekit.pipeline import config_for_checkpoint
     from prunekit.theory.estimate import run_estimate_command
 
     out = Path(args.output) if args.output else None
@@ -96,7 +96,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from prunekit.pipeline import evaluate_checkpoint
+    from prunekit.commands import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint, config_path=args.config, overrides=args.overrides)
     print(json.dumps(result, indent=2, sort_keys=True))
