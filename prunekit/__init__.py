@@ -23,6 +23,9 @@ _EXPORTS: dict[str, str] = {
     "register_model": "prunekit.models",
     # estimate
     "estimate": "prunekit.theory",
+    "Estimates": "prunekit.theory",
+    "stated_bound": "prunekit.theory",
+    "calibrate": "prunekit.theory",
     # plan
     "Target": "prunekit.planner",
     "make_plan": "prunekit.planner",
@@ -32,8 +35,13 @@ _EXPORTS: dict[str, str] = {
     "Plan": "prunekit.pruning.types",
     "find_groups": "prunekit.pruning",
     "apply_plan_": "prunekit.pruning",
+    "remaining_size": "prunekit.pruning",
+    "mask_groups": "prunekit.pruning",
+    "compose_plans": "prunekit.pruning",
+    "unit_scores": "prunekit.pruning",
     "save": "prunekit.pruning",
     "load": "prunekit.pruning",
+    "checkpoint_info": "prunekit.pruning",
     # verify
     "finetune": "prunekit.train",
     "evaluate": "prunekit.train",
