@@ -89,6 +89,8 @@ class PruneConfig(_Strict):
         for x in v:
             if not 0.0 <= x < 1.0:
                 raise ValueError(f"level {x} is outside [0, 1): a level is the fraction of params saved")
+        if len({round(x, 4) for x in v}) != len(v):
+            raise ValueError("levels repeat: give each fraction once")
         return sorted(v)
 
 

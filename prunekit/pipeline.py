@@ -7,6 +7,7 @@ accelerate processes every rank computes, and only the main process writes.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import time
@@ -53,7 +54,8 @@ def setup_logging(folder: Path | None, main: bool) -> None:
 
 
 def level_name(level: float) -> str:
-    return f"level-{round(level * 100):d}"
+    """``level-70`` for 0.70 saved; fractional percents keep their digits (``level-99.5``)."""
+    return f"level-{round(level * 100, 2):g}"
 
 
 class Task:
@@ -296,7 +298,7 @@ def output_folder(cfg: RunConfig, output_dir: str | Path | None) -> Path:
 
 def run(cfg: RunConfig, output_dir: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Run the whole pipeline for ``cfg``; returns the report dict (also written to the folder)."""
-    from prunekit.planner import known_planners
+    from prunekit.planner import from_prune_config, known_planners
     from prunekit.report import build_report, write_report
     from prunekit.train import make_accelerator
 
@@ -305,6 +307,7 @@ def run(cfg: RunConfig, output_dir: str | Path | None = None, overwrite: bool = 
         raise UserError(
             f"unknown planner '{cfg.prune.planner}' in prune.planner: choose one of {', '.join(known_planners())}"
         )
+    from_prune_config(cfg.prune, cfg.seed)  # an unknown importance criterion or option fails here
     folder = output_folder(cfg, output_dir)
     accelerator = make_accelerator(mixed_precision=cfg.finetune.mixed_precision, grad_accum_steps=1)
     # Everything that can fail on bad input (data, model, folder ownership) is checked before the
@@ -313,6 +316,10 @@ def run(cfg: RunConfig, output_dir: str | Path | None = None, overwrite: bool = 
     seed_everything(cfg.seed)
     task = Task(cfg)
     model = task.build_dense()  # before the folder is touched: a bad model path or kwarg fails here
+    if not state.is_done(level_name(cfg.prune.levels[-1])):
+        # The hardest level, planned on a copy of the untrained model: an unreachable target (layers
+        # at their floors, embeddings never pruned) fails now, not after the dense training.
+        make_level_plan(task, copy.deepcopy(model), cfg.prune.levels[-1], cfg.seed)
     if accelerator.is_main_process:
         state.start()
     accelerator.wait_for_everyone()

@@ -101,3 +101,18 @@ def test_overwrite_with_bad_model_leaves_existing_output_untouched(tmp_path: Pat
     proc = cli("run", str(QUICK), "--overwrite", "--set", "model.kwargs.depth=3", "--output", str(out))
     assert_one_line_error(proc, "depth")
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+@pytest.mark.parametrize(
+    ("sets", "pattern"),
+    [
+        (["prune.importance=magic"], "unknown importance criterion 'magic'"),
+        (["prune.min_keep_fraction=0.9"], "cannot be reached"),  # layers at their floors save < 50 %
+    ],
+)
+def test_plan_problems_fail_before_any_training(tmp_path: Path, sets: list[str], pattern: str) -> None:
+    args = ["run", str(QUICK), "--output", str(tmp_path / "o")]
+    for s in sets:
+        args += ["--set", s]
+    assert_one_line_error(cli(*args), pattern)
+    assert not (tmp_path / "o").exists()

@@ -89,3 +89,20 @@ def test_fingerprint_ignores_output_dir_but_not_seed() -> None:
     a = RunConfig(output_dir="x")
     assert a.fingerprint() == RunConfig(output_dir="y").fingerprint()
     assert a.fingerprint() != RunConfig(seed=1).fingerprint()
+
+
+def test_repeated_levels_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="levels repeat"):
+        load_config(write(tmp_path, "prune: {levels: [0.5, 0.7, 0.5]}\n"))
+
+
+def test_level_names() -> None:
+    from prunekit.pipeline import level_name
+
+    assert [level_name(x) for x in (0.5, 0.7, 0.85, 0.995, 0.0)] == [
+        "level-50",
+        "level-70",
+        "level-85",
+        "level-99.5",
+        "level-0",
+    ]
