@@ -251,7 +251,13 @@ def checkpoint_info(folder: str | Path) -> dict[str, Any]:
     return {
         "folder": str(folder),
         "format_version": meta["format_version"],
-        "base": meta["base"],
+        # the base reference without its (long) HF config: the model type says what it is
+        "base": {k: v for k, v in meta["base"].items() if k != "hf_config"}
+        | (
+            {"hf_model_type": meta["base"]["hf_config"].get("model_type")}
+            if "hf_config" in meta["base"]
+            else {}
+        ),
         "planner": plan["planner"] if plan else None,
         "target": plan["target"] if plan else None,
         "pruned_groups": (
