@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from prunekit.testing import cpu_ddp_launch
 
 ROOT = Path(__file__).parent.parent
 SMALL = [
@@ -25,24 +25,11 @@ SMALL = [
 @pytest.mark.slow
 def test_two_process_pipeline_run(tmp_path: Path) -> None:
     out = tmp_path / "dp"
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-    ]
+    launch, env = cpu_ddp_launch(2)
     args = launch + ["-m", "prunekit", "run", "configs/quickstart.yaml", "--output", str(out)]
     for s in SMALL:
         args += ["--set", s]
-    env = dict(os.environ, ACCELERATE_USE_CPU="true", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env["HF_HUB_OFFLINE"] = "1"
     proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in (out / "run.log").read_text()

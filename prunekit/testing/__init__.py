@@ -1,5 +1,6 @@
-"""Tiny models and inputs for tests and examples (no downloads)."""
+"""Tiny models, inputs and a CPU DDP launch for tests and examples (no downloads)."""
 
+from .launch import cpu_ddp_launch
 from .models import (
     example_inputs_for,
     tiny_bert,
@@ -13,6 +14,7 @@ from .models import (
 )
 
 __all__ = [
+    "cpu_ddp_launch",
     "example_inputs_for",
     "tiny_bert",
     "tiny_distilbert",

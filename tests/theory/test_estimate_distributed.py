@@ -5,13 +5,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from prunekit.testing import cpu_ddp_launch
 from prunekit.theory.distributed import merge_mean_se, rank_seed, reduce_mean_se, shard_size
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,20 +63,9 @@ def test_two_processes_agree_with_one(tmp_path: Path) -> None:
     spec.loader.exec_module(module)
     data = module.mnist1d_train()
     np.savez(tmp_path / "data.npz", x=data[0], y=data[1])
-    env = dict(os.environ, ACCELERATE_USE_CPU="true", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    launcher = ROOT / ".venv" / "bin" / "accelerate"
+    launch, env = cpu_ddp_launch(2)
     cmd = [
-        str(launcher),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        *launch,
         str(SCRIPT),
         str(tmp_path),
         str(tmp_path / "data.npz"),
