@@ -99,9 +99,18 @@ class EstimateConfig(_Strict):
     # record C_arch, T_opt, d_eff, the predicted gap and the measured train−test gap in the report.
     enabled: bool = False
     probe_samples: int = Field(256, gt=0)  # NTK Gram / spectrum inputs
-    trace_probes: int = Field(64, gt=0)  # Hutchinson probes for per-group NTK traces
+    # per-group NTK traces: "exact" from the Jacobian the Gram is built from (free), or "hutchinson"
+    ntk_traces: Literal["exact", "hutchinson"] = "exact"
+    trace_probes: int = Field(64, gt=0)  # Hutchinson probes for per-group NTK traces (ntk_traces: hutchinson)
+    # "gauss_newton": exact Gauss-Newton part from the same Jacobian + Hutchinson on the remainder;
+    # "hutchinson" / "hutchpp": Hutchinson / Hutch++ on the whole Hessian
+    hessian_method: Literal["gauss_newton", "hutchinson", "hutchpp"] = "gauss_newton"
     hessian_probes: int = Field(32, gt=0)
-    power_iters: int = Field(20, gt=0)
+    hessian_samples_per_probe: int | None = Field(None, gt=0)  # a random subset per probe; None: all
+    power_iters: int = Field(20, gt=0)  # iterations (at most) for the top Hessian eigenvalue
+    # Jacobian entries (float32) held at once: the Gram's block budget; the whole Jacobian is kept for
+    # exact Gauss-Newton products when it fits
+    jacobian_elements: int = Field(2**27, gt=0)
     id_samples: int = Field(2000, gt=0)  # points for the intrinsic dimension
     id_representation: str = "inputs"  # "inputs" or a module name whose activations are used
     ridge: float = Field(1e-2, gt=0.0)

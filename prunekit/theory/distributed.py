@@ -6,9 +6,11 @@ Only the Monte-Carlo parts of the estimators are additive, so only they are spli
   ``shard_size(K, r, W)`` probes from the seed ``rank_seed(seed, r)``; the per-rank means and standard
   errors are merged exactly into the mean and standard error of all ``K`` probes (:func:`merge_mean_se`),
   so the result is a K-probe estimate, equal in distribution to the one-process estimate.
-- Everything else (the NTK Gram and its spectrum, the top eigenvalue, TwoNN) is not a sum over probes: every
-  rank computes it on the same inputs (deterministic given the seed), so all ranks hold the same numbers
-  without communication. That costs no more wall time than one process.
+- The probe *samples* of the Jacobian pass (:mod:`prunekit.theory.jacobian_pass`: the NTK Gram, the exact
+  diagonals, Gauss-Newton and Hessian products for the top eigenvalues) are split into contiguous shares
+  (:func:`sample_range`) and the sums over samples are all-reduced.
+- TwoNN is not additive over points and costs well under a second: every rank computes it on the same
+  points, so all ranks hold the same number without communication.
 
 With ``accelerator=None`` or one process every function here is the identity: no torch.distributed calls.
 """
@@ -39,6 +41,12 @@ def shard_size(total: int, rank: int, world: int) -> int:
     if total < 0 or world < 1 or not 0 <= rank < world:
         raise ValueError(f"invalid sharding total={total}, rank={rank}, world={world}")
     return total // world + (1 if rank < total % world else 0)
+
+
+def sample_range(total: int, rank: int, world: int) -> tuple[int, int]:
+    """The contiguous ``[lo, hi)`` slice of ``total`` samples that rank ``rank`` of ``world`` owns."""
+    lo = sum(shard_size(total, r, world) for r in range(rank))
+    return lo, lo + shard_size(total, rank, world)
 
 
 def rank_seed(seed: int, rank: int) -> int:

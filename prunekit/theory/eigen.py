@@ -56,7 +56,7 @@ def power_top(mv: MatVec, v: Tensor, iters: int, tol: float) -> dict[str, Any]:
             converged = True
             break
         lam_prev = lam
-    return {"eigenvalue": lam, "iters": done, "converged": converged, "method": "power"}
+    return {"eigenvalue": lam, "iters": done, "converged": converged, "method": "power", "vector": v}
 
 
 def lanczos_top(mv: MatVec, v: Tensor, iters: int, tol: float) -> dict[str, Any]:
@@ -72,7 +72,8 @@ def lanczos_top(mv: MatVec, v: Tensor, iters: int, tol: float) -> dict[str, Any]
             for q in basis:
                 w = w - torch.dot(w, q) * q
         t = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
-        lam = float(np.linalg.eigvalsh(t)[-1])
+        evals, evecs = np.linalg.eigh(t)
+        lam, ritz = float(evals[-1]), evecs[:, -1]
         beta = float(w.norm())
         if abs(lam - lam_prev) <= tol * max(abs(lam), 1e-12) or beta <= 1e-10 * max(abs(lam), 1e-30):
             converged = True  # Ritz value settled, or an invariant subspace was found (exact)
@@ -83,7 +84,8 @@ def lanczos_top(mv: MatVec, v: Tensor, iters: int, tol: float) -> dict[str, Any]
             break
         betas.append(beta)
         basis.append(w / beta)
-    return {"eigenvalue": lam, "iters": it, "converged": converged, "method": "lanczos"}
+    vector = torch.stack(basis[: len(ritz)], dim=1) @ torch.as_tensor(ritz, dtype=basis[0].dtype)
+    return {"eigenvalue": lam, "iters": it, "converged": converged, "method": "lanczos", "vector": vector}
 
 
 SOLVERS: dict[str, Callable[[MatVec, Tensor, int, float], dict[str, Any]]] = {
@@ -101,10 +103,12 @@ def top_eigenvalue_of(
     method: str,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    start: Tensor | None = None,
+    return_vector: bool = False,
 ) -> dict[str, Any]:
     """The top eigenvalue of the operator ``mv`` on vectors of ``size`` entries: {eigenvalue, iters,
-    converged, method}. The start vector is standard normal from ``seed`` (drawn on the CPU, so the same
-    seed gives the same start on every device)."""
+    converged, method} (and its unit eigenvector estimate as ``vector`` with ``return_vector``). The start vector is ``start`` if given, else standard normal from ``seed`` (drawn
+    on the CPU, so the same seed gives the same start on every device)."""
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
     if tol <= 0:
@@ -112,8 +116,12 @@ def top_eigenvalue_of(
     solver = SOLVERS.get(method)
     if solver is None:
         raise ValueError(f"unknown eigenvalue method {method!r}; choose 'power' or 'lanczos'")
-    gen = torch.Generator().manual_seed(seed)
-    v0 = torch.randn(size, generator=gen).to(device, dtype)
+    if start is not None:
+        if start.shape != (size,) or not torch.isfinite(start).all() or float(start.norm()) == 0:
+            raise ValueError(f"start must be a finite, non-zero vector of {size} entries")
+        v0 = start.detach().to(device, dtype)
+    else:
+        v0 = torch.randn(size, generator=torch.Generator().manual_seed(seed)).to(device, dtype)
     bar = tqdm(total=iters, desc=f"top eigenvalue ({method})", disable=not sys.stderr.isatty(), leave=False)
 
     def counted(x: Tensor) -> Tensor:
@@ -121,6 +129,10 @@ def top_eigenvalue_of(
         return mv(x)
 
     try:
-        return solver(counted, v0, iters, tol)
+        out = solver(counted, v0, iters, tol)
     finally:
         bar.close()
+    vector = out.pop("vector")
+    if return_vector:
+        out["vector"] = vector
+    return out

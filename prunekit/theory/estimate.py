@@ -1,15 +1,24 @@
 """``estimate(model, data, cfg)``: every quantity of the stated bound, measured on the training split.
 
-- C_arch: d_λ of the empirical NTK Gram on a class-balanced probe set of ``cfg.probe_samples`` training
-  inputs (:func:`prunekit.theory.ntk.ntk_gram`, :func:`prunekit.theory.spectrum.ntk_spectrum`);
-- T_opt: the layer-normalised Hessian trace of the mean training loss on the same probe set
-  (``cfg.hessian_probes`` Hutchinson probes), plus the top Hessian eigenvalue (``cfg.power_iters``);
-- n: the number of training samples; d_eff: TwoNN on ``cfg.id_samples`` points of ``cfg.id_representation``;
-- per-group NTK traces (``cfg.trace_probes`` probes) and Hessian traces when groups are given.
+One pass over the Jacobian J of the logits on a class-balanced probe set of ``cfg.probe_samples``
+training inputs gives most of it (:mod:`prunekit.theory.jacobian_stats`):
+
+- C_arch: d_λ of the empirical NTK Gram J Jᵀ (:func:`prunekit.theory.ntk.ntk_gram`,
+  :func:`prunekit.theory.spectrum.ntk_spectrum`);
+- per-group and per-unit NTK traces, exactly, from the same J (``ntk_traces="exact"``; or Hutchinson
+  with ``cfg.trace_probes`` probes);
+- T_opt: the layer-normalised Hessian trace of the mean training loss on the probe set. With
+  ``hessian_method="gauss_newton"`` the Gauss-Newton part of every diagonal block comes exactly from J
+  and ``cfg.hessian_probes`` Hutchinson probes estimate only the remainder, which is small near a
+  minimum; per-group Hessian traces come from the same probes;
+- the top eigenvalue of the Gauss-Newton matrix (Lanczos on the kept J) and of the Hessian (Lanczos from
+  the Gauss-Newton eigenvector, at most ``cfg.power_iters`` Hessian-vector products);
+- n: the number of training samples; d_eff: TwoNN on ``cfg.id_samples`` points of ``cfg.id_representation``.
 
 Only the train split is read: the test split is for the final evaluation alone. Under data parallelism
-the Hutchinson probes are shared out across ranks and merged (:mod:`prunekit.theory.distributed`); the
-Gram, the top eigenvalue and TwoNN are computed identically on every rank.
+the Hutchinson probes are shared out across ranks and merged (:mod:`prunekit.theory.distributed`), and
+the probe samples of the Jacobian pass and of the top eigenvalues are shared out and their sums
+all-reduced (:mod:`prunekit.theory.jacobian_pass`); TwoNN is computed identically on every rank.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit.batch import Batch, batch_size_of, concat_inputs, slice_inputs
+from prunekit.batch import Batch, batch_size_of
 from prunekit.config import EstimateConfig
 from prunekit.theory.bound import readable_version, stated_bound
 
@@ -33,12 +42,18 @@ from prunekit.theory.bound import readable_version, stated_bound
 from prunekit.theory.command import format_summary as format_summary
 from prunekit.theory.command import run_estimate_command as run_estimate_command
 from prunekit.theory.distributed import rank_and_world, rank_seed, reduce_mean_se, shard_size
+from prunekit.theory.jacobian_pass import jacobian_pass, top_eigenvalues
+from prunekit.theory.jacobian_stats import JacobianStats, residual_loss
+from prunekit.theory.probe_data import balanced_order as balanced_order
+from prunekit.theory.probe_data import chunks, id_batches, id_layer, is_splits, probe_from_batches, train_rows
 
 log = logging.getLogger("prunekit.theory")
 
 ESTIMATES_FORMAT_VERSION = 1
 TOP_K = 10
 _HESSIAN_BATCH = 128  # micro-batch of the Hessian loss: memory only, the loss is the same (eval mode)
+# the Gram's block products run in float32 (accumulated in float64): allow the PSD check that much rounding
+_PSD_RTOL = 1e-5
 
 
 @dataclass
@@ -95,83 +110,6 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-# ------------------------------------------------------------------------------------------ data
-def balanced_order(labels: np.ndarray, seed: int) -> np.ndarray:
-    """Indices that cycle through the classes (each shuffled): every prefix is as class-balanced as it can be."""
-    rng = np.random.default_rng(seed)
-    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
-    depth = max(len(p) for p in per_class)
-    order = [p[i] for i in range(depth) for p in per_class if i < len(p)]
-    return np.asarray(order, dtype=np.int64)
-
-
-def _rows(data: Any, idx: np.ndarray) -> Batch:
-    x = data.arrays("train").inputs
-    y = torch.from_numpy(data.labels("train")[idx])
-    if isinstance(x, dict):
-        return {k: torch.from_numpy(np.ascontiguousarray(v[idx])) for k, v in x.items()}, y
-    return torch.from_numpy(np.ascontiguousarray(x[idx])), y
-
-
-def _is_splits(data: Any) -> bool:
-    return all(hasattr(data, a) for a in ("arrays", "labels", "n_train"))
-
-
-def _probe_from_batches(batches: Iterable[Batch], num: int, seed: int) -> Batch:
-    """A class-balanced probe set from a stream: scan up to 4·num examples, then cycle through classes."""
-    xs, ys, seen = [], [], 0
-    for x, y in batches:
-        xs.append(x)
-        ys.append(y.detach().cpu())
-        seen += batch_size_of(x)
-        if seen >= 4 * num:
-            break
-    if not xs:
-        raise ValueError("the data yields no batches: pass a non-empty iterable of (inputs, labels)")
-    x_all, y_all = concat_inputs(xs), torch.cat(ys)
-    idx = balanced_order(y_all.numpy(), seed)[:num]
-    t = torch.as_tensor(idx, dtype=torch.long)
-    return slice_inputs(x_all, t), y_all[t]
-
-
-def _chunks(batch: Batch, size: int) -> list[Batch]:
-    x, y = batch
-    n = batch_size_of(x)
-    return [(slice_inputs(x, slice(i, i + size)), y[i : i + size]) for i in range(0, n, size)]
-
-
-def _id_batches(data: Any, num: int, seed: int) -> Iterator[Batch]:
-    """Random training rows for the intrinsic dimension, in batches (the representation may need a forward)."""
-    rng = np.random.default_rng(seed + 1)
-    n = data.n_train
-    idx = np.sort(rng.choice(n, size=min(num, n), replace=False))
-    for i in range(0, len(idx), 256):
-        yield _rows(data, idx[i : i + 256])
-
-
-def _id_layer(model: nn.Module, layer: str, inputs: Any, notes: list[str]) -> str:
-    """The representation d_eff is measured on; checked before any estimator runs (fail fast)."""
-    if layer == "inputs" and isinstance(inputs, Mapping):
-        # token ids have no useful geometry: use the encoder's mask-weighted mean token state instead
-        prefix = getattr(model, "base_model_prefix", "")
-        encoder = f"{prefix}.encoder" if prefix else ""
-        if encoder not in dict(model.named_modules()):
-            raise ValueError(
-                "estimate.id_representation='inputs' needs tensor inputs; for text set it to a module name "
-                "of the model, e.g. 'bert.encoder'"
-            )
-        notes.append(
-            f"id_representation 'inputs' is undefined for token ids: used '{encoder}' (mean token state)"
-        )
-        return encoder
-    if layer != "inputs" and layer not in dict(model.named_modules()):
-        raise ValueError(
-            f"estimate.id_representation={layer!r} is not a module of the model; use 'inputs' or a name "
-            "from model.named_modules()"
-        )
-    return layer
-
-
 # ------------------------------------------------------------------------------------- estimators
 class _Timer:
     def __init__(self, seconds: dict[str, float], name: str, show: bool):
@@ -196,7 +134,7 @@ def _top(groups: dict[str, dict[str, Any]], key: str, k: int = TOP_K) -> list[di
 
 @dataclass
 class _Run:
-    """What the Monte-Carlo estimators share: the model and groups, the settings, and the probe split."""
+    """What the estimators share: the model and groups, the settings, and the probe split."""
 
     model: nn.Module
     groups: Any
@@ -211,7 +149,25 @@ class _Run:
         return max(minimum, shard_size(probes, rank, world)), rank_seed(self.seed, rank)
 
 
-def _ntk_traces(run: _Run, probe: Batch) -> dict[str, Any]:
+def _exact_ntk_traces(run: _Run, stats: JacobianStats) -> dict[str, Any]:
+    """Per-group and per-unit NTK traces summed from the exact per-entry diagonal (standard error 0)."""
+    from prunekit.theory.ntk_units import UnitReducer, normalise_groups
+
+    diag = stats.per_tensor("ntk")
+    specs, _ = normalise_groups(run.groups, run.model)
+    shapes = {k: v.shape for k, v in diag.items()}
+    for g, units in specs:
+        per_unit, total = UnitReducer(units, shapes)(diag)
+        run.per_group[g] = {
+            "ntk_trace": float(total),
+            "ntk_trace_se": 0.0,
+            "ntk_unit_traces": per_unit.cpu().numpy(),
+            "ntk_unit_traces_se": np.zeros(len(per_unit)),
+        }
+    return {"group_traces": "exact"}
+
+
+def _hutchinson_ntk_traces(run: _Run, probe: Batch) -> dict[str, Any]:
     """Per-group and per-unit NTK traces, this rank's share of the probes, merged over ranks."""
     from prunekit.theory.ntk import group_ntk_traces
 
@@ -230,41 +186,62 @@ def _ntk_traces(run: _Run, probe: Batch) -> dict[str, Any]:
             "ntk_unit_traces_se": us,
         }
     total, se, probes = merged["total"]
-    return {"hutchinson_trace": total, "hutchinson_trace_se": se, "hutchinson_probes": probes}
+    return {
+        "group_traces": "hutchinson",
+        "hutchinson_trace": total,
+        "hutchinson_trace_se": se,
+        "hutchinson_probes": probes,
+    }
 
 
-def _hessian(run: _Run, batches: list[Batch]) -> dict[str, Any]:
+def _hessian(run: _Run, batches: list[Batch], stats: JacobianStats) -> dict[str, Any]:
     """Hessian trace, T_opt and per-group traces from this rank's probes, merged over ranks."""
     from prunekit.theory.hessian import hessian_trace
 
-    k, seed = run.share(run.cfg.hessian_probes, 1)
-    h = hessian_trace(run.model, batches, num_probes=k, groups=run.groups or None, seed=seed)
+    cfg = run.cfg
+    split = cfg.hessian_method == "gauss_newton"
+    k, seed = run.share(cfg.hessian_probes, 3 if cfg.hessian_method == "hutchpp" else 1)
+    h = hessian_trace(
+        run.model,
+        batches,
+        num_probes=k,
+        method="hutchpp" if cfg.hessian_method == "hutchpp" else "hutchinson",
+        groups=run.groups or None,
+        seed=seed,
+        loss_fn=residual_loss if split else None,
+        known_diagonal=list(stats.per_tensor("gn").values()) if split else None,
+        samples_per_probe=cfg.hessian_samples_per_probe,
+    )
     names = list(h["per_tensor"])
-    stats: dict[str, Any] = {
+    tensors = (
+        np.array([h["per_tensor"][p] for p in names]),
+        np.array([h["per_tensor_se"][p] for p in names]),
+    )
+    merged: dict[str, Any] = {
         "trace": (h["trace"], h["trace_se"], k),
         "T": (h["normalized_trace"], h["normalized_trace_se"], k),
-        "tensors": (
-            np.array([h["per_tensor"][p] for p in names]),
-            np.array([h["per_tensor_se"][p] for p in names]),
-            k,
-        ),
+        "tensors": (*tensors, k),
     }
-    stats |= {f"g:{g}": (h["groups"][g], h["groups_se"][g], k) for g in h["groups"]}
-    stats |= {f"u:{g}": (np.asarray(h["units"][g]), np.asarray(h["units_se"][g]), k) for g in h["units"]}
-    m = reduce_mean_se(stats, run.accelerator)
+    merged |= {f"g:{g}": (h["groups"][g], h["groups_se"][g], k) for g in h["groups"]}
+    merged |= {f"u:{g}": (np.asarray(h["units"][g]), np.asarray(h["units_se"][g]), k) for g in h["units"]}
+    m = reduce_mean_se(merged, run.accelerator)
     for g in h["groups"]:
         row = run.per_group.setdefault(g, {})
         row["hessian_trace"], row["hessian_trace_se"] = m[f"g:{g}"][0], m[f"g:{g}"][1]
         if f"u:{g}" in m:
             row["hessian_unit_traces"], row["hessian_unit_traces_se"] = m[f"u:{g}"][0], m[f"u:{g}"][1]
+    gn = stats.per_tensor("gn")
     return {
+        "method": cfg.hessian_method,
         "trace": m["trace"][0],
         "trace_se": m["trace"][1],
         "normalized_trace": m["T"][0],
         "normalized_trace_se": m["T"][1],
         "num_probes": m["T"][2],
+        "samples_per_probe": h["samples_per_probe"],
         "num_params": h["num_params"],
         "per_tensor": dict(zip(names, np.atleast_1d(m["tensors"][0]).tolist(), strict=True)),
+        "gauss_newton_trace": float(sum(float(v.sum()) for v in gn.values())),
     }
 
 
@@ -311,9 +288,8 @@ def estimate(
     re-iterable of ``(inputs, labels)`` training batches together with ``n``, the training-set size.
     ``groups``: prunable groups (``prunekit.pruning.find_groups``) or ``{name: [param names]}``; without them
     per-group traces are skipped. ``accelerator``: shares the Hutchinson probes across processes.
+    The model must give class logits (the Hessian is that of the mean cross-entropy).
     """
-    from prunekit.theory.hessian import top_eigenvalue
-    from prunekit.theory.ntk import ntk_gram
     from prunekit.theory.spectrum import ntk_spectrum
 
     cfg = cfg or EstimateConfig()
@@ -321,42 +297,46 @@ def estimate(
     show = rank == 0
     if accelerator is not None:
         model.to(accelerator.device)
-    if _is_splits(data):
+    if is_splits(data):
         n_train = int(data.n_train) if n is None else int(n)
-        probe = _rows(data, balanced_order(data.labels("train"), seed)[: cfg.probe_samples])
-        id_batches: Iterable[Batch] = list(_id_batches(data, cfg.id_samples, seed))
+        probe = train_rows(data, balanced_order(data.labels("train"), seed)[: cfg.probe_samples])
+        id_data: Iterable[Batch] = list(id_batches(data, cfg.id_samples, seed))
     else:
         if n is None:
             raise ValueError("pass n (the number of training samples) when data is an iterable of batches")
         if iter(data) is data:  # a one-shot iterator: keep its batches, they are read twice
             data = list(data)
         n_train = int(n)
-        probe = _probe_from_batches(data, cfg.probe_samples, seed)
-        id_batches = data
+        probe = probe_from_batches(data, cfg.probe_samples, seed)
+        id_data = data
     if n_train < 1:
         raise ValueError(f"n must be a positive number of training samples, got {n_train}")
     notes: list[str] = []
-    layer = _id_layer(model, cfg.id_representation, probe[0], notes)  # fail fast, before the costly parts
-    hess_batches = _chunks(probe, _HESSIAN_BATCH)
+    layer = id_layer(model, cfg.id_representation, probe[0], notes)  # fail fast, before the costly parts
+    hess_batches = chunks(probe, _HESSIAN_BATCH)
     seconds: dict[str, float] = {}
     per_group: dict[str, dict[str, Any]] = {}
     run = _Run(model, groups, cfg, seed, accelerator, per_group)
+    with_groups = groups is not None and len(groups) > 0
 
-    totals: dict[str, Any] = {}
-    if groups is not None and len(groups) > 0:
+    with _Timer(seconds, "ntk_gram", show):  # the Jacobian pass: Gram, NTK and Gauss-Newton diagonals
+        gram, stats, shared = jacobian_pass(model, probe, cfg.jacobian_elements, accelerator)
+        spectrum = ntk_spectrum(gram, ridge=cfg.ridge, psd_rtol=_PSD_RTOL)
+        del gram
+    if with_groups:
         with _Timer(seconds, "ntk_group_traces", show):
-            totals = _ntk_traces(run, probe)
-    with _Timer(seconds, "ntk_gram", show):
-        spectrum = ntk_spectrum(ntk_gram(model, probe, output="trace"), ridge=cfg.ridge) | totals
+            exact = cfg.ntk_traces == "exact"
+            spectrum |= _exact_ntk_traces(run, stats) if exact else _hutchinson_ntk_traces(run, probe)
     with _Timer(seconds, "hessian_trace", show):
-        hessian = _hessian(run, hess_batches)
+        hessian = _hessian(run, hess_batches, stats)
     with _Timer(seconds, "hessian_top_eigenvalue", show):
-        top = top_eigenvalue(model, hess_batches, iters=cfg.power_iters, seed=seed)
+        top = top_eigenvalues(model, probe, stats, cfg.power_iters, seed, accelerator, _HESSIAN_BATCH)
+        del stats  # the kept Jacobian
     hessian["top_eigenvalue"] = top
     if not top.get("converged", True):
-        notes.append(f"the top Hessian eigenvalue did not converge in {cfg.power_iters} power iterations")
+        notes.append(f"the top Hessian eigenvalue did not converge in {cfg.power_iters} iterations")
     with _Timer(seconds, "intrinsic_dim", show):
-        intrinsic = _intrinsic(model, id_batches, layer, cfg, seed, notes)
+        intrinsic = _intrinsic(model, id_data, layer, cfg, seed, notes)
 
     C, T, d = float(spectrum["d_lambda"]), float(hessian["normalized_trace"]), float(intrinsic["twonn"]["d"])
     try:
@@ -369,6 +349,7 @@ def estimate(
         "estimate": cfg.model_dump(),
         "seed": seed,
         "num_processes": world,
+        "probe_samples_shared": shared["samples_shared"],
         "probe_samples": batch_size_of(probe[0]),
         "num_groups": len(per_group),
         "params": sum(p.numel() for p in model.parameters() if p.requires_grad),

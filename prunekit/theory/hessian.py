@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
-from prunekit.batch import Batch, batch_size_of, logits_of, move_to
+from prunekit.batch import Batch, batch_size_of, logits_of, move_to, slice_inputs
 from prunekit.pruning.types import Group
 from prunekit.theory.eigen import flat, top_eigenvalue_of, unflat
 from prunekit.theory.modes import eval_mode
@@ -65,6 +65,8 @@ class _Objective:
         sizes = [batch_size_of(x) for x, _ in self.batches]
         self.num_samples = sum(sizes)
         self.weights = [s / self.num_samples for s in sizes]
+        ends = np.cumsum(sizes).tolist()
+        self.spans = list(zip([0, *ends[:-1]], ends, strict=True))  # each batch's rows in the whole
         self.loss_fn = loss_fn or (lambda logits, labels: F.cross_entropy(logits, labels))
 
     def _grads(self, outputs: Tensor, grad_outputs: Tensor | None = None, create: bool = False) -> Vectors:
@@ -73,9 +75,16 @@ class _Objective:
         )
         return [torch.zeros_like(p) if g is None else g for g, p in zip(gs, self.params, strict=True)]
 
-    def hvp(self, vectors: Vectors) -> Vectors:
+    def hvp(self, vectors: Vectors, rows: Tensor | None = None) -> Vectors:
+        """H v; with ``rows`` (indices into the concatenated samples), the Hessian of the mean loss over
+        those samples only: a random subset gives an unbiased, cheaper estimate of H v."""
         out = [torch.zeros_like(p) for p in self.params]
-        for (x, y), w in zip(self.batches, self.weights, strict=True):
+        for (x, y), w, (lo, hi) in zip(self.batches, self.weights, self.spans, strict=True):
+            if rows is not None:
+                sel = rows[(rows >= lo) & (rows < hi)] - lo
+                if len(sel) == 0:
+                    continue
+                x, y, w = slice_inputs(x, sel.to(y.device)), y[sel.to(y.device)], len(sel) / len(rows)
             loss = self.loss_fn(logits_of(self.model, x), y) * w
             grads = self._grads(loss, create=True)
             dot = sum((g * v).sum() for g, v in zip(grads, vectors, strict=True) if g.requires_grad)
@@ -215,6 +224,8 @@ def hessian_trace(
     seed: int = 0,
     loss_fn: LossFn | None = None,
     progress: bool | None = None,
+    known_diagonal: Sequence[Tensor] | None = None,
+    samples_per_probe: int | None = None,
 ) -> dict[str, Any]:
     """Stochastic trace of the Hessian and of its diagonal blocks, with standard errors.
 
@@ -225,6 +236,13 @@ def hessian_trace(
     computes HQ, whose part of every block trace, tr(D QQᵀH), is exact; the last third estimates the rest,
     tr(D H(I − QQᵀ)), by Hutchinson. Far lower variance when a few eigenvalues dominate; the standard
     errors cover the stochastic part only. Memory: 2·⌊num_probes/3⌋ copies of the parameters.
+
+    ``known_diagonal``: a per-entry diagonal (one tensor per trainable parameter) known exactly, added to
+    every trace; the probes then estimate the rest. With ``loss_fn=jacobian_stats.residual_loss`` and the
+    Gauss-Newton diagonal this is the cross-entropy Hessian as exact G plus Hutchinson on the small
+    remainder R (see :mod:`prunekit.theory.jacobian_stats`): far lower variance near a minimum.
+    ``samples_per_probe``: each Hutchinson probe uses its own random subset of that many samples (without
+    replacement): unbiased, cheaper per probe, and the standard error includes the subsampling.
 
     Returns trace/trace_se, normalized_trace/normalized_trace_se (T = Σ_l ‖θ_l‖² tr(H_ll) / P, l = one
     parameter tensor, P = trainable parameter count), per_tensor/per_tensor_se ({name: value}),
@@ -239,9 +257,18 @@ def hessian_trace(
     show = sys.stderr.isatty() if progress is None else progress
     with _Objective(model, batches, loss_fn) as obj:
         reduce = _Reducer(obj, groups)
-        zero = [torch.zeros_like(p) for p in obj.params]
+        known = (
+            [torch.zeros_like(p) for p in obj.params]
+            if known_diagonal is None
+            else _check_vectors(obj, known_diagonal)
+        )
         basis: Tensor | None = None
-        det = reduce(zero)
+        det = reduce(known)
+        if samples_per_probe is not None and not 1 <= samples_per_probe:
+            raise ValueError(
+                f"samples_per_probe must be a positive number of samples, got {samples_per_probe}"
+            )
+        subset = samples_per_probe is not None and samples_per_probe < obj.num_samples
         hutch_probes = num_probes
         bar = tqdm(total=num_probes, desc="Hessian trace", disable=not show, leave=False)
         if method == "hutchpp":
@@ -258,7 +285,7 @@ def hessian_trace(
                 for acc, qi, hqi in zip(det_entries, q, obj.hvp(q), strict=True):
                     acc.add_(qi * hqi)  # Σ_j Q_j ⊙ HQ_j: its sum over a block D is tr(D QQᵀH)
                 bar.update()
-            det = reduce(det_entries)
+            det = reduce([a + b for a, b in zip(det_entries, known, strict=True)])
         samples = []
         for _ in range(hutch_probes):
             v = _rademacher(obj.params, gen)
@@ -266,7 +293,8 @@ def hessian_trace(
             if basis is not None:  # project the probe off the sketched subspace: estimates tr(D H(I − QQᵀ))
                 fv = flat(v)
                 w = unflat(fv - basis @ (basis.T @ fv), obj.params)
-            samples.append(reduce([vi * hwi for vi, hwi in zip(v, obj.hvp(w), strict=True)]))
+            rows = torch.randperm(obj.num_samples, generator=gen)[:samples_per_probe] if subset else None
+            samples.append(reduce([vi * hwi for vi, hwi in zip(v, obj.hvp(w, rows), strict=True)]))
             bar.update()
         bar.close()
     out: dict[str, Any] = {"method": method, "num_probes": num_probes, "seed": seed}
@@ -288,11 +316,18 @@ def hessian_trace(
         out["units"][g], out["units_se"][g] = mean.tolist(), se.tolist()
     out["num_params"] = sum(p.numel() for p in obj.params)
     out["num_samples"] = obj.num_samples
+    out["samples_per_probe"] = samples_per_probe if subset else obj.num_samples
     return out
 
 
 def _top(
-    matvec: Callable[[Vectors], Vectors], obj: _Objective, iters: int, tol: float, seed: int, method: str
+    matvec: Callable[[Vectors], Vectors],
+    obj: _Objective,
+    iters: int,
+    tol: float,
+    seed: int,
+    method: str,
+    start: Tensor | None = None,
 ) -> dict[str, Any]:
     """The top eigenvalue of ``matvec`` (H or G) over the trainable parameters, as flat vectors."""
     return top_eigenvalue_of(
@@ -304,6 +339,7 @@ def _top(
         method,
         device=obj.device,
         dtype=obj.params[0].dtype,
+        start=start,
     )
 
 
@@ -315,16 +351,18 @@ def top_eigenvalue(
     seed: int = 0,
     method: str = "power",
     loss_fn: LossFn | None = None,
+    start: Tensor | None = None,
 ) -> dict[str, Any]:
     """Top eigenvalue of the Hessian: {eigenvalue, iters, converged, method}.
 
     ``power`` converges to the eigenvalue of largest *magnitude* (negative if H is dominated by negative
     curvature, e.g. right after pruning); ``lanczos`` (full reorthogonalisation, ``iters`` vectors kept)
     returns the largest *algebraic* Ritz value and converges faster. Stops when the relative change is
-    below ``tol``.
+    below ``tol``. ``start``: a flat start vector (e.g. the top Gauss-Newton eigenvector, which the top
+    Hessian eigenvector is close to near a minimum) instead of a random one.
     """
     with _Objective(model, batches, loss_fn) as obj:
-        return _top(obj.hvp, obj, iters, tol, seed, method)
+        return _top(obj.hvp, obj, iters, tol, seed, method, start)
 
 
 def gauss_newton_top_eigenvalue(

@@ -39,7 +39,7 @@ Jacobian engines in :mod:`prunekit.theory.ntk_jacobian`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -235,6 +235,9 @@ def group_ntk_traces(
 
 
 # ------------------------------------------------------------------------------------------ Gram matrix
+RowsCallback = Callable[[list[str], int, int, Tensor], None]
+
+
 def ntk_gram(
     model: nn.Module,
     batch: object,
@@ -245,6 +248,8 @@ def ntk_gram(
     chunk: int | None = None,
     block_elements: int = 2**26,
     max_inputs: int = 1024,
+    matmul_dtype: torch.dtype | None = None,
+    on_rows: RowsCallback | None = None,
 ) -> Tensor:
     """The empirical NTK Θ = J Jᵀ of the logits, accumulated block by block in ``dtype``.
 
@@ -256,6 +261,13 @@ def ntk_gram(
     proportional to it, so raise it on a large accelerator. A tensor too big for it is handled by
     recomputing its Jacobian on pairs of sample chunks. ``chunk``: samples per Jacobian call (activation
     memory; default 64 for vmap, 8 for vjp/loop, whose work grows as chunk²). ``engine``: see above.
+
+    ``matmul_dtype``: the dtype of the block products (default ``dtype``). float32 halves the work; each
+    block's product is still added into the ``dtype`` kernel, so only the per-block dot products round in
+    float32 (relative error ~√m·6e-8 for m columns). ``on_rows(names, lo, hi, rows)`` sees every block's
+    Jacobian rows of samples lo..hi exactly once ((hi−lo)·k × selected columns of ``names``, concatenated
+    in order, in ``matmul_dtype``): per-entry statistics collected in the same pass
+    (:class:`prunekit.theory.jacobian_stats.JacobianStats`).
     """
     if output not in ("trace", "full"):
         raise ValueError(f"output must be 'trace' or 'full'; got {output!r}")
@@ -270,6 +282,7 @@ def ntk_gram(
         )
     params = trainable_parameters(model)
     cols = column_selector(param_filter, params)
+    mm_dtype = dtype if matmul_dtype is None else matmul_dtype
     with eval_mode(model):
         with torch.no_grad():
             k = logits_of(model, slice_inputs(inputs, slice(0, 1)))[0].numel()
@@ -289,9 +302,11 @@ def ntk_gram(
                 span = max(1, span // 2)  # two chunks are held at once below
             starts = list(range(0, n, span))
             for i, a in enumerate(starts):
-                ja = select(jac.rows(block, a, min(a + span, n)), cols, dtype)
+                ja = select(jac.rows(block, a, min(a + span, n)), cols, mm_dtype)
+                if on_rows is not None:
+                    on_rows(names, a, min(a + span, n), ja)
                 for b in starts[i:]:
-                    jb = ja if b == a else select(jac.rows(block, b, min(b + span, n)), cols, dtype)
+                    jb = ja if b == a else select(jac.rows(block, b, min(b + span, n)), cols, mm_dtype)
                     accumulate(gram, ja, jb, a, b, k, output)
     return gram
 

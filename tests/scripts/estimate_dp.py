@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
 CFG = EstimateConfig(probe_samples=32, trace_probes=32, hessian_probes=16, power_iters=3, id_samples=400)
+# the Monte-Carlo alternatives: Hutchinson NTK traces and Hutchinson on the whole Hessian
+CFG_HUTCHINSON = CFG.model_copy(update={"ntk_traces": "hutchinson", "hessian_method": "hutchinson"})
 N_TRAIN = 800
 
 
@@ -48,8 +50,10 @@ def run(accelerator: Accelerator | None, data: tuple[np.ndarray, np.ndarray] | N
     batches = [(x[i : i + 100], y[i : i + 100]) for i in range(0, N_TRAIN, 100)]
     torch.manual_seed(0)  # the same weights on every rank
     model = nn.Sequential(nn.Linear(40, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 10))
-    est = estimate(model, batches, CFG, groups=module_partition(model), accelerator=accelerator, n=N_TRAIN)
-    return est.to_dict()
+    groups = module_partition(model)
+    est = estimate(model, batches, CFG, groups=groups, accelerator=accelerator, n=N_TRAIN)
+    alt = estimate(model, batches, CFG_HUTCHINSON, groups=groups, accelerator=accelerator, n=N_TRAIN)
+    return est.to_dict() | {"hutchinson": alt.to_dict()}
 
 
 def main(out_dir: Path, data_file: Path | None) -> None:

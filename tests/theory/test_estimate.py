@@ -113,12 +113,51 @@ def test_estimate_per_group_traces_and_top_lists(result) -> None:
 
 def test_hutchinson_total_matches_the_exact_gram_trace(model, splits) -> None:
     """Negative-control-free invariant: the exact tr Θ (Gram) lies within a few Hutchinson SEs."""
-    est = estimate(model, splits, SMALL, groups=module_partition(model), seed=5)
+    cfg = SMALL.model_copy(update={"ntk_traces": "hutchinson"})
+    est = estimate(model, splits, cfg, groups=module_partition(model), seed=5)
     exact, approx, se = est.ntk["trace"], est.ntk["hutchinson_trace"], est.ntk["hutchinson_trace_se"]
+    assert est.ntk["group_traces"] == "hutchinson"
     assert abs(exact - approx) < 4 * se + 1e-9 * exact
     # a parameter partition: group traces add up to the total
     total = sum(r["ntk_trace"] for r in est.groups.values())
     assert total == pytest.approx(approx, rel=1e-9)
+
+
+def test_exact_group_traces_come_from_the_gram_jacobian(model, splits) -> None:
+    """Default: per-group and per-unit NTK traces summed from the Jacobian the Gram is built from."""
+    part = estimate(model, splits, SMALL, groups=module_partition(model), seed=5)
+    assert part.ntk["group_traces"] == "exact"
+    total = sum(r["ntk_trace"] for r in part.groups.values())
+    assert total == pytest.approx(part.ntk["trace"], rel=1e-5)  # a partition adds up to tr Θ exactly
+    assert all(r["ntk_trace_se"] == 0 for r in part.groups.values())
+    x = torch.from_numpy(splits.arrays("train").inputs[:2])
+    groups = find_groups(model, x)
+    exact = estimate(model, splits, SMALL, groups=groups, seed=5).groups
+    cfg = SMALL.model_copy(update={"ntk_traces": "hutchinson", "trace_probes": 200})
+    hutch = estimate(model, splits, cfg, groups=groups, seed=5).groups
+    for g in exact:
+        assert abs(exact[g]["ntk_trace"] - hutch[g]["ntk_trace"]) < 4 * hutch[g]["ntk_trace_se"]
+        units_exact = np.asarray(exact[g]["ntk_unit_traces"])
+        units_hutch, units_se = (
+            np.asarray(hutch[g]["ntk_unit_traces"]),
+            np.asarray(hutch[g]["ntk_unit_traces_se"]),
+        )
+        assert (np.abs(units_exact - units_hutch) < 5 * units_se + 1e-12).all()
+
+
+def test_gauss_newton_split_agrees_with_plain_hutchinson_and_is_tighter(model, splits) -> None:
+    cfg = SMALL.model_copy(update={"hessian_probes": 40})
+    split = estimate(model, splits, cfg, seed=2)
+    plain = estimate(model, splits, cfg.model_copy(update={"hessian_method": "hutchinson"}), seed=2)
+    a, b = split.hessian, plain.hessian
+    assert a["method"] == "gauss_newton" and b["method"] == "hutchinson"
+    diff = abs(a["normalized_trace"] - b["normalized_trace"])
+    assert diff < 4 * math.hypot(a["normalized_trace_se"], b["normalized_trace_se"])
+    assert a["normalized_trace_se"] < b["normalized_trace_se"]
+    top = a["top_eigenvalue"]
+    assert top["start"] == "gauss_newton_eigenvector" and top["gauss_newton"]["eigenvalue"] > 0
+    # the top Hessian eigenvalue is close to the Gauss-Newton one near a minimum; both are reported
+    assert split.hessian_top_eigenvalue == top["eigenvalue"]
 
 
 def test_estimate_is_deterministic_and_seed_dependent(model, splits) -> None:
