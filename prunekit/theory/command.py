@@ -21,6 +21,18 @@ def _num(x: Any, se: Any = None) -> str:
     return f"{x:.4g}" if se is None else f"{x:.4g} ± {se:.2g}"
 
 
+def _hessian_method(h: dict[str, Any]) -> str:
+    if h.get("method") == "gauss_newton":
+        per = h.get("samples_per_probe")
+        return f"exact Gauss-Newton + {h.get('num_probes')} residual probes of {per} samples"
+    return f"{h.get('num_probes')} {h.get('method', 'hutchinson')} probes"
+
+
+def _gauss_newton_top(h: dict[str, Any]) -> str:
+    gn = (h.get("top_eigenvalue") or {}).get("gauss_newton")
+    return f"  (Gauss-Newton: {_num(gn['eigenvalue'])})" if gn else ""
+
+
 def format_summary(est: Estimates) -> str:
     """A readable summary: the bound's quantities, the top groups and the seconds per estimator."""
     h = est.hessian
@@ -28,16 +40,19 @@ def format_summary(est: Estimates) -> str:
         f"C_arch (NTK d_λ, ridge {est.ntk.get('ridge')})".ljust(40)
         + f": {_num(est.C_arch)}  on {est.settings['probe_samples']} inputs",
         f"T_opt (layer-normalised Hessian trace)  : {_num(est.T_opt, h.get('normalized_trace_se'))}"
-        f"  ({h.get('num_probes')} probes)",
-        f"top Hessian eigenvalue                  : {_num(est.hessian_top_eigenvalue)}",
+        f"  ({_hessian_method(h)})",
+        f"top Hessian eigenvalue                  : {_num(est.hessian_top_eigenvalue)}"
+        + _gauss_newton_top(h),
         f"n (training samples)                    : {est.n}",
         f"d_eff (TwoNN on {est.intrinsic_dim['representation']})".ljust(40) + f": {_num(est.d_eff)}",
         f"bound sqrt(C·T/(n·d_eff))               : {_num(est.bound)}",
     ]
+    exact_ntk = est.ntk.get("group_traces") == "exact"
     for title, rows in (("NTK trace", est.top_groups_ntk), ("Hessian trace", est.top_groups_hessian)):
         if rows:
-            lines.append(f"top {len(rows)} groups by {title}:")
-            lines += [f"  {r['name']:<44s} {_num(r['trace'], r['se'])}" for r in rows]
+            how = " (exact)" if title == "NTK trace" and exact_ntk else ""
+            lines.append(f"top {len(rows)} groups by {title}{how}:")
+            lines += [f"  {r['name']:<44s} {_num(r['trace'], None if how else r['se'])}" for r in rows]
     lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in est.seconds.items()))
     lines += [f"note: {n}" for n in est.notes]
     return "\n".join(lines)

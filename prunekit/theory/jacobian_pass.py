@@ -130,8 +130,8 @@ def top_eigenvalues(
         gn = top_eigenvalue_of(
             lambda v: _all_reduce(stats.gn_matvec(v).to(device), world),
             stats.size,
-            iters=100,
-            tol=1e-5,
+            iters=50,
+            tol=1e-4,
             seed=seed,
             method="lanczos",
             device=device,
