@@ -72,6 +72,8 @@ class Estimates:
     groups: dict[str, dict[str, Any]]  # name -> ntk_trace(_se), hessian_trace(_se), per-unit lists
     top_groups_ntk: list[dict[str, Any]]
     top_groups_hessian: list[dict[str, Any]]
+    # ntk_gram: the whole Jacobian pass (Gram, per-entry NTK and Gauss-Newton diagonals); ntk_group_traces:
+    # their reduction to groups and units (or the Hutchinson probes), and so on per estimator, plus total
     seconds: dict[str, float]
     settings: dict[str, Any]
     notes: list[str] = field(default_factory=list)
@@ -314,6 +316,8 @@ def estimate(
     notes: list[str] = []
     layer = id_layer(model, cfg.id_representation, probe[0], notes)  # fail fast, before the costly parts
     hess_batches = chunks(probe, _HESSIAN_BATCH)
+    # ntk_gram: the whole Jacobian pass (Gram, per-entry NTK and Gauss-Newton diagonals); ntk_group_traces:
+    # their reduction to groups and units (or the Hutchinson probes), and so on per estimator, plus total
     seconds: dict[str, float] = {}
     per_group: dict[str, dict[str, Any]] = {}
     run = _Run(model, groups, cfg, seed, accelerator, per_group)

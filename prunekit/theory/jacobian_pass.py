@@ -70,6 +70,11 @@ def jacobian_pass(
     device = next(iter(params.values())).device
     with eval_mode(model, eager_attention=False), torch.no_grad():
         logits = torch.cat([logits_of(model, move_to(x, device)) for x, _ in _micro(probe, 256)])
+    if logits.dim() != 2:
+        raise ValueError(
+            f"the estimates need class logits shaped (batch, classes); the model gives {tuple(logits.shape)}: "
+            "give it a classification head (e.g. AutoModelForSequenceClassification)"
+        )
     k = logits.shape[-1]
     probs = torch.softmax(logits.float(), dim=-1)
     size = sum(p.numel() for p in params.values())

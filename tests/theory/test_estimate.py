@@ -273,6 +273,14 @@ def test_unknown_id_representation_fails_before_any_estimator(model, splits) -> 
         estimate(model, splits, cfg)
 
 
+def test_a_model_without_class_logits_is_refused_with_the_fix() -> None:
+    """A bare encoder gives (batch, tokens, hidden): no cross-entropy, so no T_opt; say what to add."""
+    model = torch.nn.Sequential(torch.nn.Unflatten(1, (4, 5)), torch.nn.Linear(5, 3))
+    x, y = torch.randn(16, 20), torch.randint(0, 3, (16,))
+    with pytest.raises(ValueError, match=r"class logits shaped \(batch, classes\).*\(16, 4, 3\)"):
+        estimate(model, [(x, y)], SMALL.model_copy(update={"probe_samples": 16}), n=16)
+
+
 def test_run_estimate_command_prefers_the_runs_dense_checkpoint(tmp_path: Path, capsys) -> None:
     """After `prunekit run`, `prunekit estimate` measures the saved dense model instead of training anew."""
     from prunekit.models import describe
