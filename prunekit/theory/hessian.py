@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
-from prunekit.batch import Batch, batch_size_of, logits_of, move_to, slice_inputs
+from prunekit.batch import Batch, batch_size_of, concat_inputs, logits_of, move_to, slice_inputs
 from prunekit.pruning.types import Group
 from prunekit.theory.eigen import flat, top_eigenvalue_of, unflat
 from prunekit.theory.modes import eval_mode
@@ -79,12 +79,8 @@ class _Objective:
         """H v; with ``rows`` (indices into the concatenated samples), the Hessian of the mean loss over
         those samples only: a random subset gives an unbiased, cheaper estimate of H v."""
         out = [torch.zeros_like(p) for p in self.params]
-        for (x, y), w, (lo, hi) in zip(self.batches, self.weights, self.spans, strict=True):
-            if rows is not None:
-                sel = rows[(rows >= lo) & (rows < hi)] - lo
-                if len(sel) == 0:
-                    continue
-                x, y, w = slice_inputs(x, sel.to(y.device)), y[sel.to(y.device)], len(sel) / len(rows)
+        batches = zip(self.batches, self.weights, strict=True) if rows is None else self._subset(rows)
+        for (x, y), w in batches:
             loss = self.loss_fn(logits_of(self.model, x), y) * w
             grads = self._grads(loss, create=True)
             dot = sum((g * v).sum() for g, v in zip(grads, vectors, strict=True) if g.requires_grad)
@@ -93,6 +89,22 @@ class _Objective:
             for acc, h in zip(out, self._grads(dot), strict=True):
                 acc.add_(h.detach())
         return out
+
+    def _subset(self, rows: Tensor) -> list[tuple[Batch, float]]:
+        """The samples ``rows`` gathered into as few micro-batches as the largest one allows (one forward
+        per micro-batch is the cost), each weighted by its share of the subset."""
+        xs, ys = [], []
+        for (x, y), (lo, hi) in zip(self.batches, self.spans, strict=True):
+            sel = (rows[(rows >= lo) & (rows < hi)] - lo).to(y.device)
+            if len(sel):
+                xs.append(slice_inputs(x, sel))
+                ys.append(y[sel])
+        x, y = concat_inputs(xs), torch.cat(ys)
+        m, step = len(y), max(hi - lo for lo, hi in self.spans)
+        return [
+            ((slice_inputs(x, slice(i, i + step)), y[i : i + step]), min(step, m - i) / m)
+            for i in range(0, m, step)
+        ]
 
     def gnvp(self, vectors: Vectors) -> Vectors:
         """G v = Σ_b w_b J_bᵀ H_out J_b v, with H_out the Hessian of the loss with respect to the logits."""

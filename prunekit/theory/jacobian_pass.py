@@ -135,8 +135,8 @@ def top_eigenvalues(
         gn = top_eigenvalue_of(
             lambda v: _all_reduce(stats.gn_matvec(v).to(device), world),
             stats.size,
-            iters=50,
-            tol=1e-4,
+            iters=max(iters, 30),
+            tol=1e-3,
             seed=seed,
             method="lanczos",
             device=device,

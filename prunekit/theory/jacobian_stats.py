@@ -71,14 +71,15 @@ class JacobianStats:
         self.gn = torch.zeros(total, dtype=torch.float64) if probs is not None else None
         self.kept: list[tuple[int, int, int, int, Tensor]] = []  # (col_lo, col_hi, lo, hi, rows)
 
-    def __call__(self, names: list[str], lo: int, hi: int, rows: Tensor) -> None:
-        col_lo = self.offsets[names[0]]
-        col_hi = col_lo + sum(self.shapes[n].numel() for n in names)
-        if rows.shape[1] != col_hi - col_lo or any(
-            self.offsets[b] != self.offsets[a] + self.shapes[a].numel()
-            for a, b in zip(names, names[1:], strict=False)
-        ):
-            raise ValueError("JacobianStats needs whole, consecutive parameter tensors (no param_filter)")
+    def __call__(self, lo: int, hi: int, rows: Mapping[str, Tensor]) -> None:
+        """Add the rows of samples lo..hi (name → (hi−lo)·k × numel, whole tensors)."""
+        for name, r in rows.items():
+            if name not in self.offsets or r.shape[1] != self.shapes[name].numel():
+                raise ValueError("JacobianStats needs whole parameter tensors (no param_filter)")
+            self._add(self.offsets[name], lo, hi, r)
+
+    def _add(self, col_lo: int, lo: int, hi: int, rows: Tensor) -> None:
+        col_hi = col_lo + rows.shape[1]
         b = hi - lo
         rows32 = rows.to(torch.float32)
         sq = rows32.square()

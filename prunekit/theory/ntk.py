@@ -242,7 +242,7 @@ def group_ntk_traces(
 
 
 # ------------------------------------------------------------------------------------------ Gram matrix
-RowsCallback = Callable[[list[str], int, int, Tensor], None]
+RowsCallback = Callable[[int, int, dict[str, Tensor]], None]
 
 
 def ntk_gram(
@@ -271,9 +271,9 @@ def ntk_gram(
 
     ``matmul_dtype``: the dtype of the block products (default ``dtype``). float32 halves the work; each
     block's product is still added into the ``dtype`` kernel, so only the per-block dot products round in
-    float32 (relative error ~√m·6e-8 for m columns). ``on_rows(names, lo, hi, rows)`` sees every block's
-    Jacobian rows of samples lo..hi exactly once ((hi−lo)·k × selected columns of ``names``, concatenated
-    in order, in ``matmul_dtype``): per-entry statistics collected in the same pass
+    float32 (relative error ~√m·6e-8 for m columns). ``on_rows(lo, hi, rows)`` sees every block's Jacobian rows
+    of samples lo..hi exactly once (a dict name → (hi−lo)·k × selected columns, in ``matmul_dtype``):
+    per-entry statistics collected in the same pass
     (:class:`prunekit.theory.jacobian_stats.JacobianStats`).
     """
     if output not in ("trace", "full"):
@@ -311,7 +311,7 @@ def ntk_gram(
             for i, a in enumerate(starts):
                 ja = select(jac.rows(block, a, min(a + span, n)), cols, mm_dtype)
                 if on_rows is not None:
-                    on_rows(names, a, min(a + span, n), ja)
+                    on_rows(a, min(a + span, n), ja)
                 for b in starts[i:]:
                     jb = ja if b == a else select(jac.rows(block, b, min(b + span, n)), cols, mm_dtype)
                     accumulate(gram, ja, jb, a, b, k, output)

@@ -225,22 +225,32 @@ def blocks(cols: Mapping[str, Tensor | None], params: Mapping[str, Tensor], budg
     return out
 
 
-def select(rows: Mapping[str, Tensor], cols: Mapping[str, Tensor | None], dtype: torch.dtype) -> Tensor:
-    """The selected columns of a block's Jacobian rows, concatenated, in ``dtype``."""
-    parts = [r if cols[k] is None else r[:, cols[k]] for k, r in rows.items()]
-    return torch.cat(parts, dim=1).to(dtype)
+def select(
+    rows: Mapping[str, Tensor], cols: Mapping[str, Tensor | None], dtype: torch.dtype
+) -> dict[str, Tensor]:
+    """The selected columns of a block's Jacobian rows, per parameter, in ``dtype``. Kept apart rather than
+    concatenated: the products below add up per tensor, and a concatenation would copy the whole block."""
+    return {k: (r if cols[k] is None else r[:, cols[k]]).to(dtype) for k, r in rows.items()}
 
 
-def accumulate(gram: Tensor, ja: Tensor, jb: Tensor, a: int, b: int, k: int, output: str) -> None:
-    """Add the (samples a.., samples b..) block of J Jᵀ, and its mirror, to ``gram``."""
-    na, nb = ja.shape[0] // k, jb.shape[0] // k
-    if output == "full":
-        blk = ja @ jb.T
-        gram[a * k : (a + na) * k, b * k : (b + nb) * k] += blk
-        if a != b:
-            gram[b * k : (b + nb) * k, a * k : (a + na) * k] += blk.T
+def accumulate(
+    gram: Tensor, ja: Mapping[str, Tensor], jb: Mapping[str, Tensor], a: int, b: int, k: int, output: str
+) -> None:
+    """Add the (samples a.., samples b..) block of J Jᵀ = Σ_tensors J_t J_tᵀ, and its mirror, to ``gram``."""
+    blk: Tensor | None = None
+    for name, ra in ja.items():
+        rb = jb[name]
+        na, nb = ra.shape[0] // k, rb.shape[0] // k
+        if output == "full":
+            part = ra @ rb.T
+        else:  # Σ over logits c and entries m at once: rows of sample i hold (c, m) contiguously
+            part = ra.reshape(na, -1) @ rb.reshape(nb, -1).T
+        blk = part if blk is None else blk.add_(part)
+    if blk is None:
         return
-    blk = torch.einsum("icm,jcm->ij", ja.reshape(na, k, -1), jb.reshape(nb, k, -1))  # Σ over logits c
-    gram[a : a + na, b : b + nb] += blk
+    scale = k if output == "full" else 1  # "full" rows are (sample, logit), "trace" rows samples
+    r0, c0 = a * scale, b * scale
+    rows, cols = blk.shape
+    gram[r0 : r0 + rows, c0 : c0 + cols] += blk
     if a != b:
-        gram[b : b + nb, a : a + na] += blk.T
+        gram[c0 : c0 + cols, r0 : r0 + rows] += blk.T
