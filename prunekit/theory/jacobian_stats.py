@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+_SCRATCH_ENTRIES = 1 << 21  # 8 MiB of float32: squares of a few samples' rows at a time
+
 
 def residual_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """A loss whose Hessian in the parameters is R, the part of the cross-entropy Hessian that is not G.
@@ -80,19 +82,33 @@ class JacobianStats:
 
     def _add(self, col_lo: int, lo: int, hi: int, rows: Tensor) -> None:
         col_hi = col_lo + rows.shape[1]
-        b = hi - lo
         rows32 = rows.to(torch.float32)
-        sq = rows32.square()
+        m = rows.shape[1]
+        k = rows.shape[0] // (hi - lo)
+        ntk = torch.zeros(m, dtype=torch.float64)
+        gn = torch.zeros(m, dtype=torch.float64)
+        # whole samples at a time through one reused scratch buffer: squaring the full block would make a
+        # block-sized temporary, and fresh memory costs more to fault in than the arithmetic
+        step = max(1, _SCRATCH_ENTRIES // (k * m))
+        scratch = torch.empty(min(step, hi - lo) * k, m, dtype=torch.float32, device=rows.device)
+        for s0 in range(0, hi - lo, step):
+            s1 = min(s0 + step, hi - lo)
+            chunk = rows32[s0 * k : s1 * k]
+            sq = torch.square(chunk, out=scratch[: chunk.shape[0]])
+            if self.probs is None:
+                ntk += sq.sum(0).double().cpu()
+                continue
+            # reductions as matrix products (BLAS): Σ_ic J², Σ_ic p J², and per sample Σ_c p J
+            p = self.probs[lo + s0 : lo + s1].to(rows.device)  # (b, k)
+            weights = torch.stack([torch.ones_like(p).reshape(-1), p.reshape(-1)])  # (2, b·k)
+            both = (weights @ sq).double().cpu()  # (2, m)
+            per_sample = torch.bmm(p.unsqueeze(1), chunk.reshape(s1 - s0, k, m)).squeeze(1)  # (b, m)
+            ntk += both[0]
+            gn += both[1] - per_sample.square().sum(0).double().cpu()
+        self.ntk[col_lo:col_hi] += ntk
         if self.probs is None:
-            self.ntk[col_lo:col_hi] += sq.sum(0).double().cpu()
             return
-        # reductions over the rows as matrix products (BLAS): Σ_ic J², Σ_ic p J², and per sample Σ_c p J
-        p = self.probs[lo:hi].to(rows.device)  # (b, k)
-        weights = torch.stack([torch.ones_like(p).reshape(-1), p.reshape(-1)])  # (2, b·k)
-        both = (weights @ sq).double().cpu()  # (2, m)
-        per_sample = torch.bmm(p.unsqueeze(1), rows32.reshape(b, p.shape[1], -1)).squeeze(1)  # (b, m)
-        self.ntk[col_lo:col_hi] += both[0]
-        self.gn[col_lo:col_hi] += (both[1] - per_sample.square().sum(0).double().cpu()) / self.total_samples
+        self.gn[col_lo:col_hi] += gn / self.total_samples
         if self.keep:
             self.kept.append((col_lo, col_hi, lo, hi, rows32))
 
