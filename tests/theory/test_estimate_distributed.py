@@ -124,3 +124,13 @@ def test_two_processes_agree_with_one(tmp_path: Path) -> None:
     assert _close(h1["trace"], h2["trace"], h1["trace_se"], h2["trace_se"])
     n2 = two_h["ntk"]
     assert _close(n2["trace"], n2["hutchinson_trace"], 0.0, n2["hutchinson_trace_se"])
+
+    # a Jacobian too big to gather: the Gram is built whole on every rank, the eigenvalue products shared
+    one_r, two_r = one["replicated"], r0["replicated"]
+    assert not two_r["settings"]["probe_samples_shared"]
+    for key in ("C_arch", "T_opt", "groups", "hessian", "ntk"):
+        assert r0["replicated"][key] == r1["replicated"][key], key
+    assert two_r["C_arch"] == pytest.approx(one_r["C_arch"], rel=1e-6)
+    assert two_r["C_arch"] == pytest.approx(two["C_arch"], rel=1e-5)  # the same kernel either way
+    assert two_r["hessian"]["top_eigenvalue"]["start"] == "random"
+    assert two_r["hessian_top_eigenvalue"] == pytest.approx(one_r["hessian_top_eigenvalue"], rel=5e-3)
