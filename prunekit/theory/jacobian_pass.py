@@ -80,7 +80,7 @@ def jacobian_pass(
     size = sum(p.numel() for p in params.values())
     keep = n * k * size <= jacobian_elements
     kwargs = {"block_elements": jacobian_elements, "matmul_dtype": torch.float32}
-    if world == 1 or not keep:  # one process, or a Jacobian too big to gather: the whole pass on every rank
+    if world == 1 or not keep or n < world:  # else every rank owns samples and the Jacobian can be gathered
         stats = JacobianStats(params, probs, jacobian_elements if world == 1 else 0)
         gram = ntk_gram(model, probe, on_rows=stats, **kwargs)
         return gram, stats, {"samples_shared": False}
