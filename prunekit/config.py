@@ -108,7 +108,7 @@ class EstimateConfig(_Strict):
     # with gauss_newton the probes only see the small remainder H − G: a few, on a subset each, suffice
     hessian_probes: int = Field(8, gt=0)
     hessian_samples_per_probe: int | None = Field(64, gt=0)  # a random subset per probe; None: all
-    power_iters: int = Field(20, gt=0)  # iterations (at most) for the top Hessian eigenvalue
+    power_iters: int = Field(20, gt=0)  # Lanczos iterations (at most) for the top Hessian eigenvalue
     # Jacobian entries (float32) held at once: the Gram's block budget; the whole Jacobian is kept for
     # exact Gauss-Newton products when it fits
     jacobian_elements: int = Field(2**27, gt=0)
