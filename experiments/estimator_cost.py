@@ -64,7 +64,7 @@ from prunekit.theory import estimate
 from prunekit.theory.estimate import balanced_order
 from prunekit.theory.hessian import hessian_trace, top_eigenvalue
 from prunekit.theory.intrinsic_dim import twonn
-from prunekit.theory.jacobian_pass import jacobian_pass, top_eigenvalues
+from prunekit.theory.jacobian_pass import GRAM_PSD_RTOL, jacobian_pass, top_eigenvalues
 from prunekit.theory.jacobian_stats import JacobianStats, residual_loss
 from prunekit.theory.ntk import group_ntk_traces, ntk_gram
 from prunekit.theory.ntk_units import UnitReducer, normalise_groups, trainable_parameters
@@ -93,7 +93,6 @@ PREVIOUS = EstimateConfig(
 # the earlier "cheap" setting (sized towards the 10 % goal before the rework) on the new estimators: 64 probe
 # inputs (so C_arch is not comparable with one on 256), 8 residual Hessian probes, 5 H·v, 1,000 TwoNN points
 CHEAP = EstimateConfig(probe_samples=64, hessian_probes=8, power_iters=5, id_samples=1000)
-PSD_RTOL = 1e-5  # as estimate(): the pass's block products run in float32
 EIG_ITERS = 20  # Hessian-vector products (at most) for top_eigenvalues, as EstimateConfig().power_iters
 LOADS: list[tuple[str, float]] = []  # 1-minute load average at each stage
 
@@ -144,7 +143,7 @@ def pass_cost(model: nn.Module, batch: Probe, groups: list[Group]) -> tuple[dict
 
     def run() -> JacobianStats:
         gram, stats, _ = jacobian_pass(model, batch, DEFAULT.jacobian_elements)
-        ntk_spectrum(gram, ridge=DEFAULT.ridge, psd_rtol=PSD_RTOL)
+        ntk_spectrum(gram, ridge=DEFAULT.ridge, psd_rtol=GRAM_PSD_RTOL)
         exact_group_traces(model, stats, groups)
         return stats
 

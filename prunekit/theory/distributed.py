@@ -129,6 +129,21 @@ def reduce_mean_se(stats: Mapping[str, Stat], accelerator: Any | None) -> dict[s
     return out
 
 
+def sum_across_ranks(t: torch.Tensor, accelerator: Any | None) -> torch.Tensor:
+    """The element-wise sum of ``t`` over all processes (``t`` itself with one process)."""
+    _, world = rank_and_world(accelerator)
+    return t if world == 1 else accelerator.reduce(t, reduction="sum")
+
+
+def gather_rows(rows: torch.Tensor, counts: Sequence[int], accelerator: Any) -> list[torch.Tensor]:
+    """Every rank's ``rows`` (rank r holds ``counts[r]`` of them), padded to the largest share for the
+    collective and cut back after it."""
+    padded = rows.new_zeros(max(counts), *rows.shape[1:])
+    padded[: rows.shape[0]] = rows
+    parts = accelerator.gather(padded).reshape(len(counts), max(counts), *rows.shape[1:])
+    return [part[:c] for part, c in zip(parts, counts, strict=True)]
+
+
 def all_ranks_agree(value: float, accelerator: Any | None, rel_tol: float = 1e-6) -> bool:
     """Whether a number computed redundantly on every rank is the same everywhere (a cheap sanity check)."""
     _, world = rank_and_world(accelerator)

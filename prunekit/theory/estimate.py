@@ -42,7 +42,7 @@ from prunekit.theory.bound import readable_version, stated_bound
 from prunekit.theory.command import format_summary as format_summary
 from prunekit.theory.command import run_estimate_command as run_estimate_command
 from prunekit.theory.distributed import rank_and_world, rank_seed, reduce_mean_se, shard_size
-from prunekit.theory.jacobian_pass import jacobian_pass, top_eigenvalues
+from prunekit.theory.jacobian_pass import GRAM_PSD_RTOL, jacobian_pass, top_eigenvalues
 from prunekit.theory.jacobian_stats import JacobianStats, residual_loss
 from prunekit.theory.probe_data import balanced_order as balanced_order
 from prunekit.theory.probe_data import chunks, id_batches, id_layer, is_splits, probe_from_batches, train_rows
@@ -52,8 +52,6 @@ log = logging.getLogger("prunekit.theory")
 ESTIMATES_FORMAT_VERSION = 1
 TOP_K = 10
 _HESSIAN_BATCH = 128  # micro-batch of the Hessian loss: memory only, the loss is the same (eval mode)
-# the Gram's block products run in float32 (accumulated in float64): allow the PSD check that much rounding
-_PSD_RTOL = 1e-5
 
 
 @dataclass
@@ -202,6 +200,7 @@ def _hessian(run: _Run, batches: list[Batch], stats: JacobianStats) -> dict[str,
 
     cfg = run.cfg
     split = cfg.hessian_method == "gauss_newton"
+    gn = stats.per_tensor("gn")
     k, seed = run.share(cfg.hessian_probes, 3 if cfg.hessian_method == "hutchpp" else 1)
     h = hessian_trace(
         run.model,
@@ -211,7 +210,7 @@ def _hessian(run: _Run, batches: list[Batch], stats: JacobianStats) -> dict[str,
         groups=run.groups or None,
         seed=seed,
         loss_fn=residual_loss if split else None,
-        known_diagonal=list(stats.per_tensor("gn").values()) if split else None,
+        known_diagonal=list(gn.values()) if split else None,
         samples_per_probe=cfg.hessian_samples_per_probe,
     )
     names = list(h["per_tensor"])
@@ -232,7 +231,6 @@ def _hessian(run: _Run, batches: list[Batch], stats: JacobianStats) -> dict[str,
         row["hessian_trace"], row["hessian_trace_se"] = m[f"g:{g}"][0], m[f"g:{g}"][1]
         if f"u:{g}" in m:
             row["hessian_unit_traces"], row["hessian_unit_traces_se"] = m[f"u:{g}"][0], m[f"u:{g}"][1]
-    gn = stats.per_tensor("gn")
     return {
         "method": cfg.hessian_method,
         "trace": m["trace"][0],
@@ -325,7 +323,7 @@ def estimate(
 
     with _Timer(seconds, "ntk_gram", show):  # the Jacobian pass: Gram, NTK and Gauss-Newton diagonals
         gram, stats, shared = jacobian_pass(model, probe, cfg.jacobian_elements, accelerator)
-        spectrum = ntk_spectrum(gram, ridge=cfg.ridge, psd_rtol=_PSD_RTOL)
+        spectrum = ntk_spectrum(gram, ridge=cfg.ridge, psd_rtol=GRAM_PSD_RTOL)
         del gram
     if with_groups:
         with _Timer(seconds, "ntk_group_traces", show):

@@ -339,7 +339,6 @@ def _top(
     tol: float,
     seed: int,
     method: str,
-    start: Tensor | None = None,
 ) -> dict[str, Any]:
     """The top eigenvalue of ``matvec`` (H or G) over the trainable parameters, as flat vectors."""
     return top_eigenvalue_of(
@@ -351,7 +350,6 @@ def _top(
         method,
         device=obj.device,
         dtype=obj.params[0].dtype,
-        start=start,
     )
 
 
@@ -363,18 +361,16 @@ def top_eigenvalue(
     seed: int = 0,
     method: str = "power",
     loss_fn: LossFn | None = None,
-    start: Tensor | None = None,
 ) -> dict[str, Any]:
     """Top eigenvalue of the Hessian: {eigenvalue, iters, converged, method}.
 
     ``power`` converges to the eigenvalue of largest *magnitude* (negative if H is dominated by negative
     curvature, e.g. right after pruning); ``lanczos`` (full reorthogonalisation, ``iters`` vectors kept)
     returns the largest *algebraic* Ritz value and converges faster. Stops when the relative change is
-    below ``tol``. ``start``: a flat start vector (e.g. the top Gauss-Newton eigenvector, which the top
-    Hessian eigenvector is close to near a minimum) instead of a random one.
+    below ``tol``.
     """
     with _Objective(model, batches, loss_fn) as obj:
-        return _top(obj.hvp, obj, iters, tol, seed, method, start)
+        return _top(obj.hvp, obj, iters, tol, seed, method)
 
 
 def gauss_newton_top_eigenvalue(

@@ -20,30 +20,22 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from prunekit.batch import Batch, batch_size_of, logits_of, move_to, slice_inputs
-from prunekit.theory.distributed import rank_and_world, sample_range
+from prunekit.theory.distributed import (
+    gather_rows,
+    rank_and_world,
+    sample_range,
+    shard_size,
+    sum_across_ranks,
+)
 from prunekit.theory.eigen import flat, top_eigenvalue_of, unflat
 from prunekit.theory.jacobian_stats import JacobianStats
 from prunekit.theory.modes import eval_mode
 
-
-def _all_reduce(t: Tensor, world: int) -> Tensor:
-    if world > 1:
-        dist.all_reduce(t)
-    return t
-
-
-def _gather_rows(rows: Tensor, counts: list[int], k: int) -> list[Tensor]:
-    """Every rank's (samples·k × m) rows, padded to the largest share for the collective."""
-    most = max(counts) * k
-    padded = torch.zeros(most, rows.shape[1], dtype=rows.dtype, device=rows.device)
-    padded[: rows.shape[0]] = rows
-    parts = [torch.empty_like(padded) for _ in counts]
-    dist.all_gather(parts, padded)
-    return [p[: c * k] for p, c in zip(parts, counts, strict=True)]
+# the Gram's block products run in float32 (accumulated in float64): the PSD check must allow that rounding
+GRAM_PSD_RTOL = 1e-5
 
 
 def _shard(probe: Batch, lo: int, hi: int) -> Batch:
@@ -90,16 +82,16 @@ def jacobian_pass(
     stats.consolidate()  # this rank's Jacobian rows as one (samples·k × P) matrix
     gram = torch.zeros(n, n, dtype=torch.float64)
     gram[lo:hi, lo:hi] = own
-    counts = [sample_range(n, r, world)[1] - sample_range(n, r, world)[0] for r in range(world)]
+    counts = [shard_size(n, r, world) for r in range(world)]
     mine = stats.jacobian().to(device)
-    for r, theirs in enumerate(_gather_rows(mine, counts, k)):
+    for r, theirs in enumerate(gather_rows(mine, [c * k for c in counts], accelerator)):
         if r != rank and theirs.numel():
             r_lo = sample_range(n, r, world)[0]
             block = mine.reshape(hi - lo, -1) @ theirs.reshape(counts[r], -1).T  # Σ over logits and entries
             gram[lo:hi, r_lo : r_lo + counts[r]] = block.double().cpu()
-    gram = _all_reduce(gram.to(device), world).cpu()
-    stats.ntk = _all_reduce(stats.ntk.to(device), world).cpu()
-    stats.gn = _all_reduce(stats.gn.to(device), world).cpu()
+    gram = sum_across_ranks(gram.to(device), accelerator).cpu()
+    stats.ntk = sum_across_ranks(stats.ntk.to(device), accelerator).cpu()
+    stats.gn = sum_across_ranks(stats.gn.to(device), accelerator).cpu()
     return gram, stats, {"samples_shared": True}
 
 
@@ -126,14 +118,14 @@ def top_eigenvalues(
 
     def hessian_mv(v: Tensor) -> Tensor:
         if not batches:
-            return _all_reduce(torch.zeros_like(v), world)
+            return sum_across_ranks(torch.zeros_like(v), accelerator)
         hv = flat(hvp(model, batches, unflat(v, params))) * ((hi - lo) / n)  # this rank's share of the mean
-        return _all_reduce(hv, world)
+        return sum_across_ranks(hv, accelerator)
 
     start, gn = None, None
     if stats.has_jacobian:
         gn = top_eigenvalue_of(
-            lambda v: _all_reduce(stats.gn_matvec(v).to(device), world),
+            lambda v: sum_across_ranks(stats.gn_matvec(v).to(device), accelerator),
             stats.size,
             iters=max(iters, 30),
             tol=1e-3,
