@@ -64,7 +64,7 @@ def test_mnist1d_large_variant() -> None:
     assert s.input_shape == (1, 40)
 
 
-def test_fashion_mnist_sizes_balance_and_range() -> None:
+def test_fashion_mnist_sizes_balance_and_range(fashion_mnist_files: None) -> None:
     s = load_data(DataConfig(name="fashion_mnist"), seed=0)
     assert (s.n_train, s.size("validation"), s.size("test")) == (54000, 6000, 10000)
     assert s.input_shape == (1, 28, 28) and s.num_classes == 10 and s.class_names[9] == "Ankle boot"
