@@ -58,8 +58,8 @@ from torch import nn
 from prunekit.config import DataConfig, EstimateConfig, ModelConfig, TrainConfig, load_config
 from prunekit.data import DataSplits, load_data
 from prunekit.models import build_model
-from prunekit.pruning import find_groups
-from prunekit.pruning.types import Group
+from prunekit.structure import find_groups
+from prunekit.structure.group import Group
 from prunekit.theory import estimate
 from prunekit.theory.estimate import balanced_order
 from prunekit.theory.hessian import hessian_trace, top_eigenvalue

@@ -39,7 +39,7 @@ from prunekit.batch import take
 from prunekit.config import DataConfig, ModelConfig
 from prunekit.data import load_data
 from prunekit.models import build_model
-from prunekit.pruning import find_groups
+from prunekit.structure import find_groups
 from prunekit.theory.hessian import hessian_trace, top_eigenvalue
 from prunekit.theory.jacobian_pass import jacobian_pass
 from prunekit.theory.jacobian_stats import residual_loss

@@ -32,7 +32,8 @@ from prunekit.metrics import count_macs, count_params, measure_latency
 from prunekit.models import build_model
 from prunekit.models.inputs import example_inputs
 from prunekit.planner import Target, make_plan
-from prunekit.pruning import apply_plan_, find_groups
+from prunekit.pruning import apply_plan_
+from prunekit.structure import find_groups
 
 ROUND_MS = 250.0  # least wall time of timed passes per model per round
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from prunekit._version import __version__ as __version__
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
@@ -30,15 +30,15 @@ _EXPORTS: dict[str, str] = {
     "Target": "prunekit.planner",
     "make_plan": "prunekit.planner",
     "register_planner": "prunekit.planner",
-    # prune
-    "Group": "prunekit.pruning.types",
-    "Plan": "prunekit.pruning.types",
-    "find_groups": "prunekit.pruning",
+    # vocabulary, plan and prune
+    "Group": "prunekit.structure",
+    "Plan": "prunekit.structure",
+    "find_groups": "prunekit.structure",
+    "remaining_size": "prunekit.structure",
+    "mask_groups": "prunekit.structure",
     "apply_plan_": "prunekit.pruning",
-    "remaining_size": "prunekit.pruning",
-    "mask_groups": "prunekit.pruning",
     "compose_plans": "prunekit.pruning",
-    "unit_scores": "prunekit.pruning",
+    "unit_scores": "prunekit.planner.importance",
     "save": "prunekit.pruning",
     "load": "prunekit.pruning",
     "checkpoint_info": "prunekit.pruning",

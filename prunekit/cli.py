@@ -69,7 +69,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from prunekit.commands import plan_only
+    from prunekit.commands.plan import plan_only
     from prunekit.config import load_config
 
     cfg = load_config(args.config, args.overrides)
@@ -80,9 +80,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_estimate(args: argparse.Namespace) -> int:
-    from prunekit.commands import config_for_checkpoint
+    from prunekit.commands.checkpoint import config_for_checkpoint
+    from prunekit.commands.estimate import run_estimate_command
     from prunekit.config import load_config
-    from prunekit.theory.estimate import run_estimate_command
 
     out = Path(args.output) if args.output else None
     source = Path(args.config)
@@ -96,7 +96,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from prunekit.commands import evaluate_checkpoint
+    from prunekit.commands.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint, config_path=args.config, overrides=args.overrides)
     print(json.dumps(result, indent=2, sort_keys=True))

@@ -8,31 +8,19 @@ accelerate processes every rank computes, and only the main process writes.
 from __future__ import annotations
 
 import copy
-import itertools
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from prunekit.config import RunConfig
 from prunekit.errors import UserError
-from prunekit.pruning.types import Plan
 from prunekit.run_state import RunState
+from prunekit.task import Task, make_level_plan, seed_everything
 
 log = logging.getLogger("prunekit")
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def setup_logging(folder: Path | None, main: bool) -> None:
@@ -56,105 +44,6 @@ def setup_logging(folder: Path | None, main: bool) -> None:
 def level_name(level: float) -> str:
     """``level-70`` for 0.70 saved; fractional percents keep their digits (``level-99.5``)."""
     return f"level-{round(level * 100, 2):g}"
-
-
-class Task:
-    """Data, model factory and helpers shared by every stage of one config."""
-
-    def __init__(self, cfg: RunConfig):
-        from prunekit.batch import take
-        from prunekit.data import load_data
-        from prunekit.models import describe, hf_path
-        from prunekit.pruning.checkpoint import read_meta
-
-        self.cfg = cfg
-        self.splits = load_data(cfg.data, seed=cfg.seed, model_cfg=cfg.model)
-        if self.splits.n_train == 0:
-            raise UserError(f"dataset '{cfg.data.name}' has an empty train split: check data settings")
-        # Checkpoints record the base architecture plus one plan relative to it. Starting from a
-        # (possibly pruned) checkpoint, its base and plan carry over and later plans compose with it.
-        self.base_plan: Plan | None = None
-        if cfg.model.checkpoint:
-            meta = read_meta(cfg.model.checkpoint)
-            self.base = meta["base"]
-            self.base_plan = Plan.from_dict(meta["plan"]) if meta.get("plan") else None
-        else:
-            self.base = describe(cfg.model, self.splits.num_classes, self.splits.input_shape)
-        self.tokenizer_source = hf_path(cfg.model)  # HF files copied into checkpoints (None: not HF)
-        # Real inputs (two training examples) for graph building, MAC counts and forward checks.
-        self.example = take(self.loader("train", 2), 2)[0]
-        lat_bs = cfg.evaluate.latency_batch_size
-        self.latency_example = take(self.loader("train", lat_bs), lat_bs)[0]
-
-    def plan_from_base(self, plan: Plan) -> Plan:
-        """``plan`` (made for the dense model of this run) as a plan for the checkpoint's base model."""
-        from prunekit.pruning import compose_plans
-
-        return compose_plans(self.base_plan, plan) if self.base_plan is not None else plan
-
-    def loader(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0):
-        return self.splits.loader(split, batch_size=batch_size, shuffle=shuffle, seed=seed)
-
-    def build_dense(self) -> nn.Module:
-        from prunekit.models import build_model
-        from prunekit.pruning.checkpoint import load
-
-        if self.cfg.model.checkpoint:
-            model, _ = load(self.cfg.model.checkpoint)
-            return model
-        return build_model(
-            self.cfg.model, self.splits.num_classes, self.splits.input_shape, seed=self.cfg.seed
-        )
-
-    def measure(self, model: nn.Module, accelerator) -> dict[str, Any]:
-        """Test accuracy, params, MACs and CPU latency of ``model`` (the final evaluation)."""
-        from prunekit.metrics import count_macs, count_params, measure_latency
-        from prunekit.train import evaluate
-
-        ev = evaluate(model, self.loader("test", self.cfg.data.batch_size), accelerator)
-        e = self.cfg.evaluate
-        lat = measure_latency(
-            model,
-            self.latency_example,
-            repeats=e.latency_repeats,
-            warmup=e.latency_warmup,
-            threads=e.latency_threads,
-        )
-        return {
-            "accuracy": ev["accuracy"],
-            "loss": ev["loss"],
-            "params": count_params(model),
-            "macs": count_macs(model, self.example),  # per example
-            "latency_ms": lat["median_ms"],
-        }
-
-    def predict(self, model: nn.Module, accelerator, seed: int) -> dict[str, Any]:
-        """The theory estimates of ``model`` at its current weights (train split only)."""
-        from prunekit.theory import estimate
-
-        est = estimate(model, self.splits, self.cfg.estimate, accelerator=accelerator, seed=seed)
-        keys = ("C_arch", "T_opt", "n", "d_eff", "bound", "hessian_top_eigenvalue")
-        return {k: getattr(est, k) for k in keys} | {"seconds": round(sum(est.seconds.values()), 2)}
-
-    def generalization(self, model: nn.Module, accelerator, test_accuracy: float) -> dict[str, float]:
-        """Measured gap: train accuracy minus test accuracy (what the bound is meant to predict)."""
-        from prunekit.train import evaluate
-
-        train = evaluate(model, self.loader("train", self.cfg.data.batch_size), accelerator)
-        return {"train_accuracy": train["accuracy"], "gap": train["accuracy"] - test_accuracy}
-
-    def train(self, model: nn.Module, recipe, accelerator, seed: int, desc: str) -> dict[str, Any]:
-        from prunekit.train import finetune, make_accelerator
-
-        if recipe.mixed_precision != accelerator.mixed_precision:
-            # Dense training and fine-tuning may use different precisions; switching keeps the process group.
-            accelerator = make_accelerator(mixed_precision=recipe.mixed_precision, seed=None)
-
-        seed_everything(seed)
-        train_loader = self.loader("train", recipe.batch_size, shuffle=True, seed=seed)
-        has_val = self.splits.size("validation") > 0
-        val_loader = self.loader("validation", self.cfg.data.batch_size) if has_val else None
-        return finetune(model, train_loader, recipe, accelerator, val_loader=val_loader, desc=desc, seed=seed)
 
 
 def _dense_stage(task: Task, state: RunState, accelerator, model: nn.Module) -> dict[str, Any]:
@@ -192,27 +81,6 @@ def _dense_stage(task: Task, state: RunState, accelerator, model: nn.Module) -> 
         "dense: accuracy %.4f, %d params, %.3g MACs", metrics["accuracy"], metrics["params"], metrics["macs"]
     )
     return metrics
-
-
-def make_level_plan(task: Task, model: nn.Module, level: float, seed: int):
-    """The plan for one level (groups → scores → allocation), at fixed weights; changes nothing."""
-    from prunekit.planner import Target, from_prune_config, make_plan
-    from prunekit.pruning import find_groups
-
-    p = task.cfg.prune
-    groups = find_groups(model, task.example, ignore=p.ignore)
-    loader = task.loader("train", task.cfg.finetune.batch_size, shuffle=True, seed=seed)
-    batches = list(itertools.islice(loader, p.importance_batches))
-    plan = make_plan(
-        model,
-        groups,
-        Target(metric=p.metric, saved=level),
-        config=from_prune_config(p, seed),
-        batches=batches,
-        example_inputs=task.example,
-    )
-    plan.extra["ignore"] = list(p.ignore)  # so that a checkpoint rebuild finds the same groups
-    return plan, groups
 
 
 def _level_stage(

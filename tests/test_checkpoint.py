@@ -13,8 +13,9 @@ from prunekit.batch import logits_of
 from prunekit.config import ModelConfig
 from prunekit.models import build_model, describe
 from prunekit.planner import Target, make_plan
-from prunekit.pruning import Plan, apply_plan_, find_groups
+from prunekit.pruning import apply_plan_
 from prunekit.pruning.checkpoint import CheckpointError, checkpoint_info, load, save
+from prunekit.structure import Plan, find_groups
 from prunekit.testing import example_inputs_for, tiny_bert, tiny_llama_gqa, tiny_vit
 
 

@@ -7,13 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunekit.pruning.importance import (
+from prunekit.planner.importance import (
     known_criteria,
     lamp_transform,
     register_criterion,
     unit_scores,
 )
-from prunekit.pruning.types import Group, ParamSlice
+from prunekit.structure import Group, ParamSlice
 
 
 class TinyMLP(nn.Module):
@@ -259,7 +259,7 @@ def test_registry_and_input_errors():
 
 
 def test_scores_on_found_groups_match_the_hand_built_ones():
-    from prunekit.pruning import find_groups
+    from prunekit.structure import find_groups
 
     m, data = make_cnn(), batches((1, 10), 2)
     found = find_groups(m, data[0][0])
@@ -272,7 +272,7 @@ def test_scores_on_found_groups_match_the_hand_built_ones():
 
 
 def test_data_driven_scores_work_with_dict_inputs_of_hf_models():
-    from prunekit.pruning import find_groups
+    from prunekit.structure import find_groups
     from prunekit.testing.models import example_inputs_for, tiny_bert
 
     m = tiny_bert()

@@ -22,8 +22,10 @@ from prunekit.planner import (
     planner_config,
     register_planner,
 )
-from prunekit.pruning import apply_plan_, find_groups, unit_scores
-from prunekit.pruning.types import Plan
+from prunekit.planner.importance import unit_scores
+from prunekit.pruning import apply_plan_
+from prunekit.structure import find_groups
+from prunekit.structure.plan import Plan
 
 PLANNERS = ["uniform", "global_magnitude", "global_taylor", "lamp", "random"]
 # models wide enough that one unit is < 2 % of the total, so a 1 % tolerance is reachable

@@ -7,7 +7,8 @@ import torch
 
 from prunekit.config import TrainConfig
 from prunekit.planner import Target, make_plan
-from prunekit.pruning import apply_plan_, find_groups
+from prunekit.pruning import apply_plan_
+from prunekit.structure import find_groups
 from prunekit.testing import example_inputs_for, tiny_resnet
 from prunekit.train import finetune, make_accelerator
 

@@ -11,14 +11,8 @@ import torch
 
 from prunekit.batch import logits_of
 from prunekit.metrics import count_macs
-from prunekit.pruning import (
-    Plan,
-    apply_plan_,
-    compose_plans,
-    find_groups,
-    mask_groups,
-    remaining_size,
-)
+from prunekit.pruning import apply_plan_, compose_plans
+from prunekit.structure import Plan, find_groups, mask_groups, remaining_size
 from prunekit.testing import (
     example_inputs_for,
     tiny_bert,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunekit.pruning import GraphTimeoutError, find_groups, round_keep
+from prunekit.structure import GraphTimeoutError, find_groups, round_keep
 from prunekit.testing import (
     example_inputs_for,
     tiny_bert,
@@ -209,7 +209,7 @@ def test_graph_build_timeout_names_the_model_and_leaves_it_clean():
 
 
 def test_a_build_past_its_limit_is_an_error_even_if_it_swallows_the_stop_and_finishes():
-    from prunekit.pruning.timeout import call_with_timeout
+    from prunekit.structure.timeout import call_with_timeout
 
     def stubborn() -> int:
         start = time.monotonic()

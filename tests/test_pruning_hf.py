@@ -8,7 +8,8 @@ import torch
 
 from prunekit.batch import logits_of
 from prunekit.metrics import count_macs
-from prunekit.pruning import Plan, apply_plan_, find_groups, remaining_size
+from prunekit.pruning import apply_plan_
+from prunekit.structure import Plan, find_groups, remaining_size
 from prunekit.testing import example_inputs_for, tiny_bert, tiny_distilbert, tiny_llama_gqa, tiny_vit
 
 FAMILIES = {"bert": tiny_bert, "distilbert": tiny_distilbert, "vit": tiny_vit, "llama_gqa": tiny_llama_gqa}

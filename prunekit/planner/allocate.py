@@ -21,9 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.planner.target import TOLERANCE, Target
-from prunekit.pruning.groups import round_keep
-from prunekit.pruning.sizes import remaining_size
-from prunekit.pruning.types import Group
+from prunekit.structure.find import round_keep
+from prunekit.structure.group import Group
+from prunekit.structure.sizes import remaining_size
 
 Counts = dict[str, int]
 

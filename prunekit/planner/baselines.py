@@ -13,8 +13,8 @@ from typing import Any
 from torch import Tensor
 
 from prunekit.planner.allocate import global_counts, keep_indices, layer_normalised, uniform_counts
+from prunekit.planner.importance import get_criterion, unit_scores
 from prunekit.planner.registry import PlanContext, PlannerConfig, register_planner
-from prunekit.pruning.importance import get_criterion, unit_scores
 
 Keep = dict[str, list[int]]
 
@@ -38,7 +38,7 @@ def _global(
 @dataclass(frozen=True)
 class UniformConfig(PlannerConfig):
     """Same keep fraction in every group; units chosen by ``importance`` (any criterion of
-    :func:`prunekit.pruning.importance.unit_scores`; ``taylor`` / ``hessian`` need batches)."""
+    :func:`prunekit.planner.importance.unit_scores`; ``taylor`` / ``hessian`` need batches)."""
 
     importance: str = "l2"
 

@@ -1,7 +1,7 @@
 """Planners by name: each is a small config dataclass plus one function (the peft pattern).
 
 ``make_plan(model, groups, target, config)`` validates everything, runs the planner's function, and wraps
-its answer (the kept unit indices of each group) into a :class:`~prunekit.pruning.types.Plan` carrying the
+its answer (the kept unit indices of each group) into a :class:`~prunekit.structure.plan.Plan` carrying the
 target, the planner's name and config, and the exact size it achieves.
 """
 
@@ -18,8 +18,8 @@ from torch import nn
 from prunekit.batch import Batch
 from prunekit.planner.allocate import SizeModel, floor_counts
 from prunekit.planner.target import TOLERANCE, Target
-from prunekit.pruning.apply import validate_plan
-from prunekit.pruning.types import Group, Plan
+from prunekit.structure import Group, Plan
+from prunekit.structure.plan import validate_plan
 
 
 @dataclass(frozen=True)

@@ -10,63 +10,15 @@ CNNs and transformers alike. New ``nn.Parameter`` objects replace the old ones w
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from ..batch import Inputs, logits_of
-from .sizes import check_groups_match, removed_entries
-from .types import Group, Plan
-
-
-def validate_plan(groups: Sequence[Group], plan: Plan) -> None:
-    """Raise ValueError naming the first group the plan gets wrong; change nothing."""
-    by_name = {g.name: g for g in groups}
-    for name in list(plan.num_units) + list(plan.keep):
-        if name not in by_name:
-            near = sorted(by_name)[:3]
-            raise ValueError(
-                f"plan names group {name!r}, which this model does not have (a plan for another model, or "
-                f"groups found with other ignore patterns?); this model's groups start {near}"
-            )
-    round_to = plan.round_to
-    if isinstance(round_to, bool) or not isinstance(round_to, numbers.Integral) or round_to < 1:
-        raise ValueError(f"plan.round_to must be an integer >= 1, got {round_to!r}")
-    for name, n in plan.num_units.items():  # every group the plan sizes, pruned or not
-        if n != by_name[name].num_units:
-            raise ValueError(
-                f"group {name!r} has {by_name[name].num_units} units in this model but {n} in the plan: "
-                f"the plan was made for another model (or an already pruned one)"
-            )
-    for name, keep in plan.keep.items():
-        if name not in plan.num_units:
-            raise ValueError(f"plan.num_units has no entry for group {name!r}; the plan is incomplete")
-        _check_keep(name, keep, by_name[name], round_to)
-
-
-def _check_keep(name: str, keep: object, g: Group, round_to: int) -> None:
-    if not isinstance(keep, (list, tuple)):
-        raise ValueError(f"plan.keep[{name!r}] must be a list of unit indices, got {type(keep).__name__}")
-    if any(isinstance(i, bool) or not isinstance(i, numbers.Integral) for i in keep):
-        raise ValueError(f"plan.keep[{name!r}] must hold integer unit indices")
-    keep = [int(i) for i in keep]
-    bad = [i for i in keep if i < 0 or i >= g.num_units]
-    if bad:
-        raise ValueError(f"plan.keep[{name!r}] has indices {bad[:5]} outside [0, {g.num_units})")
-    if any(a >= b for a, b in zip(keep, keep[1:], strict=False)):
-        raise ValueError(f"plan.keep[{name!r}] must be sorted without duplicates, got {keep[:10]}...")
-    if len(keep) < g.min_units:
-        raise ValueError(
-            f"plan.keep[{name!r}] keeps {len(keep)} units but the group needs at least {g.min_units}; "
-            f"keep more or add the layer to ignore"
-        )
-    if len(keep) % round_to and len(keep) != g.num_units:
-        raise ValueError(
-            f"plan.keep[{name!r}] keeps {len(keep)} units, not a multiple of plan.round_to={round_to}; "
-            f"keep a multiple (or all {g.num_units}) or lower round_to"
-        )
+from ..structure.group import Group
+from ..structure.plan import Plan, validate_plan
+from ..structure.sizes import check_groups_match, removed_entries
 
 
 def _owners(model: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]:
@@ -206,7 +158,7 @@ def apply_plan_(
     skip finding them again; otherwise they are found with ``plan.extra["ignore"]`` (if any) and groups
     that prunekit cannot cut are left out rather than reported, since the plan does not name them.
     """
-    from .groups import find_groups
+    from ..structure.find import find_groups
     from .hf import patch_transformer
 
     if not isinstance(plan, Plan):

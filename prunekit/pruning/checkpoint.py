@@ -24,10 +24,10 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from prunekit import __version__
+from prunekit._version import __version__
 from prunekit.atomic import write_folder
 from prunekit.batch import Inputs
-from prunekit.pruning.types import Plan
+from prunekit.structure.plan import Plan
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -176,12 +176,12 @@ def save(
 
 
 def _versions() -> dict[str, str]:
-    out = {"prunekit": __version__, "torch": torch.__version__}
-    try:
-        import transformers
+    from importlib.metadata import PackageNotFoundError, version
 
-        out["transformers"] = transformers.__version__
-    except ImportError:
+    out = {"prunekit": __version__, "torch": torch.__version__}
+    try:  # the installed distribution's metadata: importing transformers costs ~1 s on a CNN run
+        out["transformers"] = version("transformers")
+    except PackageNotFoundError:
         pass
     return out
 

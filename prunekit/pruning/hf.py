@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .blocks import AttentionSpec, find_blocks
-from .llama import patch_qkvo
+from prunekit.structure.blocks import AttentionSpec, find_blocks
 
 
 def _patch_bert(model: nn.Module, a: AttentionSpec) -> dict[str, int]:
@@ -99,3 +98,18 @@ def _set_valid(cfg, new: dict) -> bool:
             setattr(cfg, k, v)
         return False
     return True
+
+
+def patch_qkvo(model: nn.Module, a: AttentionSpec) -> dict[str, int]:
+    """Re-derive the head counts of one attention module from its (pruned) weights; return them."""
+    module = model.get_submodule(a.name)
+    q, k = model.get_submodule(a.q), model.get_submodule(a.k)
+    heads, kv = q.out_features // a.head_dim, k.out_features // a.head_dim
+    if hasattr(module, "num_key_value_groups"):
+        module.num_key_value_groups = heads // max(kv, 1)  # read by repeat_kv at every forward
+    for attr in ("num_heads", "num_attention_heads", "n_heads"):
+        if hasattr(module, attr):
+            setattr(module, attr, heads)
+    if hasattr(module, "num_key_value_heads"):
+        module.num_key_value_heads = kv
+    return {"heads": heads, "kv_heads": kv}

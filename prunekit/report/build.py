@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prunekit import __version__
+from prunekit._version import __version__
 from prunekit.config import RunConfig
 
 # Fields copied from each level's result; history and timings stay in state.json.

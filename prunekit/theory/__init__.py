@@ -12,7 +12,6 @@ from typing import Any
 
 from prunekit.theory.estimate import Estimates as Estimates
 from prunekit.theory.estimate import estimate as estimate
-from prunekit.theory.estimate import run_estimate_command as run_estimate_command
 
 _EXPORTS: dict[str, str] = {
     # the bound
@@ -39,7 +38,7 @@ _EXPORTS: dict[str, str] = {
     "representation": "prunekit.theory.intrinsic_dim",
 }
 
-__all__ = sorted([*_EXPORTS, "Estimates", "estimate", "run_estimate_command"])
+__all__ = sorted([*_EXPORTS, "Estimates", "estimate"])
 
 
 def __getattr__(name: str) -> Any:

@@ -37,10 +37,6 @@ from torch import nn
 from prunekit.batch import Batch, batch_size_of
 from prunekit.config import EstimateConfig
 from prunekit.theory.bound import readable_version, stated_bound
-
-# the command-line part lives in prunekit.theory.command; re-exported here for prunekit.cli
-from prunekit.theory.command import format_summary as format_summary
-from prunekit.theory.command import run_estimate_command as run_estimate_command
 from prunekit.theory.distributed import rank_and_world, rank_seed, reduce_mean_se, shard_size
 from prunekit.theory.jacobian_pass import GRAM_PSD_RTOL, jacobian_pass, top_eigenvalues
 from prunekit.theory.jacobian_stats import JacobianStats, residual_loss
@@ -286,7 +282,7 @@ def estimate(
 
     ``data``: a :class:`prunekit.data.DataSplits` (its train split is used; ``n`` = ``n_train``) or a
     re-iterable of ``(inputs, labels)`` training batches together with ``n``, the training-set size.
-    ``groups``: prunable groups (``prunekit.pruning.find_groups``) or ``{name: [param names]}``; without them
+    ``groups``: prunable groups (``prunekit.structure.find_groups``) or ``{name: [param names]}``; without them
     per-group traces are skipped. ``accelerator``: shares the Hutchinson probes across processes.
     The model must give class logits (the Hessian is that of the mean cross-entropy).
     """

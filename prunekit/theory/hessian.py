@@ -31,7 +31,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from prunekit.batch import Batch, batch_size_of, concat_inputs, logits_of, move_to, slice_inputs
-from prunekit.pruning.types import Group
+from prunekit.structure.group import Group
 from prunekit.theory.eigen import flat, top_eigenvalue_of, unflat
 from prunekit.theory.modes import eval_mode
 from prunekit.theory.ntk_units import UnitReducer, normalise_groups

@@ -1,7 +1,7 @@
 """Addressing parameter entries by unit: groups → units → slices, reductions over them, and masking.
 
 A *unit* is a list of ``(param name, dim, index)``: the entries ``index`` along ``dim`` of that tensor
-(``dim=None``: the whole tensor). A prunekit :class:`~prunekit.pruning.types.Group` has ``num_units`` units,
+(``dim=None``: the whole tensor). A prunekit :class:`~prunekit.structure.group.Group` has ``num_units`` units,
 one per output channel / head / neuron; a dict ``{name: [param names]}`` is a parameter partition whose
 units are its parameter tensors. Used by the NTK estimators for per-unit traces and Level-2 masking.
 """
@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from prunekit.pruning.types import Group
+from prunekit.structure.group import Group
 
 Groups = Sequence[Group] | Mapping[str, Sequence[str]]
 Unit = list[tuple[str, int | None, Tensor | None]]
@@ -206,7 +206,7 @@ def masked_units(
 ) -> Iterator[nn.Module]:
     """Zero the removed units' parameter entries at fixed weights; restore them bit for bit on exit.
 
-    Buffers (BatchNorm running statistics) are left alone, as in ``prunekit.pruning.mask_groups``: once a
+    Buffers (BatchNorm running statistics) are left alone, as in ``prunekit.structure.mask_groups``: once a
     channel's weight and bias are zero its output is zero whatever they hold, and a zeroed running
     variance would blow up a channel whose weight is not in the slices.
     """

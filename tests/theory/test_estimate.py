@@ -14,7 +14,7 @@ import torch
 from prunekit.config import EstimateConfig, RunConfig, config_from_dict
 from prunekit.data import DataSplits, load_data
 from prunekit.models import build_model
-from prunekit.pruning import find_groups
+from prunekit.structure import find_groups
 from prunekit.theory import Estimates, estimate, stated_bound
 from prunekit.theory.estimate import balanced_order
 from prunekit.theory.ntk import module_partition
@@ -202,7 +202,7 @@ def test_balanced_order_cycles_through_classes() -> None:
 
 
 def test_run_estimate_command_end_to_end(tmp_path: Path, capsys) -> None:
-    from prunekit.theory.estimate import run_estimate_command
+    from prunekit.commands.estimate import run_estimate_command
 
     cfg = config_from_dict(
         {
@@ -283,9 +283,9 @@ def test_a_model_without_class_logits_is_refused_with_the_fix() -> None:
 
 def test_run_estimate_command_prefers_the_runs_dense_checkpoint(tmp_path: Path, capsys) -> None:
     """After `prunekit run`, `prunekit estimate` measures the saved dense model instead of training anew."""
+    from prunekit.commands.estimate import run_estimate_command
     from prunekit.models import describe
     from prunekit.pruning import save
-    from prunekit.theory.estimate import run_estimate_command
 
     cfg = config_from_dict(
         {

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from prunekit.pruning.types import Group, ParamSlice
+from prunekit.structure import Group, ParamSlice
 from prunekit.theory.hessian import gauss_newton_top_eigenvalue, hessian_trace, hvp, top_eigenvalue
 
 

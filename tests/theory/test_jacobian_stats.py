@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jacrev
 
-from prunekit.pruning.types import Group, ParamSlice
+from prunekit.structure import Group, ParamSlice
 from prunekit.theory.eigen import top_eigenvalue_of
 from prunekit.theory.hessian import hessian_trace
 from prunekit.theory.jacobian_stats import JacobianStats, residual_loss

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from prunekit.pruning.types import Group, ParamSlice
+from prunekit.structure import Group, ParamSlice
 from prunekit.theory.ntk import (
     group_ntk_traces,
     level1_gram,
@@ -366,10 +366,10 @@ def test_traces_work_under_no_grad() -> None:
 @pytest.mark.parametrize("name", ["tiny_resnet", "tiny_bert"])
 def test_groups_from_find_groups(name: str) -> None:
     """Per-unit traces of real groups add up to group traces, and Level 2 through masked_units equals the
-    Gram computed inside prunekit.pruning.mask_groups (the two masking helpers agree)."""
+    Gram computed inside prunekit.structure.mask_groups (the two masking helpers agree)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from prunekit.pruning import find_groups
-    from prunekit.pruning.masking import mask_groups
+    from prunekit.structure import find_groups
+    from prunekit.structure.masking import mask_groups
     from prunekit.testing import models as tiny
     from prunekit.theory.ntk_units import removed_entry_masks, trainable_parameters
 

@@ -17,8 +17,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from .group import Group
 from .sizes import check_groups_match
-from .types import Group
 
 
 @contextmanager

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from ..batch import Inputs, logits_of
+from .group import ParamSlice
 from .timeout import call_with_timeout
-from .types import ParamSlice
 
 
 class UnsupportedLayer(Exception):

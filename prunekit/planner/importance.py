@@ -36,7 +36,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm import tqdm
 
 from prunekit.batch import Batch, batch_size_of, logits_of, move_to, slice_inputs
-from prunekit.pruning.types import Group
+from prunekit.structure.group import Group
 
 HESSIAN_ESTIMATORS = ("fisher", "hutchinson")
 

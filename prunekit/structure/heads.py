@@ -22,7 +22,7 @@ from __future__ import annotations
 from torch import nn
 
 from .blocks import AttentionSpec
-from .types import ParamSlice
+from .group import ParamSlice
 
 
 def _rows(heads: list[int], head_dim: int) -> tuple[int, ...]:
@@ -64,18 +64,3 @@ def qkvo_head_groups(model: nn.Module, a: AttentionSpec) -> list[dict]:
         dict(name=f"{a.name}:heads", kind="head", layer=a.name, num_units=n_rep, slices=heads),
         dict(name=f"{a.name}:kv_heads", kind="kv_head", layer=a.name, num_units=a.num_kv_heads, slices=kv),
     ]
-
-
-def patch_qkvo(model: nn.Module, a: AttentionSpec) -> dict[str, int]:
-    """Re-derive the head counts of one attention module from its (pruned) weights; return them."""
-    module = model.get_submodule(a.name)
-    q, k = model.get_submodule(a.q), model.get_submodule(a.k)
-    heads, kv = q.out_features // a.head_dim, k.out_features // a.head_dim
-    if hasattr(module, "num_key_value_groups"):
-        module.num_key_value_groups = heads // max(kv, 1)  # read by repeat_kv at every forward
-    for attr in ("num_heads", "num_attention_heads", "n_heads"):
-        if hasattr(module, attr):
-            setattr(module, attr, heads)
-    if hasattr(module, "num_key_value_heads"):
-        module.num_key_value_heads = kv
-    return {"heads": heads, "kv_heads": kv}

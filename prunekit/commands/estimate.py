@@ -1,4 +1,4 @@
-"""``prunekit estimate CONFIG``: run :func:`prunekit.theory.estimate.estimate` on a config's dense model,
+"""``prunekit estimate CONFIG``: run :func:`prunekit.theory.estimate` on a config's dense model,
 print a summary and write ``estimate.json``."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from prunekit.batch import move_to
 
-if TYPE_CHECKING:  # estimate.py re-exports this module's command: import it lazily, no cycle
+if TYPE_CHECKING:
     from prunekit.theory.estimate import Estimates
 
 
@@ -100,9 +100,10 @@ def _run(cfg: Any, output: Any | None, accelerator: Any) -> dict[str, Any]:
     from pathlib import Path
 
     from prunekit.atomic import write_json
-    from prunekit.pipeline import Task, output_folder
-    from prunekit.pruning import find_groups
+    from prunekit.pipeline import output_folder
     from prunekit.pruning.checkpoint import load
+    from prunekit.structure import find_groups
+    from prunekit.task import Task
     from prunekit.theory.estimate import estimate
 
     task = Task(cfg)

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from torch import nn
 
 from ..batch import Inputs
+from .group import Group
 from .sizes import mac_terms, param_shapes, removed_entries, size_after
-from .types import Group
 
 
 def _check_patterns(ignore: Sequence[str] | str) -> tuple[str, ...]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from torch import nn
 
 from .blocks import AttentionSpec, FFNSpec, find_blocks
-from .llama import _slices, qkvo_head_groups
+from .heads import _slices, qkvo_head_groups
 
 
 def bert_head_groups(model: nn.Module, a: AttentionSpec) -> list[dict]:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..batch import Inputs, batch_size_of
-from .types import Group
+from .group import Group
 
 Key = tuple[str, int]  # (parameter or buffer name, dim)
 
