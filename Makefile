@@ -27,6 +27,7 @@ test: setup
 lint: setup
 	$(BIN)/ruff check prunekit tests experiments
 	$(BIN)/ruff format --check prunekit tests experiments
+	$(BIN)/lint-imports  # the layers of README "Architecture" (contracts in pyproject.toml)
 
 format: setup
 	$(BIN)/ruff format prunekit tests experiments

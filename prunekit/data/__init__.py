@@ -5,10 +5,11 @@ imagefolder. Add your own with :func:`register_dataset`. Importing this package 
 transformers nor datasets; they load when a source or a Dataset view needs them.
 """
 
+from prunekit.data.arrays import SplitArrays
 from prunekit.data.load import TEST_FRACTION, load_data
 from prunekit.data.registry import available_datasets, register_dataset
 from prunekit.data.source import SourceData
-from prunekit.data.splits import SPLITS, DataSplits, SplitArrays
+from prunekit.data.splits import SPLITS, DataSplits
 
 __all__ = [
     "SPLITS",

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from prunekit.data.splits import SplitArrays
+from prunekit.data.arrays import SplitArrays
 
 
 def _array_column(x: np.ndarray) -> tuple[Any, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from prunekit.config import DataConfig, ModelConfig
+from prunekit.data.arrays import SplitArrays
 from prunekit.data.registry import get_loader
 from prunekit.data.source import SourceData
 from prunekit.data.split import (
@@ -26,7 +27,7 @@ from prunekit.data.split import (
     split_off,
     stratified_pick,
 )
-from prunekit.data.splits import DataSplits, SplitArrays
+from prunekit.data.splits import DataSplits
 
 TEST_FRACTION = 0.2  # for sources without a test split of their own (digits, tweets, a lone CSV)
 
