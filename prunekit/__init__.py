@@ -24,6 +24,8 @@ _EXPORTS: dict[str, str] = {
     # estimate
     "estimate": "prunekit.theory",
     "Estimates": "prunekit.theory",
+    "Estimator": "prunekit.theory",
+    "Prediction": "prunekit.theory",
     "stated_bound": "prunekit.theory",
     "calibrate": "prunekit.theory",
     # plan

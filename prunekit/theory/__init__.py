@@ -14,6 +14,9 @@ from prunekit.theory.estimate import Estimates as Estimates
 from prunekit.theory.estimate import estimate as estimate
 
 _EXPORTS: dict[str, str] = {
+    # built once per model and data: full estimates and masked predictions
+    "Estimator": "prunekit.theory.estimator",
+    "Prediction": "prunekit.theory.estimator",
     # the bound
     "stated_bound": "prunekit.theory.bound",
     "calibrate": "prunekit.theory.bound",

@@ -217,6 +217,19 @@ class _Reducer:
         return out
 
 
+def _probe_masks(obj: _Objective, masks: Sequence[Tensor | None] | None) -> list[Tensor | None] | None:
+    if masks is None:
+        return None
+    if len(masks) != len(obj.params):
+        raise ValueError(f"got {len(masks)} probe masks for {len(obj.params)} trainable parameters; one each")
+    out: list[Tensor | None] = []
+    for name, p, m in zip(obj.names, obj.params, masks, strict=True):
+        if m is not None and m.shape != p.shape:
+            raise ValueError(f"probe mask for {name} has shape {tuple(m.shape)}, expected {tuple(p.shape)}")
+        out.append(None if m is None else m.to(device=p.device, dtype=p.dtype))
+    return out
+
+
 def _mean_se(det: Any, samples: list[Any]) -> tuple[Any, Any]:
     arr = np.asarray(samples, dtype=np.float64)
     se = (
@@ -238,6 +251,7 @@ def hessian_trace(
     progress: bool | None = None,
     known_diagonal: Sequence[Tensor] | None = None,
     samples_per_probe: int | None = None,
+    probe_masks: Sequence[Tensor | None] | None = None,
 ) -> dict[str, Any]:
     """Stochastic trace of the Hessian and of its diagonal blocks, with standard errors.
 
@@ -255,6 +269,9 @@ def hessian_trace(
     remainder R (see :mod:`prunekit.theory.jacobian_stats`): far lower variance near a minimum.
     ``samples_per_probe``: each Hutchinson probe uses its own random subset of that many samples (without
     replacement): unbiased, cheaper per probe, and the standard error includes the subsampling.
+    ``probe_masks`` (one boolean tensor or None per trainable parameter): the probes are zero outside the
+    masks, so the traces are those of the Hessian restricted to the masked-in entries (a Level-2 masked
+    model's remaining parameters: what the surgically pruned model's Hessian is).
 
     Returns trace/trace_se, normalized_trace/normalized_trace_se (T = Σ_l ‖θ_l‖² tr(H_ll) / P, l = one
     parameter tensor, P = trainable parameter count), per_tensor/per_tensor_se ({name: value}),
@@ -275,6 +292,14 @@ def hessian_trace(
             else _check_vectors(obj, known_diagonal)
         )
         basis: Tensor | None = None
+        masks = _probe_masks(obj, probe_masks)
+
+        def probe() -> Vectors:
+            v = _rademacher(obj.params, gen)
+            return (
+                v if masks is None else [vi if m is None else vi * m for vi, m in zip(v, masks, strict=True)]
+            )
+
         det = reduce(known)
         if samples_per_probe is not None and not 1 <= samples_per_probe:
             raise ValueError(
@@ -288,7 +313,7 @@ def hessian_trace(
             hutch_probes = num_probes - 2 * k
             sketch = []
             for _ in range(k):
-                sketch.append(flat(obj.hvp(_rademacher(obj.params, gen))))
+                sketch.append(flat(obj.hvp(probe())))
                 bar.update()
             basis = torch.linalg.qr(torch.stack(sketch, dim=1)).Q  # (P, k) orthonormal
             det_entries = [torch.zeros_like(p) for p in obj.params]
@@ -300,7 +325,7 @@ def hessian_trace(
             det = reduce([a + b for a, b in zip(det_entries, known, strict=True)])
         samples = []
         for _ in range(hutch_probes):
-            v = _rademacher(obj.params, gen)
+            v = probe()
             w = v
             if basis is not None:  # project the probe off the sketched subspace: estimates tr(D H(I − QQᵀ))
                 fv = flat(v)

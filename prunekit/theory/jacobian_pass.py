@@ -52,7 +52,8 @@ def jacobian_pass(
     model: nn.Module, probe: Batch, jacobian_elements: int, accelerator: Any | None = None
 ) -> tuple[Tensor, JacobianStats, dict[str, Any]]:
     """The n×n traced NTK Gram (float64), the Jacobian statistics (diagonals over all samples; the kept
-    Jacobian rows are this rank's) and whether the samples were shared out."""
+    Jacobian rows are this rank's) and ``{"samples_shared": whether the samples were shared out,
+    "logits": the probe set's logits (all samples, on every rank)}``."""
     from prunekit.theory.ntk import ntk_gram
     from prunekit.theory.ntk_units import trainable_parameters
 
@@ -75,7 +76,7 @@ def jacobian_pass(
     if world == 1 or not keep or n < world:  # else every rank owns samples and the Jacobian can be gathered
         stats = JacobianStats(params, probs, jacobian_elements if world == 1 else 0)
         gram = ntk_gram(model, probe, on_rows=stats, **kwargs)
-        return gram, stats, {"samples_shared": False}
+        return gram, stats, {"samples_shared": False, "logits": logits}
     lo, hi = sample_range(n, rank, world)
     stats = JacobianStats(params, probs[lo:hi], jacobian_elements, total_samples=n)
     own = ntk_gram(model, _shard(probe, lo, hi), on_rows=stats, **kwargs)
@@ -92,7 +93,7 @@ def jacobian_pass(
     gram = sum_across_ranks(gram.to(device), accelerator).cpu()
     stats.ntk = sum_across_ranks(stats.ntk.to(device), accelerator).cpu()
     stats.gn = sum_across_ranks(stats.gn.to(device), accelerator).cpu()
-    return gram, stats, {"samples_shared": True}
+    return gram, stats, {"samples_shared": True, "logits": logits}
 
 
 def top_eigenvalues(
@@ -103,9 +104,13 @@ def top_eigenvalues(
     seed: int,
     accelerator: Any | None = None,
     micro_batch: int = 128,
+    mask: Tensor | None = None,
 ) -> dict[str, Any]:
     """Top eigenvalue of G (Lanczos on the kept Jacobian) and of H (Lanczos from G's eigenvector, at most
-    ``iters`` Hessian-vector products), each product summed over the ranks' sample shares."""
+    ``iters`` Hessian-vector products), each product summed over the ranks' sample shares.
+
+    ``mask`` (flat, boolean over the trainable parameters): the eigenvalues of the matrices restricted to
+    those entries (P H P), e.g. a masked model's remaining parameters."""
     from prunekit.theory.hessian import hvp
 
     rank, world = rank_and_world(accelerator)
@@ -116,11 +121,15 @@ def top_eigenvalues(
     params = [p for p in model.parameters() if p.requires_grad]
     device = params[0].device
 
+    keep = None if mask is None else mask.to(device=device, dtype=params[0].dtype)
+
     def hessian_mv(v: Tensor) -> Tensor:
         if not batches:
             return sum_across_ranks(torch.zeros_like(v), accelerator)
+        if keep is not None:
+            v = v * keep
         hv = flat(hvp(model, batches, unflat(v, params))) * ((hi - lo) / n)  # this rank's share of the mean
-        return sum_across_ranks(hv, accelerator)
+        return sum_across_ranks(hv if keep is None else hv * keep, accelerator)
 
     start, gn = None, None
     if stats.has_jacobian:

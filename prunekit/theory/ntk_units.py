@@ -14,7 +14,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from prunekit.structure.group import Group
+from prunekit.structure.group import Group, ParamSlice
+from prunekit.structure.masking import mask_groups
 
 Groups = Sequence[Group] | Mapping[str, Sequence[str]]
 Unit = list[tuple[str, int | None, Tensor | None]]
@@ -200,26 +201,43 @@ def removed_entry_masks(
     return masks
 
 
+def as_groups(groups: Groups, model: nn.Module) -> list[Group]:
+    """Groups as :class:`~prunekit.structure.Group` objects, for :func:`prunekit.structure.mask_groups`.
+
+    A dict ``{name: [param names]}`` becomes one group per name whose unit ``u`` is its ``u``-th tensor
+    (all of its entries along dim 0); Group objects pass through.
+    """
+    if not isinstance(groups, Mapping):
+        return list(groups)  # mask_groups checks that they fit the model
+    params = trainable_parameters(model)
+    out = []
+    for gname, units in _partition_units(groups, params):
+        slices = []
+        for u, ((pname, _, _),) in enumerate(units):
+            if params[pname].dim() == 0:
+                raise ValueError(
+                    f"group {gname!r}: {pname!r} is a scalar; masking needs tensors with a dim 0"
+                )
+            rows = tuple(range(params[pname].shape[0]))
+            index = tuple(rows if v == u else () for v in range(len(units)))
+            slices.append(ParamSlice(pname, 0, index))
+        size = sum(params[p].numel() for ((p, _, _),) in units)
+        out.append(Group(gname, "tensor", gname, len(units), tuple(slices), size, 0, min_units=0))
+    return out
+
+
 @contextmanager
 def masked_units(
     model: nn.Module, groups: Groups, removed: Mapping[str, Sequence[int] | None]
 ) -> Iterator[nn.Module]:
-    """Zero the removed units' parameter entries at fixed weights; restore them bit for bit on exit.
-
-    Buffers (BatchNorm running statistics) are left alone, as in ``prunekit.structure.mask_groups``: once a
-    channel's weight and bias are zero its output is zero whatever they hold, and a zeroed running
-    variance would blow up a channel whose weight is not in the slices.
-    """
-    masks = removed_entry_masks(model, groups, removed, buffers=True)
-    params = dict(model.named_parameters())
-    masks = {k: m for k, m in masks.items() if k in params}
-    saved = {k: params[k].detach().clone() for k in masks}
-    try:
-        with torch.no_grad():
-            for k, m in masks.items():
-                params[k].masked_fill_(m.to(params[k].device), 0)
+    """:func:`prunekit.structure.mask_groups` for any ``groups`` (also a dict partition), ``None`` meaning
+    all of a group's units: the removed units' parameter entries are zeroed at fixed weights and restored
+    bit for bit on exit; buffers (BatchNorm running statistics) are left alone."""
+    as_group = as_groups(groups, model)
+    sizes = {g.name: g.num_units for g in as_group}
+    unknown = [g for g in removed if g not in sizes]
+    if unknown:
+        raise ValueError(f"removed names unknown group {unknown[0]!r}; known groups: {sorted(sizes)[:8]} ...")
+    units = {g: list(range(sizes[g])) if idx is None else [int(i) for i in idx] for g, idx in removed.items()}
+    with mask_groups(model, as_group, units):
         yield model
-    finally:
-        with torch.no_grad():
-            for k, v in saved.items():
-                params[k].copy_(v)
