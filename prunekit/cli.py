@@ -30,6 +30,22 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default=None, help="output folder (default: runs/<name>)")
 
 
+def _add_checkpoint_trust_args(p: argparse.ArgumentParser, remote_code: bool = True) -> None:
+    """Whether a checkpoint's own code may run, and which checkpoint it must be: the caller's word only."""
+    if remote_code:
+        p.add_argument(
+            "--trust-remote-code",
+            action="store_true",
+            help="allow an HF checkpoint whose model type needs its own Python code (runs that code)",
+        )
+    p.add_argument(
+        "--sha256",
+        default=None,
+        metavar="HEX",
+        help="the checkpoint_sha256 the publisher gave (`prunekit info` prints it): refuse any other folder",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prunekit",
@@ -48,14 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("estimate", help="C_arch, T_opt, n, d_eff, the bound and per-group contributions")
     _add_config_args(p)
     p.description = "CONFIG may also be a checkpoint folder (e.g. runs/x/level-70): its model is estimated."
+    _add_checkpoint_trust_args(p)
 
     p = sub.add_parser("evaluate", help="accuracy / params / MACs / latency of a checkpoint")
     p.add_argument("checkpoint", help="a checkpoint folder written by prunekit (e.g. runs/x/level-70)")
     p.add_argument("--config", default=None, help="config whose test data to use (default: the checkpoint's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _add_checkpoint_trust_args(p)
 
     p = sub.add_parser("info", help="what a checkpoint is: base model, plan, sizes, hashes")
     p.add_argument("checkpoint", help="a checkpoint folder written by prunekit")
+    _add_checkpoint_trust_args(p, remote_code=False)
     return parser
 
 
@@ -87,7 +106,11 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else None
     source = Path(args.config)
     if source.is_dir():  # a checkpoint folder: estimate that model, on its run's data
-        cfg = config_for_checkpoint(source, overrides=args.overrides)
+        from prunekit.pruning.checkpoint import verify_checkpoint
+
+        if args.sha256 is not None:
+            verify_checkpoint(source, args.sha256)
+        cfg = config_for_checkpoint(source, overrides=args.overrides, trust_remote_code=args.trust_remote_code)
         out = out or source.parent / f"estimate-{source.name}.json"
     else:
         cfg = load_config(source, args.overrides)
@@ -98,14 +121,22 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from prunekit.commands.evaluate import evaluate_checkpoint
 
-    result = evaluate_checkpoint(args.checkpoint, config_path=args.config, overrides=args.overrides)
+    result = evaluate_checkpoint(
+        args.checkpoint,
+        config_path=args.config,
+        overrides=args.overrides,
+        trust_remote_code=args.trust_remote_code,
+        expected_sha256=args.sha256,
+    )
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from prunekit.pruning.checkpoint import checkpoint_info
+    from prunekit.pruning.checkpoint import checkpoint_info, verify_checkpoint
 
+    if args.sha256 is not None:
+        verify_checkpoint(args.checkpoint, args.sha256)
     print(json.dumps(checkpoint_info(args.checkpoint), indent=2, sort_keys=True))
     return 0
 

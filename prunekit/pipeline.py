@@ -97,7 +97,7 @@ def _level_stage(
     t0 = time.perf_counter()
     seed = task.cfg.seed * 1000 + index + 1
     seed_everything(seed)
-    model, _ = load(state.folder / "dense")
+    model, _ = load(state.folder / "dense", trust_remote_code=task.cfg.model.trust_remote_code)
     plan, groups = make_level_plan(task, model, level, seed)
     apply_plan_(model, plan, task.example, groups=groups)
     before = evaluate(model, task.loader("test", task.cfg.data.batch_size), accelerator)

@@ -69,7 +69,8 @@ class Task:
         from prunekit.pruning.checkpoint import load
 
         if self.cfg.model.checkpoint:
-            model, _ = load(self.cfg.model.checkpoint)
+            # the run config (the user's own) decides about remote code, never the checkpoint
+            model, _ = load(self.cfg.model.checkpoint, trust_remote_code=self.cfg.model.trust_remote_code)
             return model
         return build_model(
             self.cfg.model, self.splits.num_classes, self.splits.input_shape, seed=self.cfg.seed

@@ -9,10 +9,17 @@ from prunekit.errors import UserError
 
 
 def config_for_checkpoint(
-    checkpoint: str | Path, config_path: str | None = None, overrides: list[str] | None = None
+    checkpoint: str | Path,
+    config_path: str | None = None,
+    overrides: list[str] | None = None,
+    trust_remote_code: bool = False,
 ) -> RunConfig:
     """The run config a checkpoint belongs to (its run folder's config.json, or ``config_path``),
-    with ``model.checkpoint`` pointing at it."""
+    with ``model.checkpoint`` pointing at it.
+
+    The config.json next to a checkpoint came with the folder, like the checkpoint itself, so its
+    ``model.trust_remote_code`` is not the user's word: the caller's ``trust_remote_code`` (the
+    ``--trust-remote-code`` flag) replaces it. A config the user names with ``config_path`` is theirs."""
     import json
 
     from prunekit.config import apply_overrides, config_from_dict
@@ -26,7 +33,9 @@ def config_for_checkpoint(
     elif saved.is_file():
         raw = apply_overrides(json.loads(saved.read_text()), overrides or [], str(saved))
         cfg = config_from_dict(raw, str(saved))
+        cfg.model.trust_remote_code = trust_remote_code
     else:
         raise UserError(f"no config found for '{folder}': pass --config CONFIG (the one that made it)")
     cfg.model.checkpoint = str(folder)
+    cfg.model.trust_remote_code = cfg.model.trust_remote_code or trust_remote_code
     return cfg

@@ -113,7 +113,8 @@ def _run(cfg: Any, output: Any | None, accelerator: Any) -> dict[str, Any]:
     if cfg.model.checkpoint:
         model, source = task.build_dense(), f"checkpoint {cfg.model.checkpoint}"
     elif (dense_dir / "prunekit.json").is_file():
-        model, source = load(dense_dir)[0], f"dense checkpoint {dense_dir}"
+        model = load(dense_dir, trust_remote_code=cfg.model.trust_remote_code)[0]
+        source = f"dense checkpoint {dense_dir}"
     else:
         model = task.build_dense()
         source = "built from the config, untrained"

@@ -25,7 +25,7 @@ def plan_only(cfg: RunConfig, output_dir: str | Path | None = None) -> list[dict
     if (folder / "dense" / "prunekit.json").is_file():
         from prunekit.pruning.checkpoint import load
 
-        model, _ = load(folder / "dense")
+        model, _ = load(folder / "dense", trust_remote_code=cfg.model.trust_remote_code)
     else:
         model = task.build_dense()
         if cfg.train.epochs > 0:

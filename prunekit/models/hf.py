@@ -2,7 +2,7 @@
 
 transformers is imported inside functions only, so ``import prunekit`` stays lean. Attention is always
 ``eager``: the theory estimators need attention that works under ``torch.func.vmap`` and double backward,
-which SDPA / flash kernels do not. The model class follows the config: AutoModelForSequenceClassification,
+which SDPA / flash kernels do not (a checkpoint rebuilds with the implementation it recorded). The model class follows the config: AutoModelForSequenceClassification,
 or AutoModelForImageClassification for vision configs (decided by which auto mapping knows the config
 class, or by the config's ``auto_map`` for remote-code models).
 """
@@ -10,6 +10,7 @@ class, or by the config's ``auto_map`` for remote-code models).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from prunekit.config import ModelConfig
+from prunekit.errors import UserError
 
 
 def _first_line(err: Exception) -> str:
@@ -189,25 +191,121 @@ def hf_path(cfg: ModelConfig) -> str | None:
     return None
 
 
+# Auto classes a checkpoint may name (never an arbitrary class name), and attention implementations
+# built into transformers (a hub kernel such as "org/name" would download and run code).
+AUTO_CLASSES = (
+    "AutoModelForSequenceClassification",
+    "AutoModelForImageClassification",
+    "AutoModelForCausalLM",
+    "AutoModelForSeq2SeqLM",
+    "AutoModelForMaskedLM",
+    "AutoModelForTokenClassification",
+    "AutoModelForQuestionAnswering",
+    "AutoModelForMultipleChoice",
+    "AutoModel",
+)
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
+CONFIG_DTYPES = ("float32", "float16", "bfloat16", "float64", None)
+# Config keys that could make transformers fetch or import code, or change how weights are read;
+# stored config dicts are data, so these are dropped (auto_map is kept only for remote code opted into).
+_UNSAFE_KEYS = re.compile(
+    r"auto_map|custom_pipelines|_name_or_path|trust_remote_code|quantization_config|use_kernels|kernel_config"
+    r"|\w*_implementation\w*"
+)
+
+
+def recorded_class(model: nn.Module) -> dict[str, str]:
+    """The allow-listed auto class, class name and attention implementation of an HF model (for a
+    checkpoint to rebuild the same head); empty when the model is not one an auto class builds."""
+    import transformers as tf
+
+    config = getattr(model, "config", None)
+    if config is None:
+        return {}
+    out: dict[str, str] = {"hf_class": type(model).__name__}
+    impl = getattr(config, "_attn_implementation", None)
+    if impl in ATTN_IMPLEMENTATIONS:
+        out["attn_implementation"] = impl
+    auto_map = getattr(config, "auto_map", None) or {}
+    for name in AUTO_CLASSES:
+        mapping = getattr(tf, name)._model_mapping
+        if type(config) in mapping and mapping[type(config)] is type(model):
+            return out | {"hf_auto_class": name}
+        if str(auto_map.get(name, "")).endswith("." + type(model).__name__):
+            return out | {"hf_auto_class": name}
+    return out
+
+
+def _safe_dict(d: dict[str, Any], keep_auto_map: bool) -> dict[str, Any]:
+    """``d`` without the keys that could fetch or import code; sub-configs cleaned the same way."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if _UNSAFE_KEYS.fullmatch(key) and not (keep_auto_map and key == "auto_map"):
+            continue
+        if key in ("dtype", "torch_dtype") and value not in CONFIG_DTYPES:
+            raise UserError(f"HF config dtype {str(value)[:40]!r} is not one of {CONFIG_DTYPES[:-1]}")
+        out[key] = (
+            _safe_dict(value, keep_auto_map) if isinstance(value, dict) and "model_type" in value else value
+        )
+    return out
+
+
+def _remote_config(config_dict: dict[str, Any], code_folder: str | Path | None) -> Any:
+    """The config of a remote-code architecture, its code read from ``code_folder`` only."""
+    from transformers import AutoConfig
+
+    folder = Path(code_folder) if code_folder is not None else None
+    if folder is None or not (folder / "config.json").is_file() or not any(folder.glob("*.py")):
+        raise UserError(
+            f"HF model type {config_dict.get('model_type')!r} needs remote code, and the checkpoint folder "
+            "holds none (its code is loaded from the checkpoint folder only, never from base.path)"
+        )
+    config = AutoConfig.from_pretrained(str(folder), trust_remote_code=True, local_files_only=True)
+    for key, value in config_dict.items():
+        setattr(config, key, value)
+    return config
+
+
 def model_from_config_dict(
-    config_dict: dict[str, Any], path: str | None = None, trust_remote_code: bool = False
+    config_dict: dict[str, Any],
+    trust_remote_code: bool = False,
+    code_folder: str | Path | None = None,
+    auto_class_name: str | None = None,
+    class_name: str | None = None,
+    attn_implementation: str | None = None,
 ) -> nn.Module:
-    """A freshly initialised HF classification model from a stored ``config.to_dict()`` (no weights, offline
-    for built-in architectures; remote-code architectures need their code at ``path``)."""
-    from transformers import CONFIG_MAPPING, AutoConfig
+    """A freshly initialised HF model from a stored ``config.to_dict()``: no weights, no network.
+
+    The dict is data: keys that could fetch or import code are dropped. A model type that
+    transformers does not know needs ``trust_remote_code=True`` from the caller, and then its code
+    comes from ``code_folder`` (the checkpoint folder), never from a path or hub id in the dict.
+    ``auto_class_name`` must be one of :data:`AUTO_CLASSES` (default: a classification class from
+    the config); ``class_name``, when given, must be what it builds.
+    """
+    import transformers as tf
 
     model_type = config_dict.get("model_type")
-    if model_type in CONFIG_MAPPING:
-        config = CONFIG_MAPPING[model_type].from_dict(dict(config_dict))
-    elif trust_remote_code and path:
-        config = AutoConfig.from_pretrained(check_path(path), trust_remote_code=True)
-        for key, value in config_dict.items():
-            setattr(config, key, value)
-    else:
-        raise ValueError(
-            f"HF model type '{model_type}' is not built into transformers: it needs its remote code "
-            "(set model.trust_remote_code: true and keep model.path available)"
+    impl = attn_implementation or "eager"
+    if impl not in ATTN_IMPLEMENTATIONS:
+        raise UserError(
+            f"attention implementation {impl[:40]!r} is not one of {', '.join(ATTN_IMPLEMENTATIONS)}"
         )
-    return auto_class(config).from_config(
-        config, trust_remote_code=trust_remote_code, attn_implementation="eager"
-    )
+    if auto_class_name is not None and auto_class_name not in AUTO_CLASSES:
+        raise UserError(f"HF auto class {auto_class_name[:60]!r} is not one of {', '.join(AUTO_CLASSES)}")
+    clean = _safe_dict(config_dict, keep_auto_map=trust_remote_code)
+    if isinstance(model_type, str) and model_type in tf.CONFIG_MAPPING:
+        config = tf.CONFIG_MAPPING[model_type].from_dict(clean)
+    elif trust_remote_code:
+        config = _remote_config(clean, code_folder)
+    else:
+        raise UserError(
+            f"HF model type {str(model_type)[:60]!r} is not built into transformers, so loading it runs the "
+            "checkpoint's own code: if you trust its author, pass trust_remote_code=True to prunekit.load "
+            "(--trust-remote-code on the command line, model.trust_remote_code: true in a run config)"
+        )
+    config._name_or_path = str(code_folder) if trust_remote_code and code_folder is not None else ""
+    cls = getattr(tf, auto_class_name) if auto_class_name is not None else auto_class(config)
+    model = cls.from_config(config, trust_remote_code=trust_remote_code, attn_implementation=impl)
+    if class_name is not None and type(model).__name__ != class_name:
+        raise UserError(f"{cls.__name__} built {type(model).__name__}, not the recorded {class_name[:60]}")
+    return model

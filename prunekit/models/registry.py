@@ -155,8 +155,16 @@ def describe(
     return ref
 
 
-def build_from_reference(ref: dict[str, Any], seed: int = 0) -> nn.Module:
-    """Rebuild the (freshly initialised, not pretrained) base architecture from a :func:`describe` reference."""
+def build_from_reference(
+    ref: dict[str, Any], seed: int = 0, trust_remote_code: bool = False, code_folder: str | None = None
+) -> nn.Module:
+    """Rebuild the (freshly initialised, not pretrained) base architecture from a :func:`describe` reference.
+
+    A reference is data read from a checkpoint, so it never decides whether code runs:
+    ``ref["trust_remote_code"]`` and ``ref["path"]`` are ignored. ``trust_remote_code`` is the caller's
+    own choice; remote code, when allowed, is read from ``code_folder`` (the checkpoint folder) only.
+    Factories that take ``path`` get ``None``: nothing is read from a folder or hub id the file names.
+    """
     if not isinstance(ref, dict) or "name" not in ref:
         raise ValueError("model reference must be a dict from prunekit.models.describe (it has no 'name')")
     if int(ref.get("format", 0)) > REFERENCE_FORMAT:
@@ -170,16 +178,21 @@ def build_from_reference(ref: dict[str, Any], seed: int = 0) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return model_from_config_dict(
-                ref["hf_config"], path=ref.get("path"), trust_remote_code=bool(ref.get("trust_remote_code"))
+                ref["hf_config"],
+                trust_remote_code=trust_remote_code,
+                code_folder=code_folder,
+                auto_class_name=ref.get("hf_auto_class"),
+                class_name=ref.get("hf_class"),
+                attn_implementation=ref.get("attn_implementation"),
             )
+    entry = _entry(ref["name"])
+    if entry.hf_config is not None:  # 'hf' / 'minilm' rebuild from their stored config, never from a path
+        raise ValueError(f"model reference of '{ref['name']}' has no hf_config: it cannot be rebuilt offline")
     cfg = ModelConfig(
-        name=ref["name"],
-        kwargs=dict(ref.get("kwargs") or {}),
-        path=ref.get("path"),
-        trust_remote_code=bool(ref.get("trust_remote_code", False)),
+        name=ref["name"], kwargs=dict(ref.get("kwargs") or {}), trust_remote_code=trust_remote_code
     )
     kwargs = dict(cfg.kwargs)
-    allowed, _ = _user_params(_entry(cfg.name).factory)
+    allowed, _ = _user_params(entry.factory)
     if "pretrained" in allowed:
         kwargs["pretrained"] = False  # the checkpoint supplies the weights; no download, no disk read
     return _call(cfg.name, cfg, kwargs, int(ref["num_classes"]), tuple(ref["input_shape"]), seed)

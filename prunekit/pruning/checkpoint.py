@@ -14,24 +14,54 @@ silently — while ``AutoTokenizer.from_pretrained(folder)`` still works.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import math
+import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 from torch import nn
 
 from prunekit._version import __version__
 from prunekit.atomic import write_folder
 from prunekit.batch import Inputs
+from prunekit.errors import UserError
 from prunekit.structure.plan import Plan
 
-FORMAT_VERSION = 1
-WEIGHTS = "model.safetensors"
-META = "prunekit.json"
+from .checkpoint_schema import (
+    FORMAT_VERSION,
+    MAX_META_BYTES,
+    META,
+    CheckpointError,
+    check_hex_digest,
+    check_meta,
+    example_from_spec,
+    example_spec,
+)
+from .checkpoint_weights import (
+    WEIGHTS,
+    check_header,
+    checkpoint_digest,
+    file_hashes,
+    header_bytes,
+    load_weights_,
+    read_header,
+    sha256_file,
+)
+
+__all__ = [
+    "CheckpointError",
+    "checkpoint_info",
+    "example_spec",
+    "load",
+    "read_meta",
+    "save",
+    "verify_checkpoint",
+]
 # HF config fields that carry layer widths; poisoned when the pruned model cannot be expressed.
 HF_WIDTH_KEYS = ("intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim")
 NOT_EXPRESSIBLE = "non-uniform after pruning: load this folder with prunekit.load(folder)"
@@ -46,52 +76,12 @@ TOKENIZER_FILES = (
     "preprocessor_config.json",
 )
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be trusted or read (one-line message with the fix)."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def example_spec(inputs: Inputs) -> dict[str, Any]:
-    """A JSON description of example inputs, enough to rebuild equivalent ones for graph building."""
-    if isinstance(inputs, torch.Tensor):
-        return {
-            "kind": "tensor",
-            "shape": list(inputs.shape),
-            "dtype": str(inputs.dtype).removeprefix("torch."),
-        }
-    return {
-        "kind": "dict",
-        "tensors": {
-            k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
-            for k, v in inputs.items()
-        },
-    }
-
-
-def example_from_spec(spec: dict[str, Any]) -> Inputs:
-    gen = torch.Generator().manual_seed(0)
-
-    def make(shape: list[int], dtype: str, name: str = "") -> torch.Tensor:
-        dt = getattr(torch, dtype)
-        if dt.is_floating_point:
-            return torch.randn(*shape, generator=gen, dtype=dt)
-        if name == "attention_mask":
-            return torch.ones(*shape, dtype=dt)
-        if name == "token_type_ids":
-            return torch.zeros(*shape, dtype=dt)
-        return torch.randint(1, 8, tuple(shape), generator=gen, dtype=dt)  # ids valid in any vocabulary
-
-    if spec["kind"] == "tensor":
-        return make(spec["shape"], spec["dtype"])
-    return {k: make(v["shape"], v["dtype"], k) for k, v in spec["tensors"].items()}
+# The base model is built before the plan cuts it; it may be this much bigger than the saved weights
+# (99.9 % of the parameters pruned) or this big in any case, and no bigger: a bigger one means
+# base.kwargs or base.hf_config were edited to allocate memory (checked on the meta device first).
+MAX_BASE_RATIO = 1000
+MIN_BASE_BYTES = 512 << 20
+_TEMP = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")  # what atomic.write_folder's mkdtemp names look like
 
 
 def _hf_config_dict(model: nn.Module) -> dict[str, Any] | None:
@@ -135,6 +125,10 @@ def save(
     """
     folder = Path(folder)
     state_shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    if "hf_config" in base and hasattr(getattr(model, "config", None), "to_dict"):
+        from prunekit.models.hf import recorded_class
+
+        base = dict(base) | recorded_class(model)  # so that load rebuilds this head and attention
 
     def fill(tmp: Path) -> None:
         save_model(model, str(tmp / WEIGHTS))
@@ -164,15 +158,37 @@ def save(
             "plan": plan.to_dict() if plan is not None else None,
             "example_inputs": example_spec(example_inputs),
             "shapes": state_shapes,
-            "weights_sha256": _sha256(tmp / WEIGHTS),
+            "weights_sha256": sha256_file(tmp / WEIGHTS),
             "hf_from_pretrained": expressible,
             "versions": _versions(),
             "metrics": metrics or {},
         }
         (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        _share_modes(tmp)
 
+    _remove_stale_temps(folder.parent)
     write_folder(folder, fill)
     return folder
+
+
+def _share_modes(tmp: Path) -> None:
+    """0644 files and a 0755 folder (subject to umask), like every other output: safetensors and
+    copied files would otherwise keep whatever mode they were created or copied with."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    for f in tmp.iterdir():
+        os.chmod(f, 0o666 & ~umask)
+
+
+def _remove_stale_temps(parent: Path) -> None:
+    """Temporary folders a killed checkpoint write left behind. Outputs are written by one process
+    (the run folder is locked), so any such folder here is from a write that never finished."""
+    if not parent.is_dir():
+        return
+    for p in parent.iterdir():
+        if _TEMP.fullmatch(p.name) and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _versions() -> dict[str, str]:
@@ -187,49 +203,132 @@ def _versions() -> dict[str, str]:
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
-    """``prunekit.json`` of a checkpoint, checked for existence and format version."""
+    """``prunekit.json`` of a checkpoint, checked against the schema (one-line CheckpointError)."""
     folder = Path(folder)
     meta_path = folder / META
     if not meta_path.is_file():
         raise CheckpointError(
             f"'{folder}' is not a prunekit checkpoint: {META} is missing (give a folder written by prunekit)"
         )
+    if meta_path.stat().st_size > MAX_META_BYTES:
+        raise CheckpointError(
+            f"{meta_path} is over {MAX_META_BYTES >> 20} MiB: not prunekit metadata; re-save it"
+        )
     try:
-        meta = json.loads(meta_path.read_text())
-        version = int(meta.get("format_version", 0))
-    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        meta = json.loads(meta_path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):  # ValueError: bad JSON, or an over-long int
         raise CheckpointError(
             f"{meta_path} is not valid prunekit metadata: the checkpoint is corrupt; re-save it"
         ) from None
-    missing = [k for k in ("base", "shapes", "weights_sha256", "example_inputs") if k not in meta]
-    if missing:
-        raise CheckpointError(f"{meta_path} lacks {missing}: the checkpoint is incomplete; re-save it")
-    if version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"checkpoint '{folder}' has format version {version}, newer than this prunekit reads "
-            f"({FORMAT_VERSION}): upgrade prunekit"
+    return check_meta(meta, str(folder))
+
+
+def verify_checkpoint(folder: str | Path, expected_sha256: str) -> dict[str, str]:
+    """Check the whole folder against the digest the caller got from the publisher (authenticity);
+    returns the per-file hashes. The stored ``weights_sha256`` only catches corruption."""
+    folder = Path(folder)
+    want = check_hex_digest(expected_sha256)
+    if not folder.is_dir():
+        raise CheckpointError(f"'{folder}' is not a checkpoint folder")
+    hashes = file_hashes(folder)
+    got = checkpoint_digest(hashes)
+    if got != want:
+        hint = (
+            " (that is the hash of model.safetensors alone: give the checkpoint_sha256 of `prunekit info`, "
+            "which covers prunekit.json too)"
+            if hashes.get(WEIGHTS) == want
+            else ": it is not the checkpoint that was published; get it again from a source you trust"
         )
-    return meta
+        raise CheckpointError(
+            f"checkpoint '{folder}' has sha256 {got[:16]}..., not the expected {want[:16]}...{hint}"
+        )
+    return hashes
 
 
-def load(folder: str | Path, verify: bool = True) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model of a checkpoint folder exactly; returns ``(model, meta)``. No pickle."""
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+def _build_base(meta: dict[str, Any], folder: Path, trust_remote_code: bool, meta_device: bool) -> nn.Module:
+    """The base architecture from ``meta["base"]``; every failure is a one-line CheckpointError.
+
+    The inputs are untrusted file data, so any exception while building from them means the file is
+    bad (a factory given a string where it wants an int raises TypeError deep inside)."""
     from prunekit.models import build_from_reference
+
+    try:
+        if meta_device:
+            with torch.device("meta"):
+                return build_from_reference(
+                    meta["base"], trust_remote_code=trust_remote_code, code_folder=folder
+                )
+        return build_from_reference(meta["base"], trust_remote_code=trust_remote_code, code_folder=folder)
+    except UserError as err:  # a refusal that already names the fix (remote code, unknown model)
+        raise CheckpointError(f"checkpoint '{folder}': {_first_line(err)}") from None
+    except Exception as err:
+        raise CheckpointError(
+            f"checkpoint '{folder}': its base model cannot be built from {META} "
+            f"({type(err).__name__}: {_first_line(err)}); the file is corrupt or was edited, re-save it"
+        ) from None
+
+
+def _check_base_size(base: nn.Module, header: dict, folder: Path) -> None:
+    tensors = [*base.parameters(), *base.buffers()]
+    need = sum(t.numel() * t.element_size() for t in tensors)
+    have = header_bytes(header)
+    if need > max(MAX_BASE_RATIO * have, MIN_BASE_BYTES):
+        raise CheckpointError(
+            f"checkpoint '{folder}': its base model would take {need / 2**30:.2f} GiB, over {MAX_BASE_RATIO} "
+            f"times its {have} bytes of weights: base.kwargs or base.hf_config in {META} were edited; re-save it"
+        )
+
+
+def _apply(model: nn.Module, meta: dict[str, Any], folder: Path) -> None:
     from prunekit.pruning.apply import apply_plan_
 
+    try:
+        plan = Plan.from_dict(meta["plan"])
+        apply_plan_(model, plan, example_from_spec(meta["example_inputs"]))
+    except (ValueError, RuntimeError) as err:
+        raise CheckpointError(
+            f"checkpoint '{folder}': its plan does not fit its base model ({_first_line(err)}); re-save it"
+        ) from None
+
+
+def load(
+    folder: str | Path,
+    trust_remote_code: bool = False,
+    expected_sha256: str | None = None,
+    verify: bool = True,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model of a checkpoint folder exactly; returns ``(model, meta)``. No pickle.
+
+    Nothing in the folder decides whether code runs: ``trust_remote_code`` comes from the caller only
+    (an HF model type that transformers does not know is refused without it, and its code is then
+    read from this folder, never from a path or hub id in prunekit.json). ``expected_sha256``, a
+    digest of the whole folder from whoever published it (``prunekit info`` prints it), makes the load
+    fail unless the folder is that one; ``verify`` checks the stored weights hash (corruption only).
+    prunekit.json and the weights header are checked in full before anything is allocated.
+    """
     folder = Path(folder)
+    hashes = verify_checkpoint(folder, expected_sha256) if expected_sha256 is not None else {}
     meta = read_meta(folder)
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise CheckpointError(f"checkpoint '{folder}' has no {WEIGHTS}: the folder is incomplete; re-save it")
-    if verify and _sha256(weights) != meta["weights_sha256"]:
+    header = read_header(weights)
+    check_header(weights, header, meta["shapes"])
+    if verify and (hashes.get(WEIGHTS) or sha256_file(weights)) != meta["weights_sha256"]:
         raise CheckpointError(
             f"{weights} does not match the sha256 recorded in {META}: the weights were modified or "
             "corrupted; restore the original file or re-save the checkpoint"
         )
-    model = build_from_reference(meta["base"])
+    example_from_spec(meta["example_inputs"])  # checked before building
+    _check_base_size(_build_base(meta, folder, trust_remote_code, meta_device=True), header, folder)
+    model = _build_base(meta, folder, trust_remote_code, meta_device=False)  # seeded: same init every time
     if meta.get("plan"):
-        apply_plan_(model, Plan.from_dict(meta["plan"]), example_from_spec(meta["example_inputs"]))
+        _apply(model, meta, folder)
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
     if shapes != meta["shapes"]:
         diff = sorted(k for k in set(shapes) | set(meta["shapes"]) if shapes.get(k) != meta["shapes"].get(k))
@@ -237,43 +336,40 @@ def load(folder: str | Path, verify: bool = True) -> tuple[nn.Module, dict[str, 
             f"rebuilding '{folder}' gave other shapes than were saved (first: {diff[0]}): the base "
             "model or prunekit version differs from the one that wrote it"
         )
-    load_model(model, str(weights), strict=True)
+    load_weights_(model, weights, header)
     model.eval()
     return model, meta
 
 
 def checkpoint_info(folder: str | Path) -> dict[str, Any]:
-    """A summary of a checkpoint for ``prunekit info`` (reads metadata only; no model is built)."""
+    """A summary of a checkpoint for ``prunekit info`` (reads metadata and hashes; builds no model).
+
+    ``checkpoint_sha256`` covers every file of the folder: publish it, and users check it with
+    ``prunekit evaluate --sha256`` / ``prunekit.load(..., expected_sha256=...)``."""
     folder = Path(folder)
     meta = read_meta(folder)
     plan = meta.get("plan")
-    n_params = sum(int(torch.tensor(s).prod()) if s else 1 for s in meta["shapes"].values())
+    hashes = file_hashes(folder)
+    base = meta["base"]
     return {
         "folder": str(folder),
         "format_version": meta["format_version"],
         # the base reference without its (long) HF config: the model type says what it is
-        "base": {k: v for k, v in meta["base"].items() if k != "hf_config"}
-        | (
-            {"hf_model_type": meta["base"]["hf_config"].get("model_type")}
-            if "hf_config" in meta["base"]
-            else {}
-        ),
-        "planner": plan["planner"] if plan else None,
-        "target": plan["target"] if plan else None,
-        "pruned_groups": (
-            {
-                g: f"{len(k)}/{plan['num_units'][g]}"
-                for g, k in plan["keep"].items()
-                if len(k) < plan["num_units"][g]
-            }
-            if plan
-            else {}
-        ),
-        "state_numel": n_params,
+        "base": {k: v for k, v in base.items() if k != "hf_config"}
+        | ({"hf_model_type": base["hf_config"].get("model_type")} if "hf_config" in base else {}),
+        "planner": plan.get("planner") if plan else None,
+        "target": plan.get("target") if plan else None,
+        "pruned_groups": {
+            g: f"{len(k)}/{plan['num_units'].get(g)}"
+            for g, k in plan["keep"].items()
+            if len(k) < plan["num_units"].get(g, 0)
+        }
+        if plan
+        else {},
+        "state_numel": sum(math.prod(s) for s in meta["shapes"].values()),
         "weights_sha256": meta["weights_sha256"],
-        "weights_ok": _sha256(folder / WEIGHTS) == meta["weights_sha256"]
-        if (folder / WEIGHTS).is_file()
-        else False,
+        "weights_ok": hashes.get(WEIGHTS) == meta["weights_sha256"],
+        "checkpoint_sha256": checkpoint_digest(hashes),
         "hf_from_pretrained": meta.get("hf_from_pretrained"),
         "versions": meta.get("versions", {}),
         "metrics": meta.get("metrics", {}),
