@@ -27,13 +27,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from prunekit.batch import Batch, batch_size_of, concat_inputs, logits_of, move_to, slice_inputs
 from prunekit.structure.group import Group
 from prunekit.theory.eigen import flat, top_eigenvalue_of, unflat
-from prunekit.theory.modes import eval_mode
+from prunekit.theory.modes import grad_scope
 from prunekit.theory.ntk_units import UnitReducer, normalise_groups
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -129,18 +128,13 @@ class _Objective:
 
     def __enter__(self) -> _Objective:
         # dropout off, BatchNorm on running statistics: a fixed, deterministic loss; every module's own
-        # mode comes back on exit
-        self._modes = eval_mode(self.model, eager_attention=False)
-        self._modes.__enter__()
-        # fused scaled-dot-product attention kernels (flash, memory-efficient) have no double backward;
-        # the math kernel is plain differentiable ops, so second derivatives work for attention models
-        self._sdpa = sdpa_kernel([SDPBackend.MATH])
-        self._sdpa.__enter__()
+        # mode comes back on exit; the math attention kernel, which has a double backward
+        self._scope = grad_scope(self.model, double_backward=True)
+        self._scope.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._sdpa.__exit__(*exc)
-        self._modes.__exit__(*exc)
+        self._scope.__exit__(*exc)
 
 
 def _check_vectors(obj: _Objective, vectors: Sequence[Tensor]) -> Vectors:

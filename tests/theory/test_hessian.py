@@ -299,3 +299,35 @@ def test_attention_models_get_second_derivatives_and_a_symmetric_hessian():
     vhu = sum(float((a * b).sum()) for a, b in zip(v, hu, strict=True))
     assert uhv == pytest.approx(vhu, rel=1e-4, abs=1e-6)
     assert math.isfinite(gauss_newton_top_eigenvalue(model, (x, y), iters=5)["eigenvalue"])
+
+
+def test_hutchinson_diagonal_is_unbiased_for_the_exact_diagonal_and_restores_the_model():
+    from prunekit.theory.hessian_diagonal import hutchinson_diagonal
+    from prunekit.theory.modes import grad_scope
+
+    model = tiny_mlp().double()
+    torch.manual_seed(1)
+    x, y = torch.randn(12, 4, dtype=torch.float64), torch.randint(0, 3, (12,))
+    H, _ = exact_hessian(model, x, y)
+    exact = torch.diagonal(H)
+    frozen = model[2].bias
+    frozen.requires_grad_(False)
+    model.train()
+    tensors = [p for _, p in model.named_parameters()]
+    # two batches of 6: the sum over batches of n_b * diag(H_b) divided by N is diag H of the mean loss
+    sums, seen = hutchinson_diagonal(model, [(x[:6], y[:6]), (x[6:], y[6:])], tensors, num_probes=200, seed=2)
+    assert seen == 12
+    est = torch.cat([s.reshape(-1) for s in sums]) / seen
+    # entry i of one probe z ⊙ H_b z has variance Σ_{j≠i} H_b,ij²: the estimate's standard error per entry
+    var = torch.zeros_like(exact)
+    for sl in (slice(0, 6), slice(6, 12)):
+        Hb, _ = exact_hessian(model, x[sl], y[sl])
+        var += 0.25 * (Hb.square().sum(1) - torch.diagonal(Hb).square()) / 200
+    assert ((est - exact).abs() <= 5 * var.sqrt() + 1e-12).all()
+    assert not torch.equal(est, exact)  # a Monte-Carlo estimate, not the exact diagonal
+    again, _ = hutchinson_diagonal(model, [(x[:6], y[:6]), (x[6:], y[6:])], tensors, num_probes=200, seed=2)
+    assert all(torch.equal(a, b) for a, b in zip(sums, again, strict=True))  # deterministic for a seed
+    assert model.training and not frozen.requires_grad  # modes and flags restored
+    with torch.no_grad(), grad_scope(model, [frozen]):
+        assert torch.is_grad_enabled() and frozen.requires_grad and not model.training
+    assert not frozen.requires_grad and model.training
