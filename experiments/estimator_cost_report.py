@@ -177,7 +177,9 @@ def write_outputs(result: dict[str, Any], out: Path) -> None:
         "",
     ]
     lines += reading(result)
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    md = out.with_suffix(".md")
+    kept = _masked_section(md)  # experiments/estimator_masked_cost.py's section survives a re-render
+    md.write_text("\n".join(lines) + "\n" + (f"\n{kept}\n" if kept else ""))
 
     fig, ax = plt.subplots(figsize=(9, 7.5))
     styles = {"epoch": "k--", **{k: "o-" for k in DEFAULT_USES}}
@@ -410,3 +412,12 @@ def reading(result: dict[str, Any]) -> list[str]:
         "- MiniLM (22.7M params) was not measured here (see results/estimator_cost_minilm.md).",
     ]
     return out
+
+
+def _masked_section(md: Path) -> str:
+    """The block between experiments/estimator_masked_cost.py's markers in ``md``, or ''."""
+    start, end = "<!-- estimator_masked_cost:start -->", "<!-- estimator_masked_cost:end -->"
+    text = md.read_text() if md.exists() else ""
+    if start not in text or end not in text:
+        return ""
+    return start + text.split(start, 1)[1].split(end, 1)[0] + end

@@ -116,7 +116,7 @@ def test_masked_prediction_equals_the_surgically_pruned_model(setup, splits) -> 
     assert masked.params == ref.params == sum(p.numel() for p in pruned.parameters())
     for key in ("C_arch", "T_opt", "ntk_trace", "train_loss", "bound"):
         assert getattr(masked, key) == pytest.approx(getattr(ref, key), rel=1e-5), key
-    assert masked.train_accuracy == ref.train_accuracy
+    assert abs(masked.train_accuracy - ref.train_accuracy) <= 1 / SMALL.probe_samples  # argmax ties only
     assert masked.C_arch != pytest.approx(est.predict().C_arch, rel=1e-3)  # the masking changed something
     # with the Hutchinson remainder: the probes differ (other shapes), so agreement within the errors
     full_m, full_r = (
