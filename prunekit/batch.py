@@ -31,6 +31,12 @@ def logits_of(model: nn.Module, inputs: Inputs) -> Tensor:
     raise TypeError(f"cannot find logits in a model output of type {type(out).__name__}")
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a model without parameters)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def move_to(inputs: Inputs, device: torch.device | str) -> Inputs:
     """Move a tensor or a dict of tensors to ``device``."""
     if isinstance(inputs, Mapping):

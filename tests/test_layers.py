@@ -88,3 +88,20 @@ def test_no_module_imports_the_package_facade() -> None:
     graph = grimp.build_graph("prunekit")
     importers = sorted(graph.find_modules_that_directly_import("prunekit"))
     assert importers == [], f"import the defining module instead of the facade in: {importers}"
+
+
+def test_every_module_of_the_package_has_a_layer() -> None:
+    """A new top-level module or package must be placed in a layer, else nothing checks its imports."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: import-linter's own dependency
+        import tomli as tomllib
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    (layers,) = [c["layers"] for c in contracts if c["type"] == "layers"]
+    placed = {name.strip().strip("()") for layer in layers for name in layer.replace("|", ":").split(":")}
+    children = {
+        p.stem for p in (ROOT / "prunekit").iterdir() if p.suffix == ".py" or (p / "__init__.py").is_file()
+    }
+    missing = sorted(children - placed - {"__init__"})
+    assert missing == [], f"add these modules to a layer in pyproject.toml [tool.importlinter]: {missing}"

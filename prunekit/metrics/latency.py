@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit.batch import Inputs, logits_of
+from prunekit.batch import Inputs, device_of, logits_of
 from prunekit.metrics.macs import checked_inputs
 
 
@@ -27,8 +27,7 @@ def measure_latency(
         raise ValueError(f"latency warmup must be a non-negative integer, got {warmup!r}")
     if not isinstance(threads, int) or threads < 1:
         raise ValueError(f"latency threads must be a positive integer, got {threads!r}")
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
+    device = device_of(model)
     inputs, _ = checked_inputs(model, example_inputs)  # on the model's device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     old_threads, was_training = torch.get_num_threads(), model.training

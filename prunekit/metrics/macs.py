@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.batch import Inputs, batch_size_of, logits_of, move_to
+from prunekit.structure.blocks import is_attention
 
 _Q_NAMES = ("query", "q_proj", "q_lin", "q")
 _HEADS = ("num_attention_heads", "num_heads", "n_head")
@@ -50,8 +51,7 @@ def _hf_conv1d_type() -> type | None:
 
 def _query_width(module: nn.Module) -> int | None:
     """Total query width (heads x head_dim) if ``module`` is an attention module, else None."""
-    kind = type(module).__name__.lower()
-    if "attention" not in kind and "attn" not in kind:
+    if not is_attention(module):
         return None  # a child named "query" alone does not make a module attention
     for name in _Q_NAMES:
         child = getattr(module, name, None)
@@ -101,7 +101,7 @@ def checked_inputs(model: nn.Module, example_inputs: Inputs) -> tuple[Inputs, in
     batch = batch_size_of(example_inputs)
     if batch < 1:
         raise ValueError(f"example_inputs hold no examples (batch size 0): MACs are per example; {fix}")
-    param = next(model.parameters(), None)
+    param = next(model.parameters(), None)  # a model without parameters runs where its inputs are
     return (move_to(example_inputs, param.device) if param is not None else example_inputs), batch
 
 

@@ -8,12 +8,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from prunekit.batch import device_of
 from prunekit.config import ModelConfig
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def _text_info(model_or_cfg: nn.Module | ModelConfig) -> tuple[bool, int, bool]:
@@ -59,7 +55,7 @@ def example_inputs(
     if seq_len is not None and (not isinstance(seq_len, int) or seq_len < 1):
         raise ValueError(f"example_inputs seq_len must be a positive integer or None, got {seq_len!r}")
     gen = torch.Generator().manual_seed(seed)
-    device = _device_of(model) if isinstance(model, nn.Module) else torch.device("cpu")
+    device = device_of(model) if isinstance(model, nn.Module) else torch.device("cpu")
     is_text, vocab, takes_types = _text_info(model) if kind != "tensor" else (False, 0, False)
     if kind == "text" or (kind == "auto" and is_text):
         length = seq_len or (int(input_shape[0]) if len(input_shape) == 1 else 16)

@@ -35,8 +35,9 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm import tqdm
 
-from prunekit.batch import Batch, batch_size_of, logits_of, move_to, slice_inputs
+from prunekit.batch import Batch, batch_size_of, device_of, logits_of, move_to, slice_inputs
 from prunekit.structure.group import Group
+from prunekit.theory.ntk_units import UnitReducer
 
 HESSIAN_ESTIMATORS = ("fisher", "hutchinson")
 
@@ -157,25 +158,22 @@ def _group_params(model: nn.Module, groups: Sequence[Group]) -> dict[str, nn.Par
 
 
 def reduce_to_units(groups: Sequence[Group], quantity: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Sum an element-wise ``quantity`` (name -> tensor shaped like the parameter) over each unit's slices.
+    """Sum an element-wise ``quantity`` (name -> tensor shaped like the parameter) over each unit's slices,
+    in float64, on the CPU.
 
-    Slices whose parameter is not in ``quantity`` (buffers) are skipped.
+    The reduction is the estimators' :class:`~prunekit.theory.ntk_units.UnitReducer`, so a planner's
+    scores and the theory's per-unit traces add up the same entries. Slices whose parameter is not in
+    ``quantity`` (buffers) are skipped.
     """
+    shapes = {k: v.shape for k, v in quantity.items()}
+    values = {k: v.detach() for k, v in quantity.items()}
     out: dict[str, Tensor] = {}
     for g in groups:
-        total = torch.zeros(g.num_units, dtype=torch.float64)
-        for s in g.slices:
-            q = quantity.get(s.param)
-            if q is None:
-                continue
-            # sum over every dim but the slice dim: one value per index along `dim`
-            per_index = q.detach().movedim(s.dim, 0).reshape(q.shape[s.dim], -1).sum(1).double().cpu()
-            flat = [i for unit in s.index for i in unit]
-            units = [u for u, unit in enumerate(s.index) for _ in unit]
-            if not flat:
-                continue
-            total.index_add_(0, torch.tensor(units), per_index[torch.tensor(flat)])
-        out[g.name] = total
+        units = [
+            [(s.param, s.dim, torch.as_tensor(s.index[u], dtype=torch.long)) for s in g.slices]
+            for u in range(g.num_units)
+        ]
+        out[g.name] = UnitReducer(units, shapes)(values)[0].cpu()
     return out
 
 
@@ -207,11 +205,6 @@ def _progress(batches: Sequence[Batch] | None, desc: str) -> Iterable[Batch]:
     return tqdm(batches or [], desc=desc, leave=False, disable=not sys.stderr.isatty())
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def _loss(model: nn.Module, inputs, labels: Tensor) -> Tensor:
     logits = logits_of(model, inputs)
     return F.cross_entropy(logits, labels)
@@ -233,7 +226,7 @@ def _magnitude(p: int) -> CriterionFn:
 def _taylor(req: ScoreRequest) -> dict[str, Tensor]:
     params = _group_params(req.model, req.groups)
     names, tensors = list(params), list(params.values())
-    device = _device_of(req.model)
+    device = device_of(req.model)
     acc = [torch.zeros_like(t, dtype=torch.float64) for t in tensors]
     seen = 0
     with _GradScope(req.model, params):
@@ -305,7 +298,7 @@ def _hutchinson_diag(
 def _hessian(req: ScoreRequest) -> dict[str, Tensor]:
     params = _group_params(req.model, req.groups)
     names, tensors = list(params), list(params.values())
-    device = _device_of(req.model)
+    device = device_of(req.model)
     with _GradScope(req.model, params):
         estimate = _fisher_diag if req.hessian_estimator == "fisher" else _hutchinson_diag
         acc, seen = estimate(req, tensors, device)

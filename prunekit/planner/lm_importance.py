@@ -25,10 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prunekit.batch import move_to
+from prunekit.batch import device_of, move_to
 from prunekit.planner.importance import (
     ScoreRequest,
-    _device_of,
     _GradScope,
     _group_params,
     reduce_to_units,
@@ -51,7 +50,7 @@ def lm_loss_sum(model: nn.Module, inputs: dict[str, Tensor], labels: Tensor) -> 
 def _lm_taylor(req: ScoreRequest) -> dict[str, Tensor]:
     params = _group_params(req.model, req.groups)
     names, tensors = list(params), list(params.values())
-    device = _device_of(req.model)
+    device = device_of(req.model)
     acc = [torch.zeros_like(t, dtype=torch.float64) for t in tensors]
     tokens = 0
     with _GradScope(req.model, params):
@@ -82,7 +81,7 @@ def input_norms(model: nn.Module, linears: dict[str, nn.Linear], batches) -> dic
 
         return fn
 
-    device = _device_of(model)
+    device = device_of(model)
     handles = [m.register_forward_hook(hook(n)) for n, m in linears.items()]
     was = model.training
     model.eval()

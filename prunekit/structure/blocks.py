@@ -129,6 +129,15 @@ def find_blocks(model: nn.Module) -> tuple[list[AttentionSpec], list[FFNSpec]]:
     return attentions, ffns
 
 
+def is_attention(module: nn.Module) -> bool:
+    """Whether ``module`` is an attention module by its class name ("Attention" or "Attn", any case).
+
+    The one name rule of prunekit: MAC counting uses it for modules of any style, and
+    :func:`unrecognised_attention` for the modules that :func:`find_blocks` cannot describe."""
+    kind = type(module).__name__.lower()
+    return "attention" in kind or "attn" in kind
+
+
 def unrecognised_attention(model: nn.Module) -> str | None:
     """The first attention module of an HF model that no style above matches, or None.
 
@@ -138,7 +147,6 @@ def unrecognised_attention(model: nn.Module) -> str | None:
     if getattr(config, "model_type", None) is None:
         return None
     for name, m in model.named_modules():
-        cls = type(m).__name__
-        if cls.endswith("Attention") and any(True for _ in m.parameters()):
-            return f"{name} ({cls})"
+        if is_attention(m) and any(True for _ in m.parameters()):
+            return f"{name} ({type(m).__name__})"
     return None

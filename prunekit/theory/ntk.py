@@ -54,7 +54,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from prunekit.batch import Inputs, batch_size_of, logits_of, move_to, slice_inputs
+from prunekit.batch import Inputs, batch_size_of, device_of, logits_of, move_to, slice_inputs
 from prunekit.theory.modes import eval_mode
 from prunekit.theory.ntk_jacobian import (
     ENGINES,
@@ -142,11 +142,6 @@ def inputs_of(batch: object) -> Inputs:
     raise ValueError(f"a batch is (inputs, labels) or inputs; got {type(batch).__name__}")
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def _rademacher(shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
     return torch.randint(0, 2, shape, generator=gen).mul_(2).sub_(1)
 
@@ -167,7 +162,7 @@ def group_ntk_traces(
     """
     if num_probes < 2:
         raise ValueError(f"num_probes must be >= 2 to give a standard error; got {num_probes}")
-    inputs = move_to(inputs_of(batch), _device_of(model))
+    inputs = move_to(inputs_of(batch), device_of(model))
     n = batch_size_of(inputs)
     if chunk is not None and chunk < 1:
         raise ValueError(f"chunk must be a positive number of samples or None; got {chunk}")
@@ -280,7 +275,7 @@ def ntk_gram(
         raise ValueError(f"output must be 'trace' or 'full'; got {output!r}")
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}; got {engine!r}")
-    inputs = move_to(inputs_of(batch), _device_of(model))
+    inputs = move_to(inputs_of(batch), device_of(model))
     n = batch_size_of(inputs)
     if n > max_inputs:
         raise ValueError(
@@ -294,7 +289,7 @@ def ntk_gram(
         with torch.no_grad():
             k = logits_of(model, slice_inputs(inputs, slice(0, 1)))[0].numel()
         size = n * k if output == "full" else n
-        gram = torch.zeros(size, size, dtype=dtype, device=_device_of(model))
+        gram = torch.zeros(size, size, dtype=dtype, device=device_of(model))
         jac = JacobianRows(model, inputs, engine, chunk)
         for names in tqdm(
             blocks(cols, params, max(1, block_elements // (n * k))),
