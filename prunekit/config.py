@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -70,16 +70,51 @@ class TrainConfig(_Strict):
     max_grad_norm: float | None = Field(1.0, gt=0.0)
 
 
+class LayerRule(_Strict):
+    """Per-layer limits by name pattern (an exact name, a dotted suffix or a shell wildcard, as peft's
+    ``target_modules``): keep between ``min_keep`` and ``max_keep`` of the matching groups' units."""
+
+    pattern: str = Field(min_length=1)
+    min_keep: float = Field(0.0, ge=0.0, le=1.0)
+    max_keep: float = Field(1.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LayerRule:
+        if self.min_keep > self.max_keep:
+            raise ValueError(f"min_keep {self.min_keep} > max_keep {self.max_keep} for '{self.pattern}'")
+        return self
+
+
+class ScheduleConfig(_Strict):
+    """How each level is reached: ``one_shot`` (one prune, one fine-tune), ``linear`` (``steps`` equal
+    steps) or ``constant_gap`` (steps sized so that the predicted gap stays within ``tolerance``
+    (relative) of ``reference``, the dense model's when None; at most ``steps`` steps). The fine-tuning
+    budget is shared over the steps. ``force``: go on to the target even where the gap cannot be held.
+    ``chain_levels``: each level starts from the previous level's model."""
+
+    name: Literal["one_shot", "linear", "constant_gap"] = "one_shot"
+    steps: int = Field(4, gt=0)
+    tolerance: float = Field(0.25, gt=0.0)
+    reference: float | None = Field(None, gt=0.0)
+    force: bool = False
+    chain_levels: bool = False
+
+
 class PruneConfig(_Strict):
     planner: str = "uniform"
+    # the planner's own options, checked against its config dataclass before any work (prunekit.planner)
+    planner_options: dict[str, Any] = Field(default_factory=dict)
     levels: list[float] = Field(default_factory=lambda: [0.5, 0.7, 0.85])  # fraction of params saved
     metric: Literal["params", "macs"] = "params"
-    importance: str = "l2"  # unit scores within a layer: l1, l2, taylor, hessian, lamp, random
+    # unit scores within a layer (l1, l2, taylor, hessian, lamp, random), for planners that take one;
+    # None: the planner's default. Given to a planner that ranks by its own scores, it is an error.
+    importance: str | None = None
     round_to: int = Field(1, gt=0)
     min_keep_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    layers: list[LayerRule] = Field(default_factory=list)  # per-layer min / max keep by name pattern
     ignore: list[str] = Field(default_factory=list)  # name patterns of layers never pruned
     importance_batches: int = Field(4, gt=0)
-    iterative_steps: int = Field(1, gt=0)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
 
     @field_validator("levels")
     @classmethod
@@ -182,7 +217,10 @@ def _format_error(err: ValidationError, raw: dict[str, Any], source: str) -> str
         section = ".".join(str(p) for p in e["loc"][:-1])
         cls: type[BaseModel] = RunConfig
         for p in e["loc"][:-1]:
+            if isinstance(p, int):  # an item of a list of sections (prune.layers)
+                continue
             ann = cls.model_fields[str(p)].annotation
+            ann = next(iter(getattr(ann, "__args__", ())), ann)  # list[LayerRule] -> LayerRule
             cls = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else cls
         allowed = ", ".join(cls.model_fields)
         where = f"section '{section}'" if section else "the top level"

@@ -143,6 +143,7 @@ def make_level_plan(task: Task, model: nn.Module, level: float, seed: int):
         config=from_prune_config(p, seed),
         batches=batches,
         example_inputs=task.example,
+        data=task.splits,  # planners that estimate build their probe set from the train split
     )
     plan.extra["ignore"] = list(p.ignore)  # so that a checkpoint rebuild finds the same groups
     return plan, groups

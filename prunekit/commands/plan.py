@@ -18,6 +18,9 @@ def plan_only(cfg: RunConfig, output_dir: str | Path | None = None) -> list[dict
     """The plan of every level for the dense model of ``cfg`` (trained if needed, never saved)."""
     from prunekit.train import make_accelerator
 
+    from prunekit.planner import from_prune_config
+
+    from_prune_config(cfg.prune, cfg.seed)  # a bad planner or option fails before data or training
     setup_logging(None, True)
     accelerator = make_accelerator()
     task = Task(cfg)
