@@ -2,7 +2,9 @@
 
 ``make_plan(model, groups, Target("params", 0.5), "uniform", example_inputs=x) -> Plan``. Planners are
 registered by name with a small config dataclass each (:func:`register_planner`); the baselines are
-``uniform``, ``global_magnitude``, ``global_taylor``, ``lamp`` and ``random``.
+``uniform``, ``global_magnitude``, ``global_taylor``, ``lamp`` and ``random``; the theory-guided
+``theory`` planner and its ablations ``loss_sensitivity`` and ``gap_sensitivity`` allocate widths from
+sensitivity curves (:mod:`prunekit.planner.theory`).
 """
 
 from __future__ import annotations
@@ -24,9 +26,20 @@ from prunekit.planner.registry import (
     planner_config,
     register_planner,
 )
-from prunekit.planner.target import Target
+from prunekit.planner.target import LayerLimit, Target
+from prunekit.planner.theory import (
+    GapSensitivityConfig,
+    LossSensitivityConfig,
+    SensitivityConfig,
+    TheoryConfig,
+)
 
 __all__ = [
+    "GapSensitivityConfig",
+    "LayerLimit",
+    "LossSensitivityConfig",
+    "SensitivityConfig",
+    "TheoryConfig",
     "GlobalMagnitudeConfig",
     "GlobalTaylorConfig",
     "LampConfig",

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from prunekit.planner.target import TOLERANCE, Target
+from prunekit.planner.target import TOLERANCE, LayerLimit, Target
 from prunekit.structure.find import round_keep
 from prunekit.structure.group import Group
 from prunekit.structure.sizes import remaining_size
@@ -66,14 +66,43 @@ class SizeModel:
         }
 
 
-def floor_counts(groups: Sequence[Group], min_keep_fraction: float, min_units: int, round_to: int) -> Counts:
-    """The fewest units each group may keep: the largest of the group's own minimum, ``min_units`` and
-    ``ceil(min_keep_fraction * num_units)``, rounded up to a multiple of ``round_to`` (or all units)."""
+def floor_counts(
+    groups: Sequence[Group],
+    min_keep_fraction: float,
+    min_units: int,
+    round_to: int,
+    layers: Sequence[LayerLimit] = (),
+) -> Counts:
+    """The fewest units each group may keep: the largest of the group's own minimum, ``min_units``,
+    ``ceil(min_keep_fraction * num_units)`` and the ``min_keep`` of every matching :class:`LayerLimit`,
+    rounded up to a multiple of ``round_to`` (or all units)."""
     out: Counts = {}
     for g in groups:
-        lowest = max(g.min_units, min_units, math.ceil(min_keep_fraction * g.num_units - 1e-9))
+        frac = max([min_keep_fraction] + [r.min_keep for r in layers if r.matches(g.layer, g.name)])
+        lowest = max(g.min_units, min_units, math.ceil(frac * g.num_units - 1e-9))
         lowest = min(lowest, g.num_units)
         out[g.name] = round_keep(lowest, g.num_units, round_to, min_units=lowest)
+    return out
+
+
+def ceiling_counts(
+    groups: Sequence[Group], layers: Sequence[LayerLimit], round_to: int, floors: Counts
+) -> Counts:
+    """The most units each group may keep: ``max_keep`` of every matching :class:`LayerLimit` (rounded
+    down to a multiple of ``round_to``); ValueError when that is below the group's floor."""
+    out: Counts = {}
+    for g in groups:
+        frac = min([1.0] + [r.max_keep for r in layers if r.matches(g.layer, g.name)])
+        if frac >= 1.0:
+            out[g.name] = g.num_units
+            continue
+        top = int(math.floor(frac * g.num_units + 1e-9)) // round_to * round_to
+        if top < floors[g.name]:
+            raise ValueError(
+                f"group '{g.name}': max_keep {frac} allows {top} of {g.num_units} units, fewer than its "
+                f"minimum {floors[g.name]}; raise max_keep or lower min_keep_fraction / round_to"
+            )
+        out[g.name] = top
     return out
 
 
@@ -99,13 +128,23 @@ def _infeasible(sizes: SizeModel, floors: Counts, target: Target) -> ValueError:
 
 
 def uniform_counts(
-    groups: Sequence[Group], sizes: SizeModel, target: Target, floors: Counts, round_to: int, iters: int = 60
+    groups: Sequence[Group],
+    sizes: SizeModel,
+    target: Target,
+    floors: Counts,
+    round_to: int,
+    iters: int = 60,
+    ceilings: Counts | None = None,
 ) -> Counts:
-    """The same keep fraction f in every group (rounded, floored), f found by bisection."""
+    """The same keep fraction f in every group (rounded, floored, capped at ``ceilings``), f by bisection."""
+    top = ceilings or {g.name: g.num_units for g in groups}
 
     def counts_at(f: float) -> Counts:
         return {
-            g.name: round_keep(math.floor(f * g.num_units + 0.5), g.num_units, round_to, floors[g.name])
+            g.name: min(
+                top[g.name],
+                round_keep(math.floor(f * g.num_units + 0.5), g.num_units, round_to, floors[g.name]),
+            )
             for g in groups
         }
 
@@ -162,16 +201,22 @@ def global_counts(
     floors: Counts,
     round_to: int,
     scores: Mapping[str, Tensor],
+    ceilings: Counts | None = None,
 ) -> Counts:
-    """Remove the globally lowest-scored units, in order, until the target is met (bisection on how many)."""
+    """Remove the globally lowest-scored units, in order, until the target is met (bisection on how many);
+    a group above its ceiling loses its lowest-scored units first."""
     order = removal_order(groups, scores, floors)
+    top = ceilings or {g.name: g.num_units for g in groups}
 
     def counts_at(k: int) -> Counts:
         removed: dict[str, int] = {}
         for name in order[:k]:
             removed[name] = removed.get(name, 0) + 1
         return {
-            g.name: round_keep(g.num_units - removed.get(g.name, 0), g.num_units, round_to, floors[g.name])
+            g.name: min(
+                top[g.name],
+                round_keep(g.num_units - removed.get(g.name, 0), g.num_units, round_to, floors[g.name]),
+            )
             for g in groups
         }
 

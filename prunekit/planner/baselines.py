@@ -31,7 +31,9 @@ def _keep(ctx: PlanContext, scores: Mapping[str, Tensor], counts: Mapping[str, i
 def _global(
     ctx: PlanContext, scores: Mapping[str, Tensor], note: dict[str, Any]
 ) -> tuple[Keep, dict[str, Any]]:
-    counts = global_counts(ctx.groups, ctx.sizes, ctx.target, ctx.floors(), ctx.config.round_to, scores)
+    counts = global_counts(
+        ctx.groups, ctx.sizes, ctx.target, ctx.floors(), ctx.config.round_to, scores, ctx.ceilings()
+    )
     return _keep(ctx, scores, counts), note
 
 
@@ -50,7 +52,9 @@ class UniformConfig(PlannerConfig):
 def uniform(ctx: PlanContext) -> tuple[Keep, dict[str, Any]]:
     cfg: UniformConfig = ctx.config  # type: ignore[assignment]
     scores = _scores(ctx, cfg.importance)
-    counts = uniform_counts(ctx.groups, ctx.sizes, ctx.target, ctx.floors(), cfg.round_to)
+    counts = uniform_counts(
+        ctx.groups, ctx.sizes, ctx.target, ctx.floors(), cfg.round_to, ceilings=ctx.ceilings()
+    )
     fractions = [counts[g.name] / g.num_units for g in ctx.groups]
     return _keep(ctx, scores, counts), {"importance": cfg.importance, "keep_fraction": min(fractions)}
 

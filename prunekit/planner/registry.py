@@ -8,6 +8,9 @@ target, the planner's name and config, and the exact size it achieves.
 from __future__ import annotations
 
 import dataclasses
+import json
+import types
+import typing
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,8 +19,8 @@ from typing import Any
 from torch import nn
 
 from prunekit.batch import Batch
-from prunekit.planner.allocate import SizeModel, floor_counts
-from prunekit.planner.target import TOLERANCE, Target
+from prunekit.planner.allocate import SizeModel, ceiling_counts, floor_counts
+from prunekit.planner.target import TOLERANCE, LayerLimit, Target
 from prunekit.structure import Group, Plan
 from prunekit.structure.plan import validate_plan
 
@@ -33,8 +36,11 @@ class PlannerConfig:
     min_units: int = 1
     seed: int = 0
     num_batches: int = 4
+    layers: tuple[LayerLimit, ...] = ()  # per-layer min / max keep fractions by name pattern
 
     def __post_init__(self) -> None:
+        limits = tuple(r if isinstance(r, LayerLimit) else LayerLimit(**r) for r in self.layers)
+        object.__setattr__(self, "layers", limits)
         frac = self.min_keep_fraction
         if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 <= frac < 1.0:
             raise ValueError(f"min_keep_fraction={self.min_keep_fraction} must be in [0, 1)")
@@ -56,10 +62,14 @@ class PlanContext:
     batches: Iterable[Batch] | None
     sizes: SizeModel
     config: PlannerConfig
+    data: Any = None  # the training data (e.g. DataSplits) for planners that estimate; else None
 
     def floors(self) -> dict[str, int]:
         c = self.config
-        return floor_counts(self.groups, c.min_keep_fraction, c.min_units, c.round_to)
+        return floor_counts(self.groups, c.min_keep_fraction, c.min_units, c.round_to, c.layers)
+
+    def ceilings(self) -> dict[str, int]:
+        return ceiling_counts(self.groups, self.config.layers, self.config.round_to, self.floors())
 
 
 # a planner returns the kept unit indices of each group, and a note for plan.extra (e.g. the scores used)
@@ -103,35 +113,88 @@ def get_planner(name: str) -> PlannerSpec:
     return _PLANNERS[name]
 
 
+def _type_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def _coerce(planner: str, key: str, value: Any, hint: Any) -> Any:
+    """``value`` as the option's annotated type (YAML lists become tuples); ValueError naming key and value."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(planner, key, value, arg)
+            except ValueError:
+                pass
+    elif origin is tuple and isinstance(value, (list, tuple)):
+        return tuple(_coerce(planner, key, v, args[0]) for v in value)
+    elif dataclasses.is_dataclass(hint) and isinstance(value, (Mapping, hint)):
+        return value if isinstance(value, hint) else hint(**value)
+    elif hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif hint in (int, str, bool) and type(value) is hint:
+        return value
+    elif hint is Any:
+        return value
+    raise ValueError(
+        f"planner '{planner}': option {key}={value!r} has the wrong type; it must be {_type_name(hint)}"
+    )
+
+
 def planner_config(name: str, **options: Any) -> PlannerConfig:
-    """The config of planner ``name`` with ``options`` set; unknown options are an error."""
+    """The config of planner ``name`` with ``options`` set; an unknown option or a wrong type is an error."""
     spec = get_planner(name)
+    hints = typing.get_type_hints(spec.config_cls)
     allowed = [f.name for f in dataclasses.fields(spec.config_cls)]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"planner '{name}' has no option(s) {unknown}; allowed options: {', '.join(allowed)}"
-        )
-    return spec.config_cls(**options)
+    for key in options:
+        if key not in allowed:
+            raise ValueError(
+                f"planner '{name}' has no option '{key}' (given {options[key]!r}); "
+                f"allowed options: {', '.join(allowed)}"
+            )
+    typed = {k: _coerce(name, k, v, hints[k]) for k, v in options.items()}
+    try:
+        return spec.config_cls(**typed)
+    except TypeError as err:  # a LayerLimit mapping with unknown keys
+        raise ValueError(f"planner '{name}': {err}; check its options") from None
 
 
 def from_prune_config(prune: Any, seed: int = 0) -> PlannerConfig:
     """The planner config named by a run config's ``prune`` section (``prunekit.config.PruneConfig``).
 
-    ``importance`` is passed on only to planners that choose units by a configurable criterion
-    (``uniform``); the global baselines are defined by their own scores.
+    Shared settings (``min_keep_fraction``, ``round_to``, ``importance_batches``, ``layers``) come from
+    the section, the planner's own from ``planner_options``; a key given in both places is an error.
+    ``importance`` goes only to planners that choose units by a configurable criterion; given to one
+    that ranks by its own scores it is an error, not silently ignored.
     """
     spec = get_planner(prune.planner)
     fields = {f.name for f in dataclasses.fields(spec.config_cls)}
-    options: dict[str, Any] = {
+    given = set(getattr(prune, "model_fields_set", set()))
+    shared: dict[str, Any] = {
         "min_keep_fraction": prune.min_keep_fraction,
         "round_to": prune.round_to,
         "num_batches": prune.importance_batches,
         "seed": seed,
+        "layers": tuple(LayerLimit(r.pattern, r.min_keep, r.max_keep) for r in getattr(prune, "layers", [])),
     }
-    if "importance" in fields:
-        options["importance"] = prune.importance
-    return planner_config(prune.planner, **{k: v for k, v in options.items() if k in fields})
+    section = {"num_batches": "importance_batches"}
+    own = dict(getattr(prune, "planner_options", {}) or {})
+    for key in own:
+        if key in shared and section.get(key, key) in given:
+            raise ValueError(f"'{key}' is set both in prune and in prune.planner_options; keep one of them")
+    if prune.importance is not None:
+        if "importance" not in fields:
+            raise ValueError(
+                f"planner '{prune.planner}' ranks units by its own scores and takes no importance "
+                f"(given '{prune.importance}'); remove prune.importance or use a planner that takes one"
+            )
+        if "importance" in own:
+            raise ValueError("'importance' is set both in prune and in prune.planner_options; keep one")
+        own["importance"] = prune.importance
+    options = {k: v for k, v in shared.items() if k in fields} | own
+    return planner_config(prune.planner, **options)
 
 
 def _resolve(config: PlannerConfig | str | None) -> tuple[PlannerSpec, PlannerConfig]:
@@ -167,6 +230,7 @@ def make_plan(
     config: PlannerConfig | str | None = None,
     batches: Iterable[Batch] | None = None,
     example_inputs: Any = None,
+    data: Any = None,
 ) -> Plan:
     """Plan which units of each group to keep so that ``target`` is met within 1 % of the model total.
 
@@ -181,8 +245,10 @@ def make_plan(
     if example_inputs is None:
         raise ValueError("make_plan needs example_inputs (a batch of model inputs) to count params and MACs")
     sizes = SizeModel(model, groups, example_inputs)
-    ctx = PlanContext(model, groups, target, batches, sizes, cfg)
+    ctx = PlanContext(model, groups, target, batches, sizes, cfg, data)
+    ctx.ceilings()  # a max_keep below a group's floor fails before any scoring
     keep, note = spec.fn(ctx)
+    predicted_gap = note.pop("predicted_gap", None)
     missing = [g.name for g in groups if g.name not in keep]
     if missing:
         raise ValueError(
@@ -194,6 +260,7 @@ def make_plan(
         target=target.to_dict(),
         planner=spec.name,
         round_to=cfg.round_to,
+        predicted_gap=None if predicted_gap is None else float(predicted_gap),
     )
     validate_plan(groups, plan)  # a planner's bug surfaces here, not halfway through surgery
     counts = {name: len(k) for name, k in plan.keep.items()}
@@ -212,5 +279,5 @@ def make_plan(
             f"more than 1 % off: {why}",
             stacklevel=2,
         )
-    plan.extra = {"achieved": achieved, "config": dataclasses.asdict(cfg), **note}
+    plan.extra = {"achieved": achieved, "config": json.loads(json.dumps(dataclasses.asdict(cfg))), **note}
     return plan

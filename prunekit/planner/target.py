@@ -29,3 +29,32 @@ class Target:
 
     def to_dict(self) -> dict[str, Any]:
         return {"metric": self.metric, "saved": self.saved}
+
+
+@dataclass(frozen=True)
+class LayerLimit:
+    """Keep between ``min_keep`` and ``max_keep`` of the units of every group whose layer (or group name)
+    matches ``pattern``: an exact name, a dotted suffix (``conv1`` matches ``features.conv1``) or a
+    shell-style wildcard (``layer*.conv2``), as peft's ``target_modules`` matches modules."""
+
+    pattern: str
+    min_keep: float = 0.0
+    max_keep: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pattern, str) or not self.pattern:
+            raise ValueError(f"layer pattern {self.pattern!r} must be a non-empty string, e.g. 'features.0'")
+        for name in ("min_keep", "max_keep"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise ValueError(f"layer '{self.pattern}': {name}={v!r} must be a keep fraction in [0, 1]")
+        if self.min_keep > self.max_keep:
+            raise ValueError(
+                f"layer '{self.pattern}': min_keep={self.min_keep} > max_keep={self.max_keep}; swap them"
+            )
+
+    def matches(self, *names: str) -> bool:
+        from fnmatch import fnmatchcase
+
+        p = self.pattern
+        return any(n == p or n.endswith("." + p) or fnmatchcase(n, p) for n in names)

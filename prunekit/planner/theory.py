@@ -1,0 +1,252 @@
+"""The theory-guided planner and its two ablations: widths from sensitivity curves, units from scores.
+
+- ``theory``: curves of a quantity from the :class:`~prunekit.theory.estimator.Estimator` at fixed
+  weights: ``bound`` (the stated bound), ``calibrated`` (a :class:`~prunekit.theory.bound.Calibration`
+  file's gap) or ``risk`` (the masked model's probe training loss + the calibrated gap, or the stated
+  one without a calibration), so that fit and generalization are traded in one number;
+- ``loss_sensitivity``: the same allocator on the probe training loss alone (no theory);
+- ``gap_sensitivity``: the same allocator on the predicted gap alone (no fit term).
+
+Within a group, the lowest-scored units go first (``importance``, scores divided by the group mean: raw
+scores are never compared across groups). ``Plan.predicted_gap`` is the predicted gap of the planned
+model (masked at the dense weights), for the planners that predict one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from prunekit.batch import logits_of, move_to
+from prunekit.planner.allocate import keep_indices, layer_normalised
+from prunekit.planner.importance import get_criterion, unit_scores
+from prunekit.planner.registry import PlanContext, PlannerConfig, register_planner
+from prunekit.planner.sensitivity import Curve, Removed, allocate_by_curves, sensitivity_curves
+from prunekit.structure.masking import mask_groups
+
+QUANTITIES = ("bound", "calibrated", "risk")
+
+
+@dataclass(frozen=True)
+class SensitivityConfig(PlannerConfig):
+    """Options every curve-driven planner shares. ``fractions``: the keep fractions each group's curve
+    is measured at; ``importance``: the within-group unit score; ``probe_samples``: probe-set size."""
+
+    importance: str = "hessian"
+    fractions: tuple[float, ...] = (0.8, 0.6, 0.45, 0.3, 0.2, 0.12, 0.06)
+    probe_samples: int = 256
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        get_criterion(self.importance)
+        fr = tuple(self.fractions)
+        if not fr or any(not isinstance(f, (int, float)) or not 0.0 < f < 1.0 for f in fr):
+            raise ValueError(f"fractions={list(fr)} must be keep fractions in (0, 1), e.g. [0.75, 0.5, 0.25]")
+        object.__setattr__(self, "fractions", tuple(float(f) for f in fr))
+        if isinstance(self.probe_samples, bool) or not isinstance(self.probe_samples, int):
+            raise ValueError(f"probe_samples={self.probe_samples!r} must be an integer >= 1")
+        if self.probe_samples < 1:
+            raise ValueError(f"probe_samples={self.probe_samples} must be an integer >= 1")
+
+
+@dataclass(frozen=True)
+class LossSensitivityConfig(SensitivityConfig):
+    """The allocator on the masked model's probe training loss alone: the no-theory ablation."""
+
+
+@dataclass(frozen=True)
+class GapSensitivityConfig(SensitivityConfig):
+    """The allocator on the predicted gap alone (calibrated with ``calibration``, else the stated bound)."""
+
+    calibration: str | None = None
+
+
+@dataclass(frozen=True)
+class TheoryConfig(SensitivityConfig):
+    """``quantity``: ``risk`` (default), ``bound`` or ``calibrated`` (needs ``calibration``, a JSON file
+    written by ``prunekit.theory.calibrate(...).to_json()``)."""
+
+    quantity: str = "risk"
+    calibration: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.quantity not in QUANTITIES:
+            raise ValueError(f"unknown quantity '{self.quantity}'; choose one of {', '.join(QUANTITIES)}")
+        if self.quantity == "calibrated" and not self.calibration:
+            raise ValueError("quantity 'calibrated' needs calibration: the path of a Calibration JSON file")
+
+
+# ----------------------------------------------------------------------------------- the quantities
+
+
+def _probe(ctx: PlanContext, samples: int) -> list[tuple[Any, torch.Tensor]]:
+    if not ctx.batches:
+        raise ValueError("planner needs data: pass batches=[(inputs, labels), ...] to make_plan")
+    out, seen = [], 0
+    for inputs, labels in ctx.batches:
+        out.append((inputs, labels))
+        seen += len(labels)
+        if seen >= samples:
+            break
+    return out
+
+
+def _loss_fn(ctx: PlanContext, samples: int):
+    probe = _probe(ctx, samples)
+    device = next(ctx.model.parameters()).device
+
+    def evaluate(removed: Removed) -> float:
+        was = ctx.model.training
+        ctx.model.eval()
+        total, count = 0.0, 0
+        try:
+            with mask_groups(ctx.model, ctx.groups, removed), torch.no_grad():
+                for inputs, labels in probe:
+                    logits = logits_of(ctx.model, move_to(inputs, device))
+                    total += float(F.cross_entropy(logits, labels.to(device), reduction="sum"))
+                    count += len(labels)
+        finally:
+            ctx.model.train(was)
+        return total / count
+
+    return evaluate
+
+
+def _gap(prediction: Any, calibration: Any) -> float:
+    p = prediction
+    if calibration is not None:
+        return float(calibration.predict(C=p.C_arch, T=p.T_opt, n=p.n, d_eff=p.d_eff))
+    return float(p.bound) if p.bound is not None else 0.0  # T_opt <= 0: no stated bound, no gap
+
+
+def _estimator(ctx: PlanContext, cfg: SensitivityConfig):
+    from prunekit.config import EstimateConfig
+    from prunekit.theory.estimator import Estimator
+
+    est_cfg = EstimateConfig(probe_samples=cfg.probe_samples)
+    if ctx.data is not None:
+        return Estimator(ctx.model, ctx.data, est_cfg, groups=ctx.groups, seed=cfg.seed)
+    probe = _probe(ctx, cfg.probe_samples)
+    n = sum(len(labels) for _, labels in probe)
+    return Estimator(ctx.model, probe, est_cfg, groups=ctx.groups, n=n, seed=cfg.seed)
+
+
+def _calibration(path: str | None):
+    if not path:
+        return None
+    from pathlib import Path
+
+    from prunekit.theory.bound import Calibration
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"calibration file '{p}' does not exist: write one with Calibration.to_json()")
+    return Calibration.from_json(p.read_text())
+
+
+class _Quantity:
+    """removed units -> the planner's quantity (and the predicted gap); the Estimator is built on first use."""
+
+    def __init__(self, ctx: PlanContext, cfg: SensitivityConfig, quantity: str):
+        self.ctx, self.cfg, self.quantity = ctx, cfg, quantity
+        self._est: Any = None
+        self.cal = _calibration(getattr(cfg, "calibration", None))
+        self.loss = _loss_fn(ctx, cfg.probe_samples) if quantity == "loss" else None
+
+    def est(self) -> Any:
+        if self._est is None:
+            self._est = _estimator(self.ctx, self.cfg)
+        return self._est
+
+    def __call__(self, removed: Removed) -> float:
+        if self.loss is not None:
+            return self.loss(removed)
+        p = self.est().predict(removed)
+        if self.quantity == "risk":
+            return float(p.train_loss) + _gap(p, self.cal)
+        return _gap(p, self.cal)
+
+    def gap(self, removed: Removed) -> float:
+        return _gap(self.est().predict(removed), self.cal)
+
+
+# ------------------------------------------------------------------------------- the shared planner
+
+_CACHE: dict[str, tuple[float, dict[str, Curve]]] = {}  # curves depend on weights + options, not target
+
+
+def _cache_key(ctx: PlanContext, cfg: SensitivityConfig, quantity: str) -> str:
+    h = hashlib.sha1()
+    for name, p in ctx.model.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    opts = {k: v for k, v in asdict(cfg).items() if k != "layers"}  # ceilings only bound the allocation
+    h.update(repr((quantity, sorted(opts.items()), [g.name for g in ctx.groups], id(ctx.data))).encode())
+    for _, labels in _probe(ctx, cfg.probe_samples)[:1]:
+        h.update(labels.cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _plan_by_curves(ctx: PlanContext, quantity: str) -> tuple[dict[str, list[int]], dict[str, Any]]:
+    cfg: SensitivityConfig = ctx.config  # type: ignore[assignment]
+    c = cfg
+    scores = layer_normalised(
+        unit_scores(
+            ctx.model, ctx.groups, ctx.batches, cfg.importance, num_batches=c.num_batches, seed=c.seed
+        )
+    )
+    floors, ceilings = ctx.floors(), ctx.ceilings()
+    quantity_fn = _Quantity(ctx, cfg, quantity)
+    key = _cache_key(ctx, cfg, quantity)
+    if key not in _CACHE:
+        _CACHE[key] = sensitivity_curves(ctx.groups, scores, quantity_fn, cfg.fractions, floors, c.round_to)
+        while len(_CACHE) > 8:
+            _CACHE.pop(next(iter(_CACHE)))
+    base, curves = _CACHE[key]
+    counts = allocate_by_curves(ctx.groups, ctx.sizes, ctx.target, curves, floors, ceilings, c.round_to)
+    keep = {g.name: keep_indices(scores[g.name], counts[g.name]) for g in ctx.groups}
+    note: dict[str, Any] = {
+        "importance": cfg.importance,
+        "normalised": "layer_mean",
+        "quantity": quantity,
+        "base_value": base,
+        "curves": {name: cv.to_dict() for name, cv in curves.items()},
+    }
+    if quantity != "loss":
+        kept = {name: set(k) for name, k in keep.items()}
+        removed = {
+            g.name: [u for u in range(g.num_units) if u not in kept[g.name]]
+            for g in ctx.groups
+            if len(kept[g.name]) < g.num_units
+        }
+        note["predicted_gap"] = quantity_fn.gap(removed)
+        note["dense_predicted_gap"] = quantity_fn.gap({})
+    return keep, note
+
+
+def theory(ctx: PlanContext) -> tuple[dict[str, list[int]], dict[str, Any]]:
+    return _plan_by_curves(ctx, ctx.config.quantity)  # type: ignore[attr-defined]
+
+
+def loss_sensitivity(ctx: PlanContext) -> tuple[dict[str, list[int]], dict[str, Any]]:
+    return _plan_by_curves(ctx, "loss")
+
+
+def gap_sensitivity(ctx: PlanContext) -> tuple[dict[str, list[int]], dict[str, Any]]:
+    cfg: GapSensitivityConfig = ctx.config  # type: ignore[assignment]
+    return _plan_by_curves(ctx, "calibrated" if cfg.calibration else "bound")
+
+
+def curve_planners() -> Sequence[str]:
+    return ("theory", "loss_sensitivity", "gap_sensitivity")
+
+
+register_planner("theory", TheoryConfig, theory)
+register_planner("loss_sensitivity", LossSensitivityConfig, loss_sensitivity)
+register_planner("gap_sensitivity", GapSensitivityConfig, gap_sensitivity)
