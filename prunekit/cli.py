@@ -1,7 +1,9 @@
 """The ``prunekit`` command line: run, plan, estimate, evaluate, info.
 
-User mistakes (bad config, missing file, unknown name) end with one line on stderr and exit code 2,
-never a traceback. Bugs still raise, so they can be reported.
+Expected failures (a bad config, a missing or unreadable file, an unknown name, a locked output
+folder, a full disk) end with one ``prunekit: error:`` line on stderr and exit code 2, never a
+traceback. Anything else is a bug: a short traceback, "this is a bug in prunekit, please report it"
+and exit code 1, so it is never passed off as the user's mistake. ``PRUNEKIT_DEBUG=1`` re-raises.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import sys
 from pathlib import Path
 
 EXIT_USAGE = 2
+EXIT_BUG = 1
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 EPILOG = "Example: prunekit run configs/quickstart.yaml --set finetune.epochs=2 --output runs/try"
 
@@ -72,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     _add_checkpoint_trust_args(p)
 
+    p = sub.add_parser("validate", help="does the bound predict? rank equal-size candidates (validity study)")
+    _add_config_args(p)
+
     p = sub.add_parser("info", help="what a checkpoint is: base model, plan, sizes, hashes")
     p.add_argument("checkpoint", help="a checkpoint folder written by prunekit")
     _add_checkpoint_trust_args(p, remote_code=False)
@@ -110,7 +117,9 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 
         if args.sha256 is not None:
             verify_checkpoint(source, args.sha256)
-        cfg = config_for_checkpoint(source, overrides=args.overrides, trust_remote_code=args.trust_remote_code)
+        cfg = config_for_checkpoint(
+            source, overrides=args.overrides, trust_remote_code=args.trust_remote_code
+        )
         out = out or source.parent / f"estimate-{source.name}.json"
     else:
         cfg = load_config(source, args.overrides)
@@ -132,6 +141,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from prunekit.commands.validate import validate_command
+
+    validate_command(args.config, args.overrides, args.output)
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from prunekit.pruning.checkpoint import checkpoint_info, verify_checkpoint
 
@@ -147,27 +163,69 @@ COMMANDS = {
     "estimate": _cmd_estimate,
     "evaluate": _cmd_evaluate,
     "info": _cmd_info,
+    "validate": _cmd_validate,
 }
+
+
+def _raised_by_prunekit(err: BaseException) -> bool:
+    """Whether the innermost frame that raised ``err`` is prunekit's own code."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE_DIR)
+
+
+def expected_message(err: BaseException) -> str | None:
+    """The one-line message of an expected failure, or None when ``err`` is a bug."""
+    from prunekit.errors import UserError, clip
+    from prunekit.train.accel import LaunchError
+
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    if isinstance(err, (UserError, LaunchError)):
+        return clip(first, 500)
+    if isinstance(err, ValueError) and _raised_by_prunekit(err):
+        # ValueError is how prunekit's validators report bad input (peft style); one from a library
+        # is input prunekit failed to check: a bug.
+        return clip(first, 500)
+    if isinstance(err, OSError) and err.errno is not None:  # the file system said no
+        where = f": '{err.filename}'" if err.filename else ""
+        return clip(f"{err.strerror or first}{where}: check the path, its permissions and free space", 500)
+    if isinstance(err, FileNotFoundError):
+        return clip(first, 500)
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+        return "out of memory: lower batch_size (train / finetune / data) or the model size"
+    return None
+
+
+def report_failure(err: BaseException) -> int:
+    """Print ``err`` as the command line ends on it and return the exit code."""
+    import traceback
+
+    if isinstance(err, KeyboardInterrupt):
+        print("prunekit: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    message = expected_message(err)
+    if message is not None:
+        print(f"prunekit: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    short = traceback.format_exception(type(err), err, err.__traceback__, limit=-6)
+    sys.stderr.write("".join(short))
+    print(
+        "prunekit: internal error: this is a bug in prunekit, please report it with the command and "
+        "the traceback above (PRUNEKIT_DEBUG=1 shows the whole traceback)",
+        file=sys.stderr,
+    )
+    return EXIT_BUG
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from prunekit.errors import UserError
-    from prunekit.train.accel import LaunchError
-
     try:
         return COMMANDS[args.command](args)
-    except (UserError, ValueError, FileNotFoundError, LaunchError) as err:
+    except (Exception, KeyboardInterrupt) as err:
         if os.environ.get("PRUNEKIT_DEBUG"):
             raise
-        # ValueError is how every prunekit validator reports bad input (peft style); the message is
-        # already one line naming the problem and the fix.
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"prunekit: error: {message}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("prunekit: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+        return report_failure(err)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 Strict on user YAML: an unknown key, a wrong type or an out-of-range value is a :class:`ConfigError`
 whose message names the key, the value and the file, on one line (the CLI turns it into exit code 2).
-YAML is read with ``yaml.safe_load`` only: nothing in a config can run code.
+YAML is read with a safe loader that also refuses anchors and aliases (:mod:`prunekit.safe_yaml`):
+nothing in a config can run code or expand into a memory bomb. Numbers are finite and bounded, the
+seed fits ``0 <= seed < 2**32``, ``name`` is one folder name, and booleans are YAML booleans (the
+string ``"yes"`` is an error, not true).
 """
 
 from __future__ import annotations
@@ -10,19 +13,46 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from prunekit.errors import UserError, clip, shorten
+from prunekit.safe_yaml import AliasError, parse, read_text
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A user-facing configuration problem; its message is one line naming the problem and the fix."""
 
 
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+=@-]{0,99}")
+BIG = 2**20  # upper bound of batch sizes, sequence lengths and probe counts (a typo, not a setting)
+
+
+def _is_bool_field(annotation: Any) -> bool:
+    return annotation is bool or (
+        bool in getattr(annotation, "__args__", ()) and type(None) in annotation.__args__
+    )
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=False, validate_assignment=True)
+    # allow_inf_nan=False: `.inf` epochs or a `.nan` lr is an error, not an endless or silent run.
+    model_config = ConfigDict(extra="forbid", strict=False, validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_bools(cls, v: Any, info: Any) -> Any:
+        # pydantic's lax mode reads "yes", "on" and 1 as true: a quoted "yes" must not turn on
+        # trust_remote_code. Every bool field of every section takes only a YAML boolean.
+        field = cls.model_fields.get(info.field_name) if info.field_name else None
+        if field is not None and _is_bool_field(field.annotation) and not isinstance(v, bool):
+            if v is None and field.annotation is not bool:
+                return v
+            raise ValueError("give true or false (a YAML boolean, unquoted)")
+        return v
 
 
 class DataConfig(_Strict):
@@ -41,8 +71,8 @@ class DataConfig(_Strict):
     label_column: str = "label"
     # text
     tokenizer: str | None = None  # defaults to the model's path
-    max_length: int = Field(64, gt=0)
-    batch_size: int = Field(128, gt=0)  # evaluation batch size; fine-tuning has its own
+    max_length: int = Field(64, gt=0, le=BIG)
+    batch_size: int = Field(128, gt=0, le=BIG)  # evaluation batch size; fine-tuning has its own
 
 
 class ModelConfig(_Strict):
@@ -56,16 +86,18 @@ class ModelConfig(_Strict):
 class TrainConfig(_Strict):
     """One training recipe; used for the dense model and for fine-tuning after each prune."""
 
-    epochs: float = Field(1.0, ge=0.0)
-    max_steps: int | None = Field(None, gt=0)
-    batch_size: int = Field(64, gt=0)
+    epochs: float = Field(1.0, ge=0.0, le=1e6)
+    max_steps: int | None = Field(None, gt=0, le=10**9)
+    # The GLOBAL batch: with N processes each takes batch_size / N (it must divide), so one config
+    # trains alike on 1 and on N processes.
+    batch_size: int = Field(64, gt=0, le=BIG)
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     schedule: Literal["constant", "cosine", "linear"] = "cosine"
     warmup_fraction: float = Field(0.0, ge=0.0, lt=1.0)
-    grad_accum_steps: int = Field(1, gt=0)
+    grad_accum_steps: int = Field(1, gt=0, le=2**16)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     max_grad_norm: float | None = Field(1.0, gt=0.0)
 
@@ -133,35 +165,42 @@ class EstimateConfig(_Strict):
     # In `prunekit run`: estimate the dense model and each pruned model (before its fine-tuning) and
     # record C_arch, T_opt, d_eff, the predicted gap and the measured train−test gap in the report.
     enabled: bool = False
-    probe_samples: int = Field(256, gt=0)  # NTK Gram / spectrum inputs
+    probe_samples: int = Field(256, gt=0, le=BIG)  # NTK Gram / spectrum inputs
     # per-group NTK traces: "exact" from the Jacobian the Gram is built from (free), or "hutchinson"
     ntk_traces: Literal["exact", "hutchinson"] = "exact"
-    trace_probes: int = Field(64, gt=0)  # Hutchinson probes for per-group NTK traces (ntk_traces: hutchinson)
+    trace_probes: int = Field(
+        64, gt=0, le=BIG
+    )  # Hutchinson probes for per-group NTK traces (ntk_traces: hutchinson)
     # "gauss_newton": exact Gauss-Newton part from the same Jacobian + Hutchinson on the remainder;
     # "hutchinson" / "hutchpp": Hutchinson / Hutch++ on the whole Hessian
     hessian_method: Literal["gauss_newton", "hutchinson", "hutchpp"] = "gauss_newton"
     # with gauss_newton the probes only see the small remainder H − G: a few, on a subset each, suffice
-    hessian_probes: int = Field(8, gt=0)
-    hessian_samples_per_probe: int | None = Field(64, gt=0)  # a random subset per probe; None: all
-    power_iters: int = Field(20, gt=0)  # Lanczos iterations (at most) for the top Hessian eigenvalue
+    hessian_probes: int = Field(8, gt=0, le=BIG)
+    hessian_samples_per_probe: int | None = Field(64, gt=0, le=BIG)  # a random subset per probe; None: all
+    power_iters: int = Field(
+        20, gt=0, le=10**4
+    )  # Lanczos iterations (at most) for the top Hessian eigenvalue
     # Jacobian entries (float32) held at once: the Gram's block budget; the whole Jacobian is kept for
     # exact Gauss-Newton products when it fits
-    jacobian_elements: int = Field(2**27, gt=0)
-    id_samples: int = Field(2000, gt=0)  # points for the intrinsic dimension
+    jacobian_elements: int = Field(2**27, gt=0, le=2**40)
+    id_samples: int = Field(2000, gt=0, le=2**24)  # points for the intrinsic dimension
     id_representation: str = "inputs"  # "inputs" or a module name whose activations are used
     ridge: float = Field(1e-2, gt=0.0)
 
 
 class EvaluateConfig(_Strict):
-    latency_batch_size: int = Field(1, gt=0)
-    latency_repeats: int = Field(30, gt=0)
-    latency_warmup: int = Field(5, ge=0)
-    latency_threads: int = Field(1, gt=0)
+    latency_batch_size: int = Field(1, gt=0, le=BIG)
+    latency_repeats: int = Field(30, gt=0, le=10**5)
+    latency_warmup: int = Field(5, ge=0, le=10**5)
+    latency_threads: int = Field(1, gt=0, le=1024)
 
 
 class RunConfig(_Strict):
-    name: str = "run"
+    name: str = "run"  # one folder name: the default output folder is runs/<name>
     seed: int = 0
+    # torch intra-op threads for the whole run: CPU results depend on it (summation order), so it is
+    # fixed here (and part of the fingerprint) rather than taken from the machine.
+    threads: int = Field(1, ge=1, le=1024)
     output_dir: str | None = None  # default: runs/<name>
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -173,6 +212,23 @@ class RunConfig(_Strict):
     estimate: EstimateConfig = Field(default_factory=EstimateConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
+    @field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, v: str) -> str:
+        if not SAFE_NAME.fullmatch(v):
+            raise ValueError(
+                "the name is used as one folder name under runs/: use letters, digits and . _ - + = @ "
+                "(not first: . - + = @), at most 100 characters, no '/'; set output_dir for another place"
+            )
+        return v
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, v: int) -> int:
+        if not 0 <= v < 2**32:
+            raise ValueError("a seed is an integer with 0 <= seed < 2**32")
+        return v
+
     def fingerprint(self) -> str:
         """A hash of everything that changes results (output_dir excluded), for resume checks."""
         d = self.model_dump(mode="json")
@@ -180,10 +236,15 @@ class RunConfig(_Strict):
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _parse_value(text: str) -> Any:
-    """A command-line override value, read as YAML scalars/lists (safe loader)."""
+def _parse_value(text: str, item: str) -> Any:
+    """A command-line override value, read as YAML scalars/lists (safe loader, no aliases)."""
     try:
-        return yaml.safe_load(text)
+        return parse(text)
+    except AliasError as err:
+        raise ConfigError(
+            f"override {shorten(item)}: YAML anchors and aliases are not allowed ({err.what}): "
+            "write the value out (quote it for a string starting with * or &)"
+        ) from None
     except yaml.YAMLError:
         return text
 
@@ -194,19 +255,19 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> d
     for item in overrides:
         if "=" not in item:
             raise ConfigError(
-                f"override '{item}' has no '=': write it as section.key=value (e.g. finetune.epochs=2)"
+                f"override {shorten(item)} has no '=': write it as section.key=value (e.g. finetune.epochs=2)"
             )
         key, value = item.split("=", 1)
         parts = [p for p in key.strip().split(".") if p]
         if not parts:
-            raise ConfigError(f"override '{item}' has an empty key: write it as section.key=value")
+            raise ConfigError(f"override {shorten(item)} has an empty key: write it as section.key=value")
         node = out
         for p in parts[:-1]:
             nxt = node.setdefault(p, {})
             if not isinstance(nxt, dict):
-                raise ConfigError(f"override '{item}': '{p}' is not a section in {source}")
+                raise ConfigError(f"override {shorten(item)}: '{clip(p, 40)}' is not a section in {source}")
             node = nxt
-        node[parts[-1]] = _parse_value(value)
+        node[parts[-1]] = _parse_value(value, item)
     return out
 
 
@@ -226,8 +287,8 @@ def _format_error(err: ValidationError, raw: dict[str, Any], source: str) -> str
         where = f"section '{section}'" if section else "the top level"
         return f"{source}: unknown key '{key}' in {where}; allowed keys: {allowed}"
     value = e.get("input")
-    msg = e["msg"].removeprefix("Value error, ")
-    return f"{source}: invalid value {value!r} for '{key}': {msg}"
+    msg = clip(e["msg"].removeprefix("Value error, "), 300)
+    return f"{source}: invalid value {shorten(value)} for '{clip(key, 60)}': {msg}"
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> RunConfig:
@@ -244,13 +305,26 @@ def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> RunConfig
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read, override and validate a YAML config. Raises :class:`ConfigError` with a one-line message."""
     p = Path(path)
+    if p.exists() and not p.is_file():
+        raise ConfigError(f"config '{p}' is not a file: give a YAML config file (examples live in configs/)")
     if not p.is_file():
         raise ConfigError(f"config file '{p}' does not exist: check the path (examples live in configs/)")
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = parse(read_text(p))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    except AliasError as err:
+        raise ConfigError(
+            f"{p}: YAML anchors and aliases are not allowed ({err.what}): write each value out in full"
+        ) from None
     except yaml.YAMLError as err:
         line = getattr(getattr(err, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""
         raise ConfigError(f"{p}: not valid YAML{where}: fix the syntax") from None
+    if raw is None:  # an empty file (or only comments) would silently run every default
+        raise ConfigError(
+            f"{p}: the config is empty: give at least a name and a data / model section "
+            "(start from configs/quickstart.yaml)"
+        )
     raw = apply_overrides(raw, overrides or [], str(p))
     return config_from_dict(raw, str(p))

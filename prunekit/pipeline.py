@@ -2,14 +2,18 @@
 
 Read top to bottom, :func:`run` is the whole job. Every result is written atomically and recorded in
 ``state.json`` before the next step starts, so the same command resumes a killed run. With several
-accelerate processes every rank computes, and only the main process writes.
+accelerate processes every rank computes, and only the main process writes. The main process holds
+the output folder's lock (:class:`prunekit.lock.FolderLock`) for the whole run, so a second run into
+the same folder stops at once instead of mixing its files with this one's.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +21,9 @@ from torch import nn
 
 from prunekit.config import RunConfig
 from prunekit.errors import UserError
-from prunekit.run_state import RunState
-from prunekit.task import Task, make_level_plan, seed_everything
+from prunekit.lock import FolderLock
+from prunekit.run_state import RunState, check_output_folder
+from prunekit.task import Task, make_level_plan, per_process_batch, seed_everything
 
 log = logging.getLogger("prunekit")
 
@@ -155,8 +160,45 @@ def output_folder(cfg: RunConfig, output_dir: str | Path | None) -> Path:
     return Path(output_dir or cfg.output_dir or Path("runs") / cfg.name)
 
 
+@contextmanager
+def _folder_locked(folder: Path):
+    """Hold ``folder``'s lock in the main process (rank 0) while the body runs.
+
+    A lock file (and a folder) created only to hold the lock is removed again when the run fails
+    before writing anything, so bad input leaves no trace. A lock refused on rank 0 ends that rank with the one-line
+    error; the launcher then stops the other ranks."""
+    if os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    created = not folder.exists()
+    lock = FolderLock(folder)
+    had_lock_file = lock.path.exists()
+    lock.acquire()
+    try:
+        yield
+    except BaseException:
+        if not had_lock_file and not (folder / "state.json").exists():  # failed before writing
+            lock.path.unlink(missing_ok=True)  # still held: no other run can have locked it
+            if created and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+    finally:
+        lock.release()
+
+
 def run(cfg: RunConfig, output_dir: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Run the whole pipeline for ``cfg``; returns the report dict (also written to the folder)."""
+    """Run the whole pipeline for ``cfg``; returns the report dict (also written to the folder).
+
+    Nothing is written before every check passed (config, output path, folder ownership, data,
+    model, the hardest level's plan); the folder is locked for the whole run."""
+    folder = output_folder(cfg, output_dir)
+    check_output_folder(folder)  # a file, a path under a file, no write permission: one line now
+    with _folder_locked(folder):
+        return _run(cfg, folder, overwrite)
+
+
+def _run(cfg: RunConfig, folder: Path, overwrite: bool) -> dict[str, Any]:
+    """The pipeline into ``folder`` (checked and locked by :func:`run`)."""
     from prunekit.planner import from_prune_config, known_planners
     from prunekit.report import build_report, write_report
     from prunekit.train import make_accelerator
@@ -167,8 +209,9 @@ def run(cfg: RunConfig, output_dir: str | Path | None = None, overwrite: bool = 
             f"unknown planner '{cfg.prune.planner}' in prune.planner: choose one of {', '.join(known_planners())}"
         )
     from_prune_config(cfg.prune, cfg.seed)  # an unknown importance criterion or option fails here
-    folder = output_folder(cfg, output_dir)
     accelerator = make_accelerator(mixed_precision=cfg.finetune.mixed_precision, grad_accum_steps=1)
+    for section in ("train", "finetune"):  # the global batch must split evenly over the processes
+        per_process_batch(getattr(cfg, section).batch_size, accelerator.num_processes, section)
     # Everything that can fail on bad input (data, model, folder ownership) is checked before the
     # folder is touched, so a bad config leaves an existing output folder as it was.
     state = RunState.open(folder, cfg.fingerprint(), cfg.model_dump(mode="json"), overwrite=overwrite)

@@ -17,6 +17,17 @@ from prunekit.errors import UserError
 from prunekit.structure.plan import Plan
 
 
+def per_process_batch(batch_size: int, num_processes: int, section: str) -> int:
+    """Each process's share of the global ``batch_size`` (one config trains alike on 1 and N
+    processes); a :class:`UserError` when it does not divide."""
+    if batch_size % num_processes:
+        raise UserError(
+            f"{section}.batch_size {batch_size} is the global batch and does not divide over "
+            f"{num_processes} processes: make it a multiple of {num_processes}"
+        )
+    return batch_size // num_processes
+
+
 def seed_everything(seed: int) -> None:
     import random
 
@@ -37,6 +48,8 @@ class Task:
         from prunekit.pruning.checkpoint import read_meta
 
         self.cfg = cfg
+        # CPU kernels split their sums by thread: the count is part of the config, not the machine's.
+        torch.set_num_threads(cfg.threads)
         self.splits = load_data(cfg.data, seed=cfg.seed, model_cfg=cfg.model)
         if self.splits.n_train == 0:
             raise UserError(f"dataset '{cfg.data.name}' has an empty train split: check data settings")
@@ -120,11 +133,23 @@ class Task:
             # Dense training and fine-tuning may use different precisions; switching keeps the process group.
             accelerator = make_accelerator(mixed_precision=recipe.mixed_precision, seed=None)
 
+        from prunekit.train import TrainingDiverged
+
+        section = "train" if recipe is self.cfg.train else "finetune"
         seed_everything(seed)
-        train_loader = self.loader("train", recipe.batch_size, shuffle=True, seed=seed)
+        batch = per_process_batch(recipe.batch_size, accelerator.num_processes, section)
+        train_loader = self.loader("train", batch, shuffle=True, seed=seed)
         has_val = self.splits.size("validation") > 0
         val_loader = self.loader("validation", self.cfg.data.batch_size) if has_val else None
-        return finetune(model, train_loader, recipe, accelerator, val_loader=val_loader, desc=desc, seed=seed)
+        try:
+            return finetune(
+                model, train_loader, recipe, accelerator, val_loader=val_loader, desc=desc, seed=seed
+            )
+        except TrainingDiverged as err:  # nothing of this stage is recorded: no result shows it
+            raise UserError(
+                f"{desc}: training diverged ({err.detail}): lower {section}.lr (now {recipe.lr:g}), "
+                f"or set {section}.max_grad_norm, then rerun"
+            ) from None
 
 
 def make_level_plan(task: Task, model: nn.Module, level: float, seed: int):

@@ -99,7 +99,8 @@ def test_overwrite_with_bad_model_leaves_existing_output_untouched(tmp_path: Pat
     out.mkdir()
     (out / "keep.txt").write_text("precious")
     proc = cli("run", str(QUICK), "--overwrite", "--set", "model.kwargs.depth=3", "--output", str(out))
-    assert_one_line_error(proc, "depth")
+    # not a run folder (no state.json): refused even with --overwrite, whatever else is wrong
+    assert_one_line_error(proc, "not a prunekit run folder")
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
 
 

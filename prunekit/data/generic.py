@@ -16,6 +16,7 @@ import numpy as np
 
 from prunekit.config import DataConfig, ModelConfig
 from prunekit.data.source import SourceData
+from prunekit.errors import clip
 
 _NUMERIC = ("int", "uint", "float", "bool")
 
@@ -32,6 +33,15 @@ def load_dataset_dict(name: str, *args: Any, **kwargs: Any) -> Any:
 
     try:
         return datasets.load_dataset(*args, **kwargs)
+    except datasets.exceptions.DatasetGenerationError as err:
+        # The file's own parser failed (an empty, binary or ragged CSV / JSON): its cause says where.
+        cause = err.__cause__ or err
+        if type(cause).__name__ == "EmptyDataError":
+            raise ValueError(f"dataset '{name}' is empty: it has no rows") from None
+        raise ValueError(
+            f"cannot read dataset '{name}' ({clip(first_line(cause), 200)}): fix the file (every row "
+            "needs the header's columns; UTF-8 text), or point data.files at another"
+        ) from None
     except (OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:
         if "corresponds to no data" in str(err):  # what `datasets` says for a header-only file
             raise ValueError(f"dataset '{name}' is empty: it has no rows") from None
@@ -188,6 +198,19 @@ def _inputs(ds: Any, cfg: DataConfig, source: str) -> tuple[str, np.ndarray]:
         return "tensor", _images(ds, image_cols[0])
     cols = [c for c in ds.column_names if c != cfg.label_column]
     numeric = [c for c in cols if isinstance(features[c], Value) and features[c].dtype.startswith(_NUMERIC)]
+    other = [c for c in cols if c not in numeric]
+    if numeric and other:  # dropping a column in silence would train on less than the user gave
+        f = features[other[0]]
+        kind = f.dtype if isinstance(f, Value) else type(f).__name__
+        hint = (
+            ""
+            if not isinstance(f, Value) or "string" not in f.dtype
+            else (f", or set data.text_column: {other[0]} for a text dataset")
+        )
+        raise ValueError(
+            f"dataset '{source}': column '{other[0]}' holds {kind} values, which cannot be a numeric "
+            f"feature: drop the column{hint}"
+        )
     if numeric:
         return "tensor", np.stack(
             [np.asarray(_column(ds, c, "numpy"), dtype=np.float32) for c in numeric], axis=1

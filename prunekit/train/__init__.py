@@ -12,11 +12,12 @@ from prunekit.train.accel import (
     requested_processes,
     resolve_mixed_precision,
 )
-from prunekit.train.loop import evaluate, finetune, total_optimizer_steps
+from prunekit.train.loop import TrainingDiverged, evaluate, finetune, total_optimizer_steps
 from prunekit.train.optim import build_optimizer, lr_at, trainable_parameters
 
 __all__ = [
     "LaunchError",
+    "TrainingDiverged",
     "build_optimizer",
     "check_launch",
     "evaluate",

@@ -36,6 +36,17 @@ if TYPE_CHECKING:  # accelerate is imported lazily: `import prunekit` stays lean
     from torch.utils.data import DataLoader
 
 
+class TrainingDiverged(ValueError):
+    """The training loss became inf or NaN: the recipe (lr, gradient clipping) needs changing.
+
+    Raised by :func:`finetune` after the pass in which it happened, on every process alike; the model
+    is left as it was then (not a result to keep)."""
+
+    def __init__(self, message: str, detail: str):
+        super().__init__(f"{message}: lower the learning rate or set max_grad_norm")
+        self.detail = detail
+
+
 def _is_prepared(loader: Any) -> bool:
     from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
 
@@ -165,8 +176,9 @@ def finetune(
     History: ``train_loss`` / ``val_loss`` / ``val_accuracy`` per epoch (a fractional last epoch counts
     as one), ``steps`` (optimizer steps), ``epochs`` (fraction of passes over the data), ``seconds``,
     ``lr_last``, ``grad_norm_last``, ``global_batch_size`` and ``num_processes``.
-    The global batch is ``cfg.batch_size``-sized loader batches × processes × accumulation steps: the
-    loader's batch size is per process. With accumulation, the optimizer steps are
+    The global batch is the loader's batch × processes × accumulation steps: the loader's batch size
+    is per process (``prunekit run`` makes it ``cfg.batch_size`` / processes, so that ``batch_size``
+    in a config is the global batch). A loss that turns inf / NaN raises :class:`TrainingDiverged`. With accumulation, the optimizer steps are
     ``ceil(epochs × micro-batches / accum)`` and a step may span the end of one pass and the start of
     the next (then the next pass's few micro-batches add a short entry to ``train_loss``).
     """
@@ -246,6 +258,14 @@ def finetune(
             count = torch.tensor(float(epoch_samples), device=accelerator.device, dtype=torch.float64)
             totals = accelerator.reduce(torch.stack([epoch_loss, count]), reduction="sum")
             history["train_loss"].append(float(totals[0] / totals[1].clamp(min=1)))
+            # Checked on the all-reduced loss, so every rank stops at the same pass (a rank that
+            # stopped alone would leave the others waiting in their next all-reduce).
+            if not math.isfinite(history["train_loss"][-1]):
+                raise TrainingDiverged(
+                    f"{desc}: mean training loss {history['train_loss'][-1]} in pass {epoch} "
+                    f"(step {step}, lr {lr:.3g})",
+                    detail=f"loss {history['train_loss'][-1]} in pass {epoch}, step {step}",
+                )
             if val_loader is not None:
                 _sync_buffers(model, accelerator)  # every rank evaluates the same model
                 metrics = evaluate(model, val_loader, accelerator)
