@@ -142,3 +142,23 @@ def test_output_path_that_is_a_file(tmp_path: Path, capsys, where: str) -> None:
     args[args.index("--output") + 1] = str(out)
     cli_error(capsys, args, str(blocker), "--output")
     assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("section", ["train", "finetune"])
+def test_diverged_training_stops_the_stage_and_names_the_recipe(tmp_path: Path, capsys, section: str) -> None:
+    """lr 1e30 sends the loss to inf / NaN: one line naming the recipe, and no result recorded."""
+    import json
+
+    out = tmp_path / "out"
+    args = [*_run(tmp_path, Path("configs/quickstart.yaml")), "--set", f"{section}.lr=1e30"]
+    cli_error(capsys, args, "diverged", f"{section}.lr")
+    assert not (out / "report.json").exists()
+    done = json.loads((out / "state.json").read_text())["done"]
+    assert ("dense" in done) == (section == "finetune") and "level-50" not in done
+
+
+def test_thread_count_is_part_of_the_fingerprint() -> None:
+    from prunekit.config import RunConfig
+
+    assert RunConfig().threads == 1  # fixed by default, not the machine's core count
+    assert RunConfig(threads=2).fingerprint() != RunConfig().fingerprint()
