@@ -70,6 +70,20 @@ def markdown(report: dict[str, Any], command: str | None) -> str:
         f"the stated bound: {_f(report['summary']['mean_aligned_tau'].get('bound'))}.",
         "",
     ]
+    planned = report.get("candidates_planned", {})
+    done = ", ".join(
+        f"{float(b) * 100:g} %: {g['n_candidates']} of {planned.get(b, '?')}"
+        for b, g in report["budgets"].items()
+    )
+    out += [
+        f"Candidates measured per budget: {done}"
+        + (
+            ""
+            if report.get("complete", True)
+            else " (the study was stopped before the end: the unmeasured candidates are left out)"
+        ),
+        "",
+    ]
     for b, g in report["budgets"].items():
         out += [f"## Budget: {float(b) * 100:g} % params saved", ""] + _table(g) + [""]
     out += ["## Pooled over budgets (the easy case: size alone separates budgets)", ""]

@@ -171,9 +171,16 @@ def _slug(name: str) -> str:
 
 
 def run_study(
-    cfg: RunConfig, v: ValidateConfig, output_dir: str | Path | None = None, command: str | None = None
+    cfg: RunConfig,
+    v: ValidateConfig,
+    output_dir: str | Path | None = None,
+    command: str | None = None,
+    report_only: bool = False,
 ) -> dict[str, Any]:
-    """Run (or resume) the study; returns the report dict, also written to ``<folder>/report.json``."""
+    """Run (or resume) the study; returns the report dict, also written to ``<folder>/report.json``.
+
+    ``report_only``: measure nothing more; report the candidates finished so far (a study stopped early).
+    """
     import prunekit as pk
     from prunekit.pipeline import setup_logging
     from prunekit.studies.analysis import analyse
@@ -209,7 +216,13 @@ def run_study(
         "val_loader": task.loader("validation", cfg.data.batch_size) if has_val else None,
         "accelerator": accelerator,
     }
-    jobs = [(b, c) for b in v.budgets for c in cands[b]]
+    # round-robin over budgets: a study stopped early has every budget measured on a prefix of its
+    # (family-interleaved) candidates, rather than some budgets complete and others empty
+    jobs = [
+        (b, cands[b][i]) for i in range(max(map(len, cands.values()))) for b in v.budgets if i < len(cands[b])
+    ]
+    if report_only:
+        jobs = []
     _announce(dense_metrics, dense_est, cfg, v, len(jobs))
     bar = tqdm(total=len(jobs) * (1 + len(v.seeds)), desc="validate", disable=False, mininterval=5)
     for b, c in jobs:
@@ -233,6 +246,8 @@ def run_study(
     bar.close()
     records = _collect(folder, v, cands)
     report = analyse(records, v, dense_metrics, dense_est, cfg)
+    report["candidates_planned"] = {f"{b:g}": len(cands[b]) for b in v.budgets}
+    report["complete"] = len(records) == sum(len(c) for c in cands.values())
     report["folder"] = str(folder)
     write_study_report(folder, report, records, command)
     return report
@@ -272,6 +287,8 @@ def _collect(folder: Path, v: ValidateConfig, cands) -> list[dict[str, Any]]:
         for c in cands[b]:
             cdir = folder / f"budget-{b:g}" / _slug(c["name"])
             seeds = {str(s): _read(cdir / f"seed-{s}.json") for s in v.seeds}
+            if any(x is None for x in seeds.values()) or not (cdir / "predictors.json").is_file():
+                continue  # not finished (a study reported before its end): left out, counted in the report
             out.append(
                 {
                     "budget": b,
