@@ -87,3 +87,11 @@ def test_wanda_of_neurons_by_hand_and_padding_ignored():
     for name in groups:
         assert torch.allclose(padded[name], trimmed[name], rtol=1e-5)
     assert not torch.allclose(padded["model.layers.1.mlp:neurons"], scores["model.layers.1.mlp:neurons"])
+
+
+def test_first_layer_is_protected_by_name_pattern():
+    model, _, _ = _setup()
+    groups = find_groups(
+        model, {"input_ids": torch.zeros(1, 16, dtype=torch.long)}, ignore=["model.layers.0.*"]
+    )
+    assert {g.layer for g in groups} == {"model.layers.1.self_attn", "model.layers.1.mlp"}
