@@ -196,6 +196,9 @@ class EvaluateConfig(_Strict):
 
 
 class RunConfig(_Strict):
+    # modules (names or .py paths) imported before the rest is checked, so that the planners, criteria,
+    # models and datasets they register can be used below (prunekit.plugins); first, so it runs first
+    imports: list[str] = Field(default_factory=list)
     name: str = "run"  # one folder name: the default output folder is runs/<name>
     seed: int = 0
     # torch intra-op threads for the whole run: CPU results depend on it (summation order), so it is
@@ -229,10 +232,19 @@ class RunConfig(_Strict):
             raise ValueError("a seed is an integer with 0 <= seed < 2**32")
         return v
 
+    @field_validator("imports")
+    @classmethod
+    def _import_plugins(cls, v: list[str]) -> list[str]:
+        from prunekit.plugins import import_plugins
+
+        return import_plugins(v)
+
     def fingerprint(self) -> str:
         """A hash of everything that changes results (output_dir excluded), for resume checks."""
         d = self.model_dump(mode="json")
         d.pop("output_dir", None)
+        if not d["imports"]:  # runs made before the key existed keep their fingerprint
+            d.pop("imports")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -265,7 +277,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> d
         for p in parts[:-1]:
             nxt = node.setdefault(p, {})
             if not isinstance(nxt, dict):
-                raise ConfigError(f"override {shorten(item)}: '{clip(p, 40)}' is not a section in {source}")
+                raise ConfigError(
+                    f"override {shorten(item)}: '{clip(p, 40)}' is not a section in {source}"
+                )
             node = nxt
         node[parts[-1]] = _parse_value(value, item)
     return out

@@ -159,6 +159,8 @@ def planner_config(name: str, **options: Any) -> PlannerConfig:
         return spec.config_cls(**typed)
     except TypeError as err:  # a LayerLimit mapping with unknown keys
         raise ValueError(f"planner '{name}': {err}; check its options") from None
+    except ValueError as err:  # the config's own check, maybe in a plugin: bad input, not a bug
+        raise ValueError(str(err)) from None
 
 
 def from_prune_config(prune: Any, seed: int = 0) -> PlannerConfig:
