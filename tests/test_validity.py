@@ -198,3 +198,30 @@ def test_test_split_reused_as_validation_is_refused(tmp_path):
     )
     with pytest.raises(ConfigError, match="both the validation and the test split"):
         check_study(cfg, ValidateConfig())
+
+
+def _records(rng, n, d_eff, m, a=0.3, b=0.2, e=-3.0):
+    out = []
+    for _ in range(m):
+        C, T = rng.uniform(50, 200), rng.uniform(0.1, 2.0)
+        gap = np.exp(e) * C**a * T**b * (n / 1000) ** -0.5 * (d_eff / 10) ** -0.5
+        pred = {"C_arch": C, "T_opt": T, "n": n, "d_eff": d_eff}
+        out.append({"predictors": pred, "seeds": {"0": {"gap": gap}, "1": {"gap": gap}}})
+    return out
+
+
+def test_cross_task_calibration_recovers_a_planted_power_law():
+    from prunekit.studies.calibration import cross_task
+
+    rng = np.random.default_rng(0)
+    a, b = _records(rng, 8000, 13.0, 20), _records(rng, 4000, 9.0, 20)
+    res = cross_task(a, b, ("a", "b"))
+    assert res["fit"]["exponents"]["C"]["value"] == pytest.approx(0.3, abs=1e-6)
+    assert res["fit"]["exponents"]["T"]["value"] == pytest.approx(0.2, abs=1e-6)
+    assert res["r2_fit"] == pytest.approx(1.0) and res["r2_held_out_transfer"] == pytest.approx(1.0)
+    assert res["r2_held_out_shape"] == pytest.approx(1.0)
+    # pooled, d_eff carries the n difference too (confounded): the fitted exponent is not the stated -1/2
+    assert res["d_eff_exponent"] is not None and res["d_eff_note"]
+    b[0]["seeds"]["0"]["gap"] = -0.01  # a non-positive mean gap cannot enter log gap
+    b[0]["seeds"]["1"]["gap"] = -0.01
+    assert cross_task(a, b, ("a", "b"))["dropped_non_positive_gap"]["b"] == 1

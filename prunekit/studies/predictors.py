@@ -30,6 +30,8 @@ DIRECTIONS: dict[str, int] = {
     "C_times_T": -1,
     "level1_ntk_trace": 1,  # trace(Θ) − Σ removed units' NTK traces (dense Jacobian; screening)
     "level2_ntk_trace": 1,  # trace of the pruned model's NTK, recomputed
+    # the theory planner's "risk": fit and generalization in one number (probe loss + stated bound)
+    "risk": -1,
     "params": 1,
     "macs": 1,
     "probe_loss": -1,  # pre-fine-tune cross-entropy on the estimator's training probe set

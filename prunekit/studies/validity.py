@@ -41,13 +41,21 @@ def _fingerprint(cfg: RunConfig, v: ValidateConfig) -> dict[str, Any]:
     return {"run": d, "validate": vd}
 
 
+def _conflicts(old: Any, new: Any) -> bool:
+    """Whether two stored configs disagree on a key both have (keys a newer prunekit added are no conflict)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return any(_conflicts(old[k], new[k]) for k in old.keys() & new.keys())
+    return old != new
+
+
 def _check_folder(folder: Path, fp: dict[str, Any]) -> None:
     old = _read(folder / "study_config.json")
-    if old is not None and old != fp:
+    if old is not None and _conflicts(old, fp):
         raise ConfigError(
             f"'{folder}' holds a study with another config: give another output folder, or delete it to start over"
         )
-    write_json(folder / "study_config.json", fp)
+    if old is None:
+        write_json(folder / "study_config.json", fp)
 
 
 def _check_budgets(task, v: ValidateConfig) -> None:
@@ -282,6 +290,8 @@ def _announce(dense_metrics, dense_est, cfg: RunConfig, v: ValidateConfig, n_job
 
 
 def _collect(folder: Path, v: ValidateConfig, cands) -> list[dict[str, Any]]:
+    from prunekit.studies.predictors import with_derived
+
     out = []
     for b in v.budgets:
         for c in cands[b]:
@@ -295,7 +305,7 @@ def _collect(folder: Path, v: ValidateConfig, cands) -> list[dict[str, Any]]:
                     "name": c["name"],
                     "family": c["family"],
                     "params_saved": c["plan"].extra["achieved"]["params_saved"],
-                    "predictors": _read(cdir / "predictors.json"),
+                    "predictors": with_derived(_read(cdir / "predictors.json")),
                     "seeds": seeds,
                 }
             )
