@@ -52,7 +52,18 @@ THEORY = (
     "C_times_T",
     "level1_ntk_trace",
     "level2_ntk_trace",
+    "risk",
 )
+
+
+def with_derived(pred: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Predictors computed from stored ones (so adding one needs no re-measurement)."""
+    if pred is None:
+        return None
+    out = dict(pred)
+    if out.get("bound") is not None and out.get("probe_loss") is not None:
+        out["risk"] = out["probe_loss"] + out["bound"]
+    return out
 
 
 def sq_norm(model: nn.Module) -> float:
