@@ -32,11 +32,12 @@ from itertools import islice
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm import tqdm
 
 from prunekit.batch import Batch, batch_size_of, device_of, logits_of, move_to, slice_inputs
 from prunekit.structure.group import Group
+from prunekit.theory.hessian_diagonal import hutchinson_diagonal
+from prunekit.theory.modes import grad_scope
 from prunekit.theory.ntk_units import UnitReducer
 
 HESSIAN_ESTIMATORS = ("fisher", "hutchinson")
@@ -177,30 +178,6 @@ def reduce_to_units(groups: Sequence[Group], quantity: dict[str, Tensor]) -> dic
     return out
 
 
-class _GradScope:
-    """Eval mode, grad mode and requires_grad on the scored parameters for the duration; all restored after."""
-
-    def __init__(self, model: nn.Module, params: dict[str, nn.Parameter]):
-        self.model, self.params = model, params
-
-    def __enter__(self) -> _GradScope:
-        self.modes = {m: m.training for m in self.model.modules()}
-        self.flags = {n: p.requires_grad for n, p in self.params.items()}
-        self.model.eval()  # estimators use eval mode: dropout off, BatchNorm running statistics
-        for p in self.params.values():
-            p.requires_grad_(True)
-        self.grad_mode = torch.enable_grad()  # works even when the caller is inside torch.no_grad()
-        self.grad_mode.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.grad_mode.__exit__(*exc)
-        for m, mode in self.modes.items():
-            m.training = mode
-        for n, p in self.params.items():
-            p.requires_grad_(self.flags[n])
-
-
 def _progress(batches: Sequence[Batch] | None, desc: str) -> Iterable[Batch]:
     return tqdm(batches or [], desc=desc, leave=False, disable=not sys.stderr.isatty())
 
@@ -229,7 +206,7 @@ def _taylor(req: ScoreRequest) -> dict[str, Tensor]:
     device = device_of(req.model)
     acc = [torch.zeros_like(t, dtype=torch.float64) for t in tensors]
     seen = 0
-    with _GradScope(req.model, params):
+    with grad_scope(req.model, params.values()):
         for inputs, labels in _progress(req.batches, "taylor scores"):
             inputs, labels = move_to(inputs, device), labels.to(device)
             n = batch_size_of(inputs)
@@ -263,43 +240,14 @@ def _hutchinson_diag(
     req: ScoreRequest, tensors: list[Tensor], device: torch.device
 ) -> tuple[list[Tensor], int]:
     """Σ over batches of (batch size × mean over probes of z ⊙ H_b z), H_b the Hessian of batch b's mean loss."""
-    gen = torch.Generator().manual_seed(req.seed)
-    acc = [torch.zeros_like(t, dtype=torch.float64) for t in tensors]
-    seen = 0
-    for inputs, labels in _progress(req.batches, "hutchinson diagonal"):
-        inputs, labels = move_to(inputs, device), labels.to(device)
-        n = batch_size_of(inputs)
-        with sdpa_kernel([SDPBackend.MATH]):  # fused attention kernels have no double backward
-            loss = _loss(req.model, inputs, labels)
-        grads = torch.autograd.grad(loss, tensors, create_graph=True, allow_unused=True)
-        used = [
-            (t, g, a)
-            for t, g, a in zip(tensors, grads, acc, strict=True)
-            if g is not None and g.requires_grad
-        ]
-        for _ in range(req.probes):
-            zs = [
-                (torch.randint(0, 2, t.shape, generator=gen) * 2 - 1).to(device, t.dtype) for t, _, _ in used
-            ]
-            hvs = torch.autograd.grad(
-                [g for _, g, _ in used],
-                [t for t, _, _ in used],
-                grad_outputs=zs,
-                retain_graph=True,
-                allow_unused=True,
-            )
-            for (_, _, a), z, hv in zip(used, zs, hvs, strict=True):
-                if hv is not None:
-                    a.add_((z * hv).double(), alpha=n / req.probes)
-        seen += n
-    return acc, seen
+    return hutchinson_diagonal(req.model, req.batches or [], tensors, req.probes, req.seed)
 
 
 def _hessian(req: ScoreRequest) -> dict[str, Tensor]:
     params = _group_params(req.model, req.groups)
     names, tensors = list(params), list(params.values())
     device = device_of(req.model)
-    with _GradScope(req.model, params):
+    with grad_scope(req.model, params.values()):
         estimate = _fisher_diag if req.hessian_estimator == "fisher" else _hutchinson_diag
         acc, seen = estimate(req, tensors, device)
     quantity = {

@@ -28,11 +28,11 @@ from torch import Tensor, nn
 from prunekit.batch import device_of, move_to
 from prunekit.planner.importance import (
     ScoreRequest,
-    _GradScope,
     _group_params,
     reduce_to_units,
     register_criterion,
 )
+from prunekit.theory.modes import grad_scope
 
 IGNORE = -100
 
@@ -53,7 +53,7 @@ def _lm_taylor(req: ScoreRequest) -> dict[str, Tensor]:
     device = device_of(req.model)
     acc = [torch.zeros_like(t, dtype=torch.float64) for t in tensors]
     tokens = 0
-    with _GradScope(req.model, params):
+    with grad_scope(req.model, params.values()):
         for inputs, labels in req.batches or []:
             inputs, labels = move_to(inputs, device), labels.to(device)
             loss, n = lm_loss_sum(req.model, inputs, labels)
