@@ -277,9 +277,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> d
         for p in parts[:-1]:
             nxt = node.setdefault(p, {})
             if not isinstance(nxt, dict):
-                raise ConfigError(
-                    f"override {shorten(item)}: '{clip(p, 40)}' is not a section in {source}"
-                )
+                raise ConfigError(f"override {shorten(item)}: '{clip(p, 40)}' is not a section in {source}")
             node = nxt
         node[parts[-1]] = _parse_value(value, item)
     return out
@@ -316,8 +314,10 @@ def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> RunConfig
         raise ConfigError(_format_error(err, raw, source)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read, override and validate a YAML config. Raises :class:`ConfigError` with a one-line message."""
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The raw mapping of a YAML config file, read safely: at most 1 MiB of UTF-8, no anchors or
+    aliases, not empty, a mapping at the top. Raises :class:`ConfigError` with a one-line message.
+    Every command that reads a user's YAML file reads it through here."""
     p = Path(path)
     if p.exists() and not p.is_file():
         raise ConfigError(f"config '{p}' is not a file: give a YAML config file (examples live in configs/)")
@@ -340,5 +340,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
             f"{p}: the config is empty: give at least a name and a data / model section "
             "(start from configs/quickstart.yaml)"
         )
-    raw = apply_overrides(raw, overrides or [], str(p))
-    return config_from_dict(raw, str(p))
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: the config must be a YAML mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate a YAML config. Raises :class:`ConfigError` with a one-line message."""
+    raw = apply_overrides(read_config_file(path), overrides or [], str(path))
+    return config_from_dict(raw, str(path))

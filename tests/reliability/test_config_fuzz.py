@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from prunekit.config import ConfigError, RunConfig, config_from_dict, load_config
 
 SECTIONS = {
-    name: type(field.default_factory())  # type: ignore[misc]
+    name: field.annotation
     for name, field in RunConfig.model_fields.items()
-    if field.default_factory is not None
+    if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
 }
 KEYS = [(None, k) for k in RunConfig.model_fields if k not in SECTIONS] + [
     (s, k) for s, cls in SECTIONS.items() for k in cls.model_fields
