@@ -112,10 +112,10 @@ class CandidateBuilder:
         self.scores = {c: unit_scores(model, groups, batches, c, seed=seed) for c in ("l1", "l2", "taylor")}
 
     def _plan(self, keep: dict[str, list[int]], saved: float, family: str):
-        import prunekit as pk
+        from prunekit.structure import Plan
 
         counts = {k: len(v) for k, v in keep.items()}
-        plan = pk.Plan(
+        plan = Plan(
             keep=keep,
             num_units={g.name: g.num_units for g in self.groups},
             target={"metric": "params", "saved": saved},
@@ -127,7 +127,7 @@ class CandidateBuilder:
     def _planner(self, name: str, saved: float):
         import dataclasses
 
-        import prunekit as pk
+        from prunekit.planner import Target, make_plan
         from prunekit.planner.registry import get_planner, planner_config
 
         options = {"seed": self.seed, "min_keep_fraction": self.min_keep}
@@ -137,10 +137,10 @@ class CandidateBuilder:
         cfg = planner_config(name, **options)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return pk.make_plan(
+            return make_plan(
                 self.model,
                 self.groups,
-                pk.Target(metric="params", saved=saved),
+                Target(metric="params", saved=saved),
                 cfg,
                 self.batches,
                 self.example,
