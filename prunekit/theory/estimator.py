@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prunekit.batch import Batch, batch_size_of, move_to
+from prunekit.batch import Batch, batch_size_of, device_of, move_to
 from prunekit.config import EstimateConfig
 from prunekit.structure import Group, Plan, mask_groups
 from prunekit.theory.bound import stated_bound
@@ -133,7 +133,7 @@ class Estimator:
         probe, id_data, self.n = _probe_and_id_data(data, self.cfg, n, seed)
         self.notes: list[str] = []  # about the data and settings: every result carries them
         layer = id_layer(model, self.cfg.id_representation, probe[0], self.notes)  # fail fast
-        device = _device_of(model)
+        device = device_of(model)
         self.probe: Batch = (move_to(probe[0], device), probe[1].to(device))  # moved once, reused
         self.hessian_batches = chunks(self.probe, HESSIAN_BATCH)
         self.num_params = sum(p.numel() for p in trainable_parameters(model).values())
@@ -342,11 +342,6 @@ def _probe_and_id_data(data: Any, cfg: EstimateConfig, n: int | None, seed: int)
     if n_train < 1:
         raise ValueError(f"n must be a positive number of training samples, got {n_train}")
     return probe, id_data, n_train
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def _spectrum(gram: Tensor, cfg: EstimateConfig) -> dict[str, Any]:

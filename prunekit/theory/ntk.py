@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from prunekit.batch import Inputs, batch_size_of, device_of, logits_of, move_to, slice_inputs
-from prunekit.theory.modes import eval_mode
+from prunekit.theory.modes import eval_mode, grad_scope
 from prunekit.theory.ntk_jacobian import (
     ENGINES,
     JacobianRows,
@@ -181,7 +181,7 @@ def group_ntk_traces(
     unit_sum = [torch.zeros(r.num_units, dtype=torch.float64) for _, r in reducers]
     unit_sq = [torch.zeros(r.num_units, dtype=torch.float64) for _, r in reducers]
 
-    with eval_mode(model, eager_attention=False), torch.enable_grad():  # callers may hold no_grad
+    with grad_scope(model):  # eval mode and autograd on: callers may hold no_grad
         starts = list(range(0, n, step))
         one_pass = len(starts) == 1
         out = logits_of(model, inputs) if one_pass else None  # reused by every probe (retain_graph)
