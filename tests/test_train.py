@@ -335,3 +335,15 @@ def test_dict_inputs_of_a_transformers_model(accelerator, monkeypatch):
     assert before["n"] == after["n"] == 256
     assert hist["steps"] == 40 and hist["train_loss"][-1] < hist["train_loss"][0]
     assert after["loss"] < before["loss"]
+
+
+def test_diverged_loss_stops_training_with_the_fix(data, accelerator):
+    """lr 1e30 sends the loss to inf / NaN: finetune raises on every rank after that pass, naming the fix."""
+    from prunekit.train import TrainingDiverged
+
+    torch.manual_seed(0)
+    model = TinyCNN1d(width=8)
+    cfg = TrainConfig(epochs=2, lr=1e30, batch_size=64, max_grad_norm=None)
+    with pytest.raises(TrainingDiverged, match="lower the learning rate") as err:
+        finetune(model, _small(data), cfg, accelerator, desc="dense")
+    assert "pass 1" in err.value.detail and "\n" not in str(err.value)
