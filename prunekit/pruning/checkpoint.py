@@ -81,6 +81,7 @@ TOKENIZER_FILES = (
 # base.kwargs or base.hf_config were edited to allocate memory (checked on the meta device first).
 MAX_BASE_RATIO = 1000
 MIN_BASE_BYTES = 512 << 20
+META_BUILD_TIMEOUT_S = 60.0  # LLaMA-7B's config builds on the meta device in 2.8 s (shared 2-core CPU)
 _TEMP = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")  # what atomic.write_folder's mkdtemp names look like
 
 
@@ -256,14 +257,26 @@ def _build_base(meta: dict[str, Any], folder: Path, trust_remote_code: bool, met
     The inputs are untrusted file data, so any exception while building from them means the file is
     bad (a factory given a string where it wants an int raises TypeError deep inside)."""
     from prunekit.models import build_from_reference
+    from prunekit.structure.timeout import GraphTimeoutError, call_with_timeout
+
+    def build() -> nn.Module:
+        return build_from_reference(meta["base"], trust_remote_code=trust_remote_code, code_folder=folder)
+
+    def build_on_meta() -> nn.Module:
+        with torch.device("meta"):  # a per-thread mode: entered in the worker thread
+            return build()
 
     try:
-        if meta_device:
-            with torch.device("meta"):
-                return build_from_reference(
-                    meta["base"], trust_remote_code=trust_remote_code, code_folder=folder
-                )
-        return build_from_reference(meta["base"], trust_remote_code=trust_remote_code, code_folder=folder)
+        if meta_device:  # a million layers cost no memory on the meta device, but time: bounded too
+            return call_with_timeout(
+                build_on_meta, META_BUILD_TIMEOUT_S, f"building the base model of '{folder}'"
+            )
+        return build()
+    except GraphTimeoutError:
+        raise CheckpointError(
+            f"checkpoint '{folder}': building its base model took over {META_BUILD_TIMEOUT_S:g} s on the meta "
+            f"device (no weights): base.kwargs or base.hf_config in {META} ask for a huge model; re-save it"
+        ) from None
     except UserError as err:  # a refusal that already names the fix (remote code, unknown model)
         raise CheckpointError(f"checkpoint '{folder}': {_first_line(err)}") from None
     except Exception as err:
@@ -285,14 +298,36 @@ def _check_base_size(base: nn.Module, header: dict, folder: Path) -> None:
 
 
 def _apply(model: nn.Module, meta: dict[str, Any], folder: Path) -> None:
+    """Cut the base model with the stored plan (one forward pass on the example inputs before and
+    after); with no plan, that forward pass alone. Config values from the file that only break the
+    forward (a ``None`` chunk size, say) fail here, in one line, rather than at the caller's first use."""
+    from prunekit.batch import logits_of
     from prunekit.pruning.apply import apply_plan_
 
+    example = example_from_spec(meta["example_inputs"])
     try:
-        plan = Plan.from_dict(meta["plan"])
-        apply_plan_(model, plan, example_from_spec(meta["example_inputs"]))
-    except (ValueError, RuntimeError) as err:
+        plan = Plan.from_dict(meta["plan"]) if meta.get("plan") else None
+    except (ValueError, TypeError) as err:
         raise CheckpointError(
-            f"checkpoint '{folder}': its plan does not fit its base model ({_first_line(err)}); re-save it"
+            f"checkpoint '{folder}': its plan is malformed ({_first_line(err)}); re-save it"
+        ) from None
+    try:
+        if plan is not None:
+            apply_plan_(model, plan, example)
+        else:
+            with torch.no_grad():
+                logits_of(model.eval(), example)
+    except (ValueError, RuntimeError) as err:  # apply_plan_'s own refusals name the problem
+        what = (
+            "its plan does not fit its base model"
+            if plan is not None
+            else "its model fails on its example inputs"
+        )
+        raise CheckpointError(f"checkpoint '{folder}': {what} ({_first_line(err)}); re-save it") from None
+    except Exception as err:  # untrusted config values reach library code: any failure is the file's
+        raise CheckpointError(
+            f"checkpoint '{folder}': its rebuilt model fails on its example inputs "
+            f"({type(err).__name__}: {_first_line(err)}); {META} was edited or is corrupt, re-save it"
         ) from None
 
 
@@ -327,8 +362,7 @@ def load(
     example_from_spec(meta["example_inputs"])  # checked before building
     _check_base_size(_build_base(meta, folder, trust_remote_code, meta_device=True), header, folder)
     model = _build_base(meta, folder, trust_remote_code, meta_device=False)  # seeded: same init every time
-    if meta.get("plan"):
-        _apply(model, meta, folder)
+    _apply(model, meta, folder)
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
     if shapes != meta["shapes"]:
         diff = sorted(k for k in set(shapes) | set(meta["shapes"]) if shapes.get(k) != meta["shapes"].get(k))

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from prunekit.errors import UserError
+from prunekit.structure.plan import Plan
 
 FORMAT_VERSION = 1
 META = "prunekit.json"
@@ -68,6 +69,7 @@ BASE_KEYS = {
     "hf_class",
     "attn_implementation",
 }
+PLAN_KEYS = set(Plan.__dataclass_fields__)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -163,6 +165,15 @@ def _check_plan(plan: Any) -> None:
         for i in kept:
             _int(f"{where}.keep.{g}[]", i, 0, MAX_UNITS)
     _int(f"{where}.round_to", plan.get("round_to", 1), 1, MAX_UNITS)
+    _int(f"{where}.format_version", plan.get("format_version", 1), 0, 1 << 16)
+    unknown = sorted(set(plan) - PLAN_KEYS)
+    if unknown:
+        raise _fail(where, f"has unknown fields {unknown[:5]}")
+    if not isinstance(plan.get("planner", ""), str) or not isinstance(plan.get("target", {}), dict):
+        raise _fail(where, "planner must be a string and target a mapping")
+    gap = plan.get("predicted_gap")
+    if gap is not None and (isinstance(gap, bool) or not isinstance(gap, (int, float))):
+        raise _fail(f"{where}.predicted_gap", f"must be a number or null, got {_short(gap)}")
     extra = plan.get("extra", {})
     if not isinstance(extra, dict):
         raise _fail(f"{where}.extra", "must be a mapping")

@@ -269,3 +269,15 @@ def test_files_are_shared_modes_and_stale_temps_go(tmp_path: Path) -> None:
     }
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
     assert json.loads((folder / "prunekit.json").read_text())["format_version"] == 1
+
+
+def test_layer_count_bomb_is_stopped_in_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A million layers take no memory on the meta device but would take an hour to build."""
+    from checkpoint_helpers import bert_checkpoint
+
+    import prunekit.pruning.checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint, "META_BUILD_TIMEOUT_S", 3.0)
+    folder = bert_checkpoint(tmp_path / "b")[0]
+    edit_meta(folder, lambda m: m["base"]["hf_config"].__setitem__("num_hidden_layers", 10**6))
+    refused(folder, "took over 3 s")
