@@ -16,6 +16,7 @@ _EXPORTS: dict[str, str] = {
     # config
     "RunConfig": "prunekit.config",
     "ConfigError": "prunekit.config",
+    "UserError": "prunekit.errors",
     "load_config": "prunekit.config",
     # data and models
     "load_data": "prunekit.data",
@@ -47,6 +48,7 @@ _EXPORTS: dict[str, str] = {
     # verify
     "finetune": "prunekit.train",
     "evaluate": "prunekit.train",
+    "TrainingDiverged": "prunekit.train",
     "count_params": "prunekit.metrics",
     "count_macs": "prunekit.metrics",
     "measure_latency": "prunekit.metrics",
