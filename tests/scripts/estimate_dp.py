@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from prunekit.config import EstimateConfig
-from prunekit.theory import estimate
+from prunekit.structure import find_groups
+from prunekit.theory import Estimator, estimate
 from prunekit.theory.ntk import module_partition
 from prunekit.train import make_accelerator
 
@@ -56,7 +57,17 @@ def run(accelerator: Accelerator | None, data: tuple[np.ndarray, np.ndarray] | N
     est = estimate(model, batches, CFG, groups=groups, accelerator=accelerator, n=N_TRAIN)
     alt = estimate(model, batches, CFG_HUTCHINSON, groups=groups, accelerator=accelerator, n=N_TRAIN)
     rep = estimate(model, batches, CFG_REPLICATED, groups=groups, accelerator=accelerator, n=N_TRAIN)
-    return est.to_dict() | {"hutchinson": alt.to_dict(), "replicated": rep.to_dict()}
+    # a masked variant (hidden neurons of the first layer zeroed) through the Estimator
+    units = find_groups(model, x[:2])
+    masker = Estimator(model, batches, CFG, groups=units, accelerator=accelerator, n=N_TRAIN)
+    removed = {units[0].name: [0, 3, 5, 9]}
+    masked = {
+        "default": masker.predict(removed).to_dict(),
+        "full": masker.predict(removed, hessian="full", top_eigenvalue=True).to_dict(),
+    }
+    for m in masked.values():
+        m.pop("seconds")
+    return est.to_dict() | {"hutchinson": alt.to_dict(), "replicated": rep.to_dict(), "masked": masked}
 
 
 def main(out_dir: Path, data_file: Path | None) -> None:

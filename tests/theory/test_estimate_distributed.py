@@ -125,6 +125,17 @@ def test_two_processes_agree_with_one(tmp_path: Path) -> None:
     n2 = two_h["ntk"]
     assert _close(n2["trace"], n2["hutchinson_trace"], 0.0, n2["hutchinson_trace_se"])
 
+    # masked predictions: the same on every rank, and the one-process numbers (samples and probes shared)
+    assert r0["masked"] == r1["masked"]
+    m1, m2 = one["masked"], two["masked"]
+    assert m2["default"]["settings"]["probe_samples_shared"]
+    for key in ("C_arch", "T_opt", "ntk_trace", "train_loss", "train_accuracy"):
+        assert m2["default"][key] == pytest.approx(m1["default"][key], rel=1e-5), key
+    assert m2["default"]["removed_units"] == 4 and m2["default"]["C_arch"] != two["C_arch"]
+    f1, f2 = m1["full"], m2["full"]
+    assert _close(f1["T_opt"], f2["T_opt"], f1["T_opt_se"], f2["T_opt_se"])
+    assert f2["hessian_top_eigenvalue"] == pytest.approx(f1["hessian_top_eigenvalue"], rel=5e-3)
+
     # a Jacobian too big to gather: the Gram is built whole on every rank, the eigenvalue products shared
     one_r, two_r = one["replicated"], r0["replicated"]
     assert not two_r["settings"]["probe_samples_shared"]
