@@ -38,7 +38,7 @@ import torch
 from prunekit.batch import take
 from prunekit.config import DataConfig, ModelConfig
 from prunekit.data import load_data
-from prunekit.models import build_model
+from prunekit.models import build_model, hf_path
 from prunekit.structure import find_groups
 from prunekit.theory.hessian import hessian_trace, top_eigenvalue
 from prunekit.theory.jacobian_pass import jacobian_pass
@@ -93,7 +93,7 @@ def main() -> None:
     splits = load_data(
         DataConfig(name="tweet_sentiment", max_train_samples=2400, max_length=64),
         seed=0,
-        model_cfg=ModelConfig(name="minilm"),
+        tokenizer=hf_path(ModelConfig(name="minilm")),
     )
     model = build_model(ModelConfig(name="minilm"), splits.num_classes, splits.input_shape).eval()
     params = sum(p.numel() for p in model.parameters())

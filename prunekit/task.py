@@ -50,7 +50,8 @@ class Task:
         self.cfg = cfg
         # CPU kernels split their sums by thread: the count is part of the config, not the machine's.
         torch.set_num_threads(cfg.threads)
-        self.splits = load_data(cfg.data, seed=cfg.seed, model_cfg=cfg.model)
+        # a text dataset is tokenized with data.tokenizer, else with the model's own files
+        self.splits = load_data(cfg.data, seed=cfg.seed, tokenizer=cfg.model.path or hf_path(cfg.model))
         if self.splits.n_train == 0:
             raise UserError(f"dataset '{cfg.data.name}' has an empty train split: check data settings")
         # Checkpoints record the base architecture plus one plan relative to it. Starting from a

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from prunekit.config import DataConfig, ModelConfig
+from prunekit.config import DataConfig
 from prunekit.data import DataSplits, SourceData, available_datasets, load_data, register_dataset
+from prunekit.models.hf import minilm_path
 
-MINILM = ModelConfig(name="minilm")
+MINILM = minilm_path()  # the bundled MiniLM folder holds its tokenizer
 
 
 def _rows_disjoint(s: DataSplits) -> None:
@@ -28,7 +29,7 @@ def mnist1d() -> DataSplits:
 @pytest.fixture(scope="module")
 def tweets() -> DataSplits:
     # Tokenization is lazy: only splits whose loader is used get tokenized.
-    return load_data(DataConfig(name="tweet_sentiment", max_length=32), seed=0, model_cfg=MINILM)
+    return load_data(DataConfig(name="tweet_sentiment", max_length=32), seed=0, tokenizer=MINILM)
 
 
 # --- sources ---------------------------------------------------------------------------------------
@@ -127,7 +128,7 @@ def test_tweets_loader_yields_token_dicts(tweets: DataSplits) -> None:
 
 def test_text_dataset_without_tokenizer_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="needs a tokenizer"):
-        load_data(DataConfig(name="tweet_sentiment"), seed=0, model_cfg=ModelConfig(name="mlp"))
+        load_data(DataConfig(name="tweet_sentiment"), seed=0, tokenizer=None)
     with pytest.raises(ValueError, match="no tokenizer files"):
         load_data(DataConfig(name="tweet_sentiment", tokenizer="/nonexistent/tok"), seed=0)
 
@@ -216,7 +217,7 @@ def test_csv_text_source_with_test_file(tmp_path: Path) -> None:
         rows = ["text,label"] + [f"{t},{i % 2}" for i, t in enumerate(texts)]
         (tmp_path / f"{split}.csv").write_text("\n".join(rows) + "\n")
     files = {k: str(tmp_path / f"{k}.csv") for k in ("train", "test")}
-    s = load_data(DataConfig(name="csv", files=files, max_length=16), seed=0, model_cfg=MINILM)
+    s = load_data(DataConfig(name="csv", files=files, max_length=16), seed=0, tokenizer=MINILM)
     assert (
         s.kind == "text" and s.num_classes == 2 and s.size("test") == 10 and s.info["test_split"] == "source"
     )
@@ -224,7 +225,7 @@ def test_csv_text_source_with_test_file(tmp_path: Path) -> None:
     assert x["input_ids"].shape == (5, 16) and y.tolist() == [0, 1, 0, 1, 0]
     assert s.arrays("test").text[3] == "" and int(x["attention_mask"][3].sum()) == 2  # [CLS] [SEP]
     # The same folder through the generic `hf` source (datasets.load_dataset on a local folder).
-    h = load_data(DataConfig(name="hf", path=str(tmp_path), max_length=16), seed=0, model_cfg=MINILM)
+    h = load_data(DataConfig(name="hf", path=str(tmp_path), max_length=16), seed=0, tokenizer=MINILM)
     assert h.size("test") == 10 and np.array_equal(h.arrays("test").text, s.arrays("test").text)
 
 
@@ -280,7 +281,7 @@ def test_missing_file_unknown_name_and_empty_dataset(tmp_path: Path) -> None:
 
 
 def test_register_dataset_custom_and_duplicate() -> None:
-    def squares(cfg: DataConfig, model_cfg: ModelConfig | None) -> SourceData:
+    def squares(cfg: DataConfig) -> SourceData:
         x = np.arange(40).reshape(20, 2)  # int64: load_data hands models float32
         return SourceData(name="squares", kind="tensor", x_train=x, y_train=np.arange(20) % 2, num_classes=2)
 
@@ -294,21 +295,21 @@ def test_register_dataset_custom_and_duplicate() -> None:
     with pytest.raises(ValueError, match="already registered"):
         register_dataset("mnist1d", squares)
 
-    def empty(cfg: DataConfig, model_cfg: ModelConfig | None) -> SourceData:
+    def empty(cfg: DataConfig) -> SourceData:
         return SourceData("nothing", "tensor", np.zeros((0, 2), np.float32), np.zeros(0, np.int64), 2)
 
     register_dataset("test_empty", empty)
     with pytest.raises(ValueError, match="dataset 'nothing' is empty"):
         load_data(DataConfig(name="test_empty"), seed=0)
 
-    def flat(cfg: DataConfig, model_cfg: ModelConfig | None) -> SourceData:
+    def flat(cfg: DataConfig) -> SourceData:
         return SourceData("flat", "tensor", np.zeros(6, np.float32), np.zeros(6, np.int64), 1)
 
     register_dataset("test_flat", flat)
     with pytest.raises(ValueError, match=r"shaped \(N, \*features\)"):
         load_data(DataConfig(name="test_flat"), seed=0)
 
-    def two_rows(cfg: DataConfig, model_cfg: ModelConfig | None) -> SourceData:
+    def two_rows(cfg: DataConfig) -> SourceData:
         return SourceData("two", "tensor", np.zeros((2, 3), np.float32), np.array([0, 1]), 2)
 
     register_dataset("test_two_rows", two_rows)  # 20 % of 2 rows rounds to an empty test split

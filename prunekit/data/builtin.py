@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prunekit.config import DataConfig, ModelConfig
+from prunekit.config import DataConfig
 from prunekit.data.cache import cached_arrays
 from prunekit.data.source import SourceData
 
@@ -75,7 +75,7 @@ def mnist1d_arrays(num_samples: int) -> dict[str, np.ndarray]:
     return cached_arrays(f"{key}-seed42-v1", lambda: _generate_mnist1d(num_samples))
 
 
-def load_mnist1d(cfg: DataConfig, model_cfg: ModelConfig | None = None) -> SourceData:
+def load_mnist1d(cfg: DataConfig) -> SourceData:
     n = MNIST1D_SAMPLES[cfg.variant]
     if cfg.variant == "large":
         log.info("MNIST-1D large: generating %d signals on first use (~10 s, cached afterwards)", n)
@@ -125,7 +125,7 @@ def _fashion_from_hub() -> SourceData:
     return source_from_dataset_dict(dd, cfg, FASHION_HUB_ID)
 
 
-def load_fashion_mnist(cfg: DataConfig, model_cfg: ModelConfig | None = None) -> SourceData:
+def load_fashion_mnist(cfg: DataConfig) -> SourceData:
     folder = Path(os.environ.get("PRUNEKIT_FASHION_MNIST_DIR", FASHION_DIR))
     paths = {k: folder / f for k, f in FASHION_FILES.items()}
     if not all(p.is_file() for p in paths.values()):
@@ -154,7 +154,7 @@ def load_fashion_mnist(cfg: DataConfig, model_cfg: ModelConfig | None = None) ->
 
 
 # --- sklearn digits ---------------------------------------------------------------------------------
-def load_digits(cfg: DataConfig, model_cfg: ModelConfig | None = None) -> SourceData:
+def load_digits(cfg: DataConfig) -> SourceData:
     from sklearn.datasets import load_digits as sk_load_digits
 
     d = sk_load_digits()
@@ -185,7 +185,7 @@ def tweet_csv_path() -> Path:
     return path
 
 
-def load_tweet_sentiment(cfg: DataConfig, model_cfg: ModelConfig | None = None) -> SourceData:
+def load_tweet_sentiment(cfg: DataConfig) -> SourceData:
     path = tweet_csv_path()
     index = {name: i for i, name in enumerate(SENTIMENT_NAMES)}
     texts: list[str] = []

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from prunekit.config import DataConfig, ModelConfig
+from prunekit.config import DataConfig
 from prunekit.data.source import SourceData
 from prunekit.errors import clip
 
@@ -65,28 +65,28 @@ def _check_files(cfg: DataConfig) -> dict[str, str]:
     return {k: str(Path(v).expanduser()) for k, v in files.items()}
 
 
-def load_hf(cfg: DataConfig, model_cfg: ModelConfig | None = None) -> SourceData:
+def load_hf(cfg: DataConfig) -> SourceData:
     if not cfg.path:
         raise ValueError("data.name 'hf' needs data.path: a hub dataset id or a local dataset folder")
     dd = load_dataset_dict(cfg.path, cfg.path, cfg.subset)
     return source_from_dataset_dict(dd, cfg, cfg.path)
 
 
-def load_csv(cfg: DataConfig, model_cfg: ModelConfig | None = None) -> SourceData:
+def load_csv(cfg: DataConfig) -> SourceData:
     files = _check_files(cfg)
     return source_from_dataset_dict(
         load_dataset_dict(files["train"], "csv", data_files=files), cfg, files["train"]
     )
 
 
-def load_json(cfg: DataConfig, model_cfg: ModelConfig | None = None) -> SourceData:
+def load_json(cfg: DataConfig) -> SourceData:
     files = _check_files(cfg)
     return source_from_dataset_dict(
         load_dataset_dict(files["train"], "json", data_files=files), cfg, files["train"]
     )
 
 
-def load_imagefolder(cfg: DataConfig, model_cfg: ModelConfig | None = None) -> SourceData:
+def load_imagefolder(cfg: DataConfig) -> SourceData:
     if cfg.files:
         files = _check_files(cfg)
         dd = load_dataset_dict(files["train"], "imagefolder", data_dir=None, data_files=files)

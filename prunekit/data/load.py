@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from prunekit.config import DataConfig, ModelConfig
+from prunekit.config import DataConfig
 from prunekit.data.arrays import SplitArrays
 from prunekit.data.registry import get_loader
 from prunekit.data.source import SourceData
@@ -105,13 +105,16 @@ def _take(src: SourceData, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def load_data(cfg: DataConfig, seed: int, model_cfg: ModelConfig | None = None) -> DataSplits:
+def load_data(cfg: DataConfig, seed: int, tokenizer: str | None = None) -> DataSplits:
     """Load ``cfg.name`` and split it deterministically from ``seed``.
+
+    ``tokenizer``: where a text dataset's tokenizer lives when ``data.tokenizer`` is not set (a local
+    folder or hub id); the caller passes the model's files (``prunekit.models.hf_path``).
 
     Raises ValueError with a one-line message for an unknown name, missing files, an empty dataset or a
     text dataset without a tokenizer.
     """
-    src = get_loader(cfg.name)(cfg, model_cfg)
+    src = get_loader(cfg.name)(cfg)
     if not isinstance(src, SourceData):
         raise ValueError(f"the loader of dataset '{cfg.name}' returned {type(src).__name__}, not SourceData")
     src.validate()
@@ -124,7 +127,7 @@ def load_data(cfg: DataConfig, seed: int, model_cfg: ModelConfig | None = None) 
     if src.kind == "text":
         from prunekit.data.text import check_tokenizer_path, tokenizer_path
 
-        path = tokenizer_path(cfg, model_cfg)
+        path = tokenizer_path(cfg, tokenizer)
         check_tokenizer_path(path)
         encode = _LazyEncoder(path, cfg.max_length)
         for name, r in rows.items():

@@ -1,6 +1,6 @@
 """Dataset loaders registered by the name users write as ``data.name`` in YAML.
 
-A loader is ``fn(cfg: DataConfig, model_cfg: ModelConfig | None) -> SourceData``: it only reads the
+A loader is ``fn(cfg: DataConfig) -> SourceData``: it only reads the
 source; :func:`prunekit.data.load_data` splits, subsamples and tokenizes.
 """
 
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prunekit.config import DataConfig, ModelConfig
+from prunekit.config import DataConfig
 from prunekit.data.source import SourceData
 
-Loader = Callable[[DataConfig, "ModelConfig | None"], SourceData]
+Loader = Callable[[DataConfig], SourceData]
 
 _LOADERS: dict[str, Loader] = {}
 

@@ -8,22 +8,18 @@ from typing import Any
 
 import numpy as np
 
-from prunekit.config import DataConfig, ModelConfig
+from prunekit.config import DataConfig
 
 _CHUNK = 4096  # texts per tokenizer call: big enough for the fast tokenizer, small enough for progress
 
 
-def tokenizer_path(cfg: DataConfig, model_cfg: ModelConfig | None) -> str:
-    """Where the tokenizer comes from: ``data.tokenizer``, else the model's path (or bundled weights)."""
+def tokenizer_path(cfg: DataConfig, fallback: str | None) -> str:
+    """Where the tokenizer comes from: ``data.tokenizer``, else ``fallback`` (the caller's: the model's
+    files), so that datasets never need to know which model will read them."""
     if cfg.tokenizer:
         return cfg.tokenizer
-    if model_cfg is not None:
-        if model_cfg.path:
-            return model_cfg.path
-        if model_cfg.name == "minilm":
-            from prunekit.models.hf import minilm_path  # the bundled weights' folder holds the tokenizer
-
-            return minilm_path()
+    if fallback:
+        return fallback
     raise ValueError(
         f"text dataset '{cfg.name}' needs a tokenizer: set data.tokenizer (a local folder or hub id) or model.path"
     )
