@@ -28,10 +28,13 @@ def _group(records: list[dict[str, Any]], v, seed: int) -> dict[str, Any]:
     acc = [measured(r, "test_accuracy") for r in records]
     gap = [measured(r, "gap") for r in records]
     seeds = [str(s) for s in v.seeds[:2]]
+    params = [r["predictors"]["params"] for r in records if r["predictors"] and r["predictors"].get("params")]
     per_seed = [[(r["seeds"].get(s) or {}).get("test_accuracy") for r in records] for s in seeds]
     out: dict[str, Any] = {
         "n_candidates": len(records),
         "accuracy_range": [min(a for a in acc if a is not None), max(a for a in acc if a is not None)],
+        # equal size: the spread of the candidates' remaining params (the toolkit's 1 % is of the dense total)
+        "params_range": [min(params), max(params)] if params else None,
         "noise_ceiling": noise_ceiling(per_seed[0], per_seed[1], v.bootstrap, seed),
         "predictors": {},
     }

@@ -26,8 +26,10 @@ def _ci(ci: Any) -> str:
 
 def _table(group: dict[str, Any]) -> list[str]:
     nc = group["noise_ceiling"]
+    pr = group.get("params_range")
+    size = f"params {pr[0]}–{pr[1]}; " if pr else ""
     lines = [
-        f"{group['n_candidates']} candidates; test accuracy {group['accuracy_range'][0]:.4f}–"
+        f"{group['n_candidates']} candidates; {size}test accuracy {group['accuracy_range'][0]:.4f}–"
         f"{group['accuracy_range'][1]:.4f}; noise ceiling (τ seed 0 vs seed 1) {_f(nc['tau'])} {_ci(nc['tau_ci95'])}",
         "",
         "| predictor | dir | aligned τ (acc) | τ 95 % CI | ρ | p | top-1 regret | aligned τ (gap) |",
