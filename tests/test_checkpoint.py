@@ -229,3 +229,101 @@ def test_dense_causal_lm_config_stays_loadable(tmp_path: Path) -> None:
     save(model, tmp_path / "lm", None, {}, {"name": "hf", "hf_config": cfg.to_dict()}, x)
     assert json.loads((tmp_path / "lm" / "prunekit.json").read_text())["hf_from_pretrained"] is True
     assert json.loads((tmp_path / "lm" / "config.json").read_text())["model_type"] == "llama"
+
+
+def tiny_causal_lm(family: str, attn: str = "eager") -> torch.nn.Module:
+    """A random tiny LLaMA (tied embeddings) or Qwen2 (untied, q/k/v biases) causal LM."""
+    import transformers as tf
+
+    fields = dict(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+    )
+    config = (
+        tf.LlamaConfig(tie_word_embeddings=True, **fields)
+        if family == "llama"
+        else tf.Qwen2Config(tie_word_embeddings=False, **fields)
+    )
+    torch.manual_seed(0)
+    return tf.AutoModelForCausalLM.from_config(config, attn_implementation=attn).eval()
+
+
+def non_uniform_plan(model: torch.nn.Module, x) -> Plan:
+    """Layer 0 keeps a third of its FFN neurons and one KV group; layer 1 stays whole."""
+    groups = find_groups(model, x)
+    keep = {g.name: list(range(g.num_units)) for g in groups}
+    first = {g.kind: g for g in groups if g.name.startswith("model.layers.0.")}
+    keep[first["neuron"].name] = list(range(0, first["neuron"].num_units, 3))
+    keep[first["kv_head"].name] = [1]
+    return Plan(keep=keep, num_units={g.name: g.num_units for g in groups})
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("pruned", [False, True])
+def test_causal_lm_reloads_its_own_class_bit_identically(tmp_path: Path, family: str, pruned: bool) -> None:
+    model = tiny_causal_lm(family)
+    ref = {"format": 1, "name": "hf", "hf_config": model.config.to_dict()}
+    x = {"input_ids": torch.randint(1, 60, (2, 8), generator=torch.Generator().manual_seed(0))}
+    plan = non_uniform_plan(model, x) if pruned else None
+    if plan is not None:
+        apply_plan_(model, plan, x)
+    save(model, tmp_path / "lm", plan, {}, ref, x)
+    meta = json.loads((tmp_path / "lm" / "prunekit.json").read_text())
+    assert meta["base"]["hf_auto_class"] == "AutoModelForCausalLM"
+    assert meta["hf_from_pretrained"] is (not pruned)
+    again, _ = load(tmp_path / "lm")
+    assert type(again) is type(model) and again.config._attn_implementation == "eager"
+    assert torch.equal(out(again, x), out(model, x))
+    if family == "llama":  # tied embeddings stay tied after the reload
+        assert again.lm_head.weight is again.model.embed_tokens.weight
+
+
+def test_sdpa_model_reloads_with_sdpa_bit_identically(tmp_path: Path) -> None:
+    model = tiny_causal_lm("llama", attn="sdpa")
+    x = {"input_ids": torch.randint(1, 60, (2, 8), generator=torch.Generator().manual_seed(1))}
+    plan = non_uniform_plan(model, x)
+    ref = {"format": 1, "name": "hf", "hf_config": model.config.to_dict()}
+    apply_plan_(model, plan, x)
+    save(model, tmp_path / "s", plan, {}, ref, x)
+    again, meta = load(tmp_path / "s")
+    assert meta["base"]["attn_implementation"] == again.config._attn_implementation == "sdpa"
+    assert torch.equal(out(again, x), out(model, x))
+
+
+def test_seq2seq_checkpoint_reloads_its_class(tmp_path: Path) -> None:
+    import transformers as tf
+
+    config = tf.T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=1, num_heads=4)
+    torch.manual_seed(0)
+    model = tf.AutoModelForSeq2SeqLM.from_config(config, attn_implementation="eager").eval()
+    ids = torch.randint(1, 60, (2, 6), generator=torch.Generator().manual_seed(0))
+    x = {"input_ids": ids, "decoder_input_ids": ids}
+    save(model, tmp_path / "t5", None, {}, {"format": 1, "name": "hf", "hf_config": config.to_dict()}, x)
+    again, meta = load(tmp_path / "t5")
+    assert meta["base"]["hf_auto_class"] == "AutoModelForSeq2SeqLM" and type(again) is type(model)
+    assert torch.equal(out(again, x), out(model, x))
+
+
+def test_apply_plan_leaves_the_callers_config_alone() -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = tiny_causal_lm("llama")
+    config = model.config  # the caller's object, shared by HF with every submodule
+    before = config.to_dict()
+    x = {"input_ids": torch.randint(1, 60, (2, 8), generator=torch.Generator().manual_seed(0))}
+    groups = find_groups(model, x)
+    keep = {
+        g.name: list(range(g.num_units // 2)) if g.kind == "neuron" else list(range(g.num_units))
+        for g in groups
+    }
+    apply_plan_(model, Plan(keep=keep, num_units={g.name: g.num_units for g in groups}), x)
+    assert model.config.intermediate_size == 24  # uniform: the model's own config says so
+    assert model.config is not config and config.to_dict() == before
+    fresh = LlamaForCausalLM(LlamaConfig.from_dict(config.to_dict()))
+    assert fresh.model.layers[0].mlp.up_proj.out_features == 48
+    assert LlamaForCausalLM(config).model.layers[0].mlp.up_proj.out_features == 48

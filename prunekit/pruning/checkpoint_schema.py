@@ -74,7 +74,14 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class CheckpointError(UserError):
-    """A checkpoint that cannot be trusted or read (one-line message with the fix; CLI exit code 2)."""
+    """A checkpoint that cannot be trusted or read (one-line message with the fix; CLI exit code 2).
+
+    The message quotes names and values from the file, so it is made printable (a tensor named
+    ``"\\n"`` must not break the line) and clipped."""
+
+    def __init__(self, message: str) -> None:
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
+        super().__init__(text if len(text) <= 500 else text[:497] + "...")
 
 
 def _fail(where: str, problem: str) -> CheckpointError:

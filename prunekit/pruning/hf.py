@@ -39,6 +39,23 @@ def _configs(model: nn.Module) -> list:
     return out
 
 
+def _own_configs(model: nn.Module) -> None:
+    """Give ``model`` its own copies of its HF configs before they are patched.
+
+    ``LlamaForCausalLM(cfg)`` keeps ``cfg`` itself (every submodule holding ``.config`` shares it),
+    so patching it would change the caller's object and every model built from it afterwards. One
+    deepcopy memo keeps the sharing between the model's own modules (and sub-configs) as it was."""
+    import copy
+
+    from transformers import PretrainedConfig
+
+    memo: dict = {}
+    for m in model.modules():
+        cfg = getattr(m, "config", None)
+        if isinstance(cfg, PretrainedConfig):
+            m.config = copy.deepcopy(cfg, memo)
+
+
 def _uniform(widths: dict[str, dict[str, int]], key: str) -> int | None:
     values = {w[key] for w in widths.values() if key in w}
     return values.pop() if len(values) == 1 else None
@@ -63,6 +80,7 @@ def patch_transformer(model: nn.Module) -> dict[str, dict[str, int]]:
 
     styles = {a.style for a in attentions}
     heads, kv, neurons = (_uniform(widths, k) for k in ("heads", "kv_heads", "neurons"))
+    _own_configs(model)  # the caller's config object (HF shares it) must never change
     for cfg in _configs(model):
         exact, new = True, {}
         if styles == {"qkvo"} and heads is not None and kv is not None:
