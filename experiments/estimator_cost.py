@@ -60,6 +60,7 @@ from prunekit.data import DataSplits, load_data
 from prunekit.models import build_model
 from prunekit.structure import find_groups
 from prunekit.structure.group import Group
+from prunekit.structure.units import UnitReducer, normalise_groups, trainable_parameters
 from prunekit.theory import estimate
 from prunekit.theory.estimate import balanced_order
 from prunekit.theory.hessian import hessian_trace, top_eigenvalue
@@ -67,7 +68,6 @@ from prunekit.theory.intrinsic_dim import twonn
 from prunekit.theory.jacobian_pass import GRAM_PSD_RTOL, jacobian_pass, top_eigenvalues
 from prunekit.theory.jacobian_stats import JacobianStats, residual_loss
 from prunekit.theory.ntk import group_ntk_traces, ntk_gram
-from prunekit.theory.ntk_units import UnitReducer, normalise_groups, trainable_parameters
 from prunekit.theory.spectrum import ntk_spectrum
 from prunekit.train import finetune, make_accelerator
 

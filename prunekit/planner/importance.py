@@ -36,9 +36,9 @@ from tqdm import tqdm
 
 from prunekit.batch import Batch, batch_size_of, device_of, logits_of, move_to, slice_inputs
 from prunekit.structure.group import Group
+from prunekit.structure.units import UnitReducer
 from prunekit.theory.hessian_diagonal import hutchinson_diagonal
 from prunekit.theory.modes import grad_scope
-from prunekit.theory.ntk_units import UnitReducer
 
 HESSIAN_ESTIMATORS = ("fisher", "hutchinson")
 
@@ -162,7 +162,7 @@ def reduce_to_units(groups: Sequence[Group], quantity: dict[str, Tensor]) -> dic
     """Sum an element-wise ``quantity`` (name -> tensor shaped like the parameter) over each unit's slices,
     in float64, on the CPU.
 
-    The reduction is the estimators' :class:`~prunekit.theory.ntk_units.UnitReducer`, so a planner's
+    The reduction is :class:`~prunekit.structure.units.UnitReducer`, the estimators' too, so a planner's
     scores and the theory's per-unit traces add up the same entries. Slices whose parameter is not in
     ``quantity`` (buffers) are skipped.
     """

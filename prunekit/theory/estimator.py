@@ -47,11 +47,11 @@ from torch import Tensor, nn
 from prunekit.batch import Batch, batch_size_of, device_of, move_to
 from prunekit.config import EstimateConfig
 from prunekit.structure import Group, Plan, mask_groups
+from prunekit.structure.units import as_groups, removed_entry_masks, trainable_parameters
 from prunekit.theory.bound import stated_bound
 from prunekit.theory.distributed import rank_and_world
 from prunekit.theory.estimates import Estimates, jsonable
 from prunekit.theory.jacobian_pass import GRAM_PSD_RTOL, jacobian_pass, top_eigenvalues
-from prunekit.theory.ntk_units import as_groups, removed_entry_masks, trainable_parameters
 from prunekit.theory.probe_data import (
     balanced_order,
     chunks,

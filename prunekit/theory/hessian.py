@@ -31,9 +31,9 @@ from tqdm.auto import tqdm
 
 from prunekit.batch import Batch, batch_size_of, concat_inputs, logits_of, move_to, slice_inputs
 from prunekit.structure.group import Group
+from prunekit.structure.units import UnitReducer, normalise_groups
 from prunekit.theory.eigen import flat, top_eigenvalue_of, unflat
 from prunekit.theory.modes import grad_scope
-from prunekit.theory.ntk_units import UnitReducer, normalise_groups
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Vectors = list[Tensor]
@@ -168,7 +168,7 @@ def _rademacher(params: Vectors, gen: torch.Generator) -> Vectors:
 class _Reducer:
     """Sums a per-entry tensor list over parameters, groups and units (the same for every probe).
 
-    Groups go through the NTK's :class:`~prunekit.theory.ntk_units.UnitReducer`, so both estimators
+    Groups go through the NTK's :class:`~prunekit.structure.units.UnitReducer`, so both estimators
     count a unit's entries the same way: each entry once per unit, even where one unit slices the same
     tensor along two dims (row j and column j of a layer that feeds itself).
     """

@@ -54,8 +54,8 @@ def jacobian_pass(
     """The n×n traced NTK Gram (float64), the Jacobian statistics (diagonals over all samples; the kept
     Jacobian rows are this rank's) and ``{"samples_shared": whether the samples were shared out,
     "logits": the probe set's logits (all samples, on every rank)}``."""
+    from prunekit.structure.units import trainable_parameters
     from prunekit.theory.ntk import ntk_gram
-    from prunekit.theory.ntk_units import trainable_parameters
 
     rank, world = rank_and_world(accelerator)
     n = batch_size_of(probe[0])

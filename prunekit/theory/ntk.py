@@ -40,7 +40,7 @@ restored): SDPA has no batching rule for its backward, so it is slow under vmap.
 entries' own contribution, Θ − Θ_S: a screening heuristic that ignores how removing a unit changes the
 Jacobian of the parameters downstream of it. Level 2 (:func:`level2_gram`) recomputes Θ over the
 remaining entries with the removed ones zeroed at fixed weights: exact for "prune without retraining".
-Entry bookkeeping (groups → units → slices, masking) lives in :mod:`prunekit.theory.ntk_units`, the
+Entry bookkeeping (groups → units → slices, masking) lives in :mod:`prunekit.structure.units`, the
 Jacobian engines in :mod:`prunekit.theory.ntk_jacobian`.
 """
 
@@ -55,6 +55,15 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from prunekit.batch import Inputs, batch_size_of, device_of, logits_of, move_to, slice_inputs
+from prunekit.structure.units import (
+    Groups,
+    UnitReducer,
+    masked_units,
+    module_partition,
+    normalise_groups,
+    removed_entry_masks,
+    trainable_parameters,
+)
 from prunekit.theory.modes import eval_mode, grad_scope
 from prunekit.theory.ntk_jacobian import (
     ENGINES,
@@ -64,15 +73,6 @@ from prunekit.theory.ntk_jacobian import (
     blocks,
     column_selector,
     select,
-)
-from prunekit.theory.ntk_units import (
-    Groups,
-    UnitReducer,
-    masked_units,
-    module_partition,
-    normalise_groups,
-    removed_entry_masks,
-    trainable_parameters,
 )
 
 __all__ = [

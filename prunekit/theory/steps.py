@@ -68,7 +68,7 @@ class Run:
 
 def exact_ntk_traces(run: Run, stats: JacobianStats) -> dict[str, Any]:
     """Per-group and per-unit NTK traces summed from the exact per-entry diagonal (standard error 0)."""
-    from prunekit.theory.ntk_units import UnitReducer, normalise_groups
+    from prunekit.structure.units import UnitReducer, normalise_groups
 
     diag = stats.per_tensor("ntk")
     specs, _ = normalise_groups(run.groups, run.model)
@@ -132,8 +132,8 @@ def hessian_step(
 
     ``probe_masks``: per trainable parameter, the entries the probes may touch (None: all); a masked
     model's removed entries are left out, so that the probes see the pruned model's Hessian."""
+    from prunekit.structure.units import trainable_parameters
     from prunekit.theory.hessian import hessian_trace
-    from prunekit.theory.ntk_units import trainable_parameters
 
     cfg = run.cfg
     split = cfg.hessian_method == "gauss_newton"

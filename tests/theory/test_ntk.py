@@ -1,4 +1,4 @@
-"""Exact-answer tests of the NTK estimators (prunekit.theory.ntk, ntk_units, ntk_jacobian)."""
+"""Exact-answer tests of the NTK estimators (prunekit.theory.ntk, ntk_jacobian; prunekit.structure.units)."""
 
 from __future__ import annotations
 
@@ -370,8 +370,8 @@ def test_groups_from_find_groups(name: str) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from prunekit.structure import find_groups
     from prunekit.structure.masking import mask_groups
+    from prunekit.structure.units import removed_entry_masks, trainable_parameters
     from prunekit.testing import models as tiny
-    from prunekit.theory.ntk_units import removed_entry_masks, trainable_parameters
 
     model = getattr(tiny, name)()
     x = tiny.example_inputs_for(model, batch=3, seq_len=5)
@@ -430,7 +430,7 @@ def test_overlapping_slices_of_one_tensor_count_once() -> None:
 def test_unit_reducer_is_exact_on_exact_squares() -> None:
     """The per-unit / per-group bookkeeping itself, without Monte-Carlo noise: fed the exact Σ J² per entry
     it returns the exact traces (fast path for an MLP group, mask path for row ∪ column of one tensor)."""
-    from prunekit.theory.ntk_units import UnitReducer, normalise_groups
+    from prunekit.structure.units import UnitReducer, normalise_groups
 
     torch.manual_seed(4)
     tied = _Tied().to(D)

@@ -11,11 +11,11 @@ from torch import nn
 
 from prunekit.config import ModelConfig
 from prunekit.models.registry import build_model
+from prunekit.structure.units import trainable_parameters
 from prunekit.testing import models as tiny
 from prunekit.theory.modes import eval_mode
 from prunekit.theory.ntk import ntk_gram
 from prunekit.theory.ntk_jacobian import JacobianRows
-from prunekit.theory.ntk_units import trainable_parameters
 from prunekit.theory.per_sample import HookRows
 
 

@@ -3,7 +3,8 @@
 A *unit* is a list of ``(param name, dim, index)``: the entries ``index`` along ``dim`` of that tensor
 (``dim=None``: the whole tensor). A prunekit :class:`~prunekit.structure.group.Group` has ``num_units`` units,
 one per output channel / head / neuron; a dict ``{name: [param names]}`` is a parameter partition whose
-units are its parameter tensors. Used by the NTK estimators for per-unit traces and Level-2 masking.
+units are its parameter tensors. Used by the estimators (per-unit NTK and Hessian traces, Level-2
+masking) and by the planner's importance scores, so both add up the same entries.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from prunekit.structure.group import Group, ParamSlice
-from prunekit.structure.masking import mask_groups
+from .group import Group, ParamSlice
+from .masking import mask_groups
 
 Groups = Sequence[Group] | Mapping[str, Sequence[str]]
 Unit = list[tuple[str, int | None, Tensor | None]]
