@@ -192,8 +192,13 @@ def expected_message(err: BaseException) -> str | None:
         return clip(f"{err.strerror or first}{where}: check the path, its permissions and free space", 500)
     if isinstance(err, FileNotFoundError):
         return clip(first, 500)
-    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
-        return "out of memory: lower batch_size (train / finetune / data) or the model size"
+    # torch's CPU allocator says "can't allocate memory" in a plain RuntimeError
+    if (
+        isinstance(err, MemoryError)
+        or type(err).__name__ == "OutOfMemoryError"
+        or "can't allocate memory" in first
+    ):
+        return "out of memory: lower batch_size (train / finetune / data) or the model size (model.kwargs)"
     return None
 
 

@@ -82,6 +82,16 @@ def test_a_bug_is_a_short_traceback_and_exit_1(capsys, err: BaseException) -> No
     assert len(text.splitlines()) < 40
 
 
+def test_out_of_memory_is_one_line(capsys) -> None:
+    import torch
+
+    try:  # a real allocation failure: 2**45 floats are 128 TiB
+        torch.empty(2**45)
+    except RuntimeError as err:
+        assert report_failure(err) == 2
+    assert "out of memory" in capsys.readouterr().err
+
+
 def test_interrupt_says_how_to_resume(capsys) -> None:
     assert report_failure(_raised(KeyboardInterrupt())) == 130
     assert "resume" in capsys.readouterr().err
