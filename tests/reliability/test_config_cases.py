@@ -81,6 +81,7 @@ BAD_OVERRIDES = {
     "alias in an override": ("name=*x", ["alias"]),
     "string bool": ("estimate.enabled=yes", ["estimate.enabled", "true or false"]),
     "bad name": ("name=../x", ["name"]),
+    "a 350 TB model": ("model.kwargs.width=4194304", ["out of memory", "model.kwargs"]),
 }
 
 
