@@ -33,6 +33,20 @@ GROUPS = [
     ("test_multiprocess", "multi-process"),
     ("test_outputs", "output files"),
 ]
+WHAT = {
+    "configs": "bad values (inf / nan, seed range, bounds, string booleans), unsafe names, alias bombs "
+    "(one under a 2 GiB address-space cap), empty / binary / non-UTF-8 files, output paths that are "
+    "files or read-only, `--overwrite` with each bad value (the run folder byte-identical after), "
+    "a folder prunekit did not make, diverged training, bad CSVs, the CLI's exit codes, "
+    "`hypothesis` fuzz of values and of raw YAML bytes",
+    "checkpoints": "tampered prunekit.json / weights / hashes, remote-code attempts, schema fuzz (H1's tests)",
+    "concurrency": "two real `prunekit run` processes into one folder; stale temp folders removed",
+    "kill/resume": "`kill -9` of a real run at three moments (one with a half-written checkpoint temp "
+    "folder); the resumed report equals an uninterrupted run's",
+    "multi-process": "the same config on 1 process and on 2 real gloo DDP ranks (same batches, "
+    "steps and losses); a global batch that does not divide",
+    "output files": "file / folder modes follow the umask (022 and 027), checkpoints included",
+}
 ORDER = ["configs", "checkpoints", "concurrency", "kill/resume", "multi-process", "output files", "other"]
 
 
@@ -116,7 +130,7 @@ def to_markdown(cases: list[dict], wall: float, extra: list[str]) -> str:
         cs = by_group.get(g, [])
         if not cs:
             continue
-        lines += ["", f"## {g}", "", "| file | case | result |", "|---|---|---|"]
+        lines += ["", f"## {g}", "", WHAT.get(g, "") + ".", "", "| file | case | result |", "|---|---|---|"]
         for c in cs:
             result = c["status"] + (f": {c['message']}" if c["message"] else "")
             name = c["name"].replace("|", "/")
