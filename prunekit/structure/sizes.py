@@ -7,6 +7,10 @@ groups (a query head that belongs to both a ``:heads`` and a ``:kv_heads`` group
 once. MACs come from one hooked forward pass: each Conv / Linear costs (output positions) x (weight
 entries), which stays exact when its weight shrinks, and self-attention's two matmuls cost
 2 x L x L x (query rows) per example, scaled by the surviving query rows.
+
+These MACs are a prediction made without surgery; :func:`prunekit.metrics.count_macs` measures the
+pruned model, and tests/test_pruning_apply.py checks that the two agree exactly on each model family
+it covers.
 """
 
 from __future__ import annotations

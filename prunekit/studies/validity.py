@@ -60,13 +60,13 @@ def _check_folder(folder: Path, fp: dict[str, Any]) -> None:
 
 def _check_budgets(task, v: ValidateConfig) -> None:
     """An unreachable budget (every layer at its floor still saves too little) fails before any work."""
-    import prunekit as pk
     from prunekit.planner.allocate import SizeModel
     from prunekit.planner.target import TOLERANCE
+    from prunekit.structure import find_groups
     from prunekit.studies.candidates import _floors
 
     model = task.build_dense()
-    groups = pk.find_groups(model, task.example, ignore=task.cfg.prune.ignore)
+    groups = find_groups(model, task.example, ignore=task.cfg.prune.ignore)
     sizes = SizeModel(model, groups, task.example)
     best = sizes.saved(_floors(groups, v.min_keep_fraction), "params")
     for b in v.budgets:
@@ -78,11 +78,11 @@ def _check_budgets(task, v: ValidateConfig) -> None:
 
 
 def _dense(task, folder: Path, accelerator) -> tuple[torch.nn.Module, dict[str, Any]]:
-    import prunekit as pk
+    from prunekit.pruning import load, save
 
     cfg = task.cfg
     if (folder / "dense" / "prunekit.json").is_file():
-        model, meta = pk.load(folder / "dense")
+        model, meta = load(folder / "dense")
         return model, meta["metrics"]
     model = task.build_dense()
     t0 = time.perf_counter()
@@ -92,8 +92,8 @@ def _dense(task, folder: Path, accelerator) -> tuple[torch.nn.Module, dict[str, 
     metrics = _measure(task, model, accelerator)
     metrics["train_seconds"] = time.perf_counter() - t0
     metrics["history"] = history
-    pk.save(model, folder / "dense", task.base_plan, metrics, task.base, task.example)
-    model, _ = pk.load(folder / "dense")
+    save(model, folder / "dense", task.base_plan, metrics, task.base, task.example)
+    model, _ = load(folder / "dense")
     return model, metrics
 
 
@@ -138,7 +138,7 @@ def _proxy_batch(task, num: int):
 
 def _candidates(task, model, groups, v: ValidateConfig, folder: Path) -> dict[float, list[dict[str, Any]]]:
     """The candidate plans of every budget, built once and stored (plans.json per budget)."""
-    import prunekit as pk
+    from prunekit.structure import Plan
     from prunekit.studies.candidates import CandidateBuilder
 
     loader = task.loader("train", task.cfg.finetune.batch_size, shuffle=True, seed=task.cfg.seed)
@@ -170,7 +170,7 @@ def _candidates(task, model, groups, v: ValidateConfig, folder: Path) -> dict[fl
                 f"budget {b:g}: only {len(stored['candidates'])} distinct candidates within 1 % of the target "
                 f"(asked for {v.candidates}); lower validate.candidates or use a model with more units"
             )
-        out[b] = [{**c, "plan": pk.Plan.from_dict(c["plan"])} for c in stored["candidates"]]
+        out[b] = [{**c, "plan": Plan.from_dict(c["plan"])} for c in stored["candidates"]]
     return out
 
 
@@ -189,8 +189,8 @@ def run_study(
 
     ``report_only``: measure nothing more; report the candidates finished so far (a study stopped early).
     """
-    import prunekit as pk
     from prunekit.pipeline import setup_logging
+    from prunekit.structure import find_groups
     from prunekit.studies.analysis import analyse
     from prunekit.studies.predictors import compute_predictors, sq_norm
     from prunekit.studies.report import write_study_report
@@ -208,7 +208,7 @@ def run_study(
     setup_logging(None, True)
 
     dense, dense_metrics = _dense(task, folder, accelerator)
-    groups = pk.find_groups(dense, task.example, ignore=cfg.prune.ignore)
+    groups = find_groups(dense, task.example, ignore=cfg.prune.ignore)
     dense_est = _dense_estimates(task, dense, groups, folder, accelerator)
     cands = _candidates(task, dense, groups, v, folder)
     has_val = task.splits.size("validation") > 0
@@ -262,10 +262,10 @@ def run_study(
 
 
 def _pruned(dense, plan, task, groups):
-    import prunekit as pk
+    from prunekit.pruning import apply_plan_
 
     model = copy.deepcopy(dense)
-    pk.apply_plan_(model, plan, task.example, groups=groups)
+    apply_plan_(model, plan, task.example, groups=groups)
     return model
 
 
