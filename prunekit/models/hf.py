@@ -251,19 +251,25 @@ def _safe_dict(d: dict[str, Any], keep_auto_map: bool) -> dict[str, Any]:
 
 
 def _remote_config(config_dict: dict[str, Any], code_folder: str | Path | None) -> Any:
-    """The config of a remote-code architecture, its code read from ``code_folder`` only."""
-    from transformers import AutoConfig
+    """The config of a remote-code architecture (the caller opted in), its code read from
+    ``code_folder`` only: an ``auto_map`` entry naming another repository (``org/name--module.Class``)
+    is refused, so nothing is fetched."""
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
     folder = Path(code_folder) if code_folder is not None else None
-    if folder is None or not (folder / "config.json").is_file() or not any(folder.glob("*.py")):
+    auto_map = config_dict.get("auto_map") if isinstance(config_dict.get("auto_map"), dict) else {}
+    if folder is None or not any(folder.glob("*.py")) or not isinstance(auto_map.get("AutoConfig"), str):
         raise UserError(
-            f"HF model type {config_dict.get('model_type')!r} needs remote code, and the checkpoint folder "
-            "holds none (its code is loaded from the checkpoint folder only, never from base.path)"
+            f"HF model type {str(config_dict.get('model_type'))[:60]!r} needs remote code, and the checkpoint "
+            "folder holds none (its code is loaded from the checkpoint folder only, never from base.path)"
         )
-    config = AutoConfig.from_pretrained(str(folder), trust_remote_code=True, local_files_only=True)
-    for key, value in config_dict.items():
-        setattr(config, key, value)
-    return config
+    refs = [r for v in auto_map.values() for r in (v if isinstance(v, list) else [v])]
+    if any(not isinstance(r, (str, type(None))) or "--" in str(r) for r in refs):
+        raise UserError(
+            "the stored auto_map names code in another repository: prunekit runs remote code from the checkpoint folder only"
+        )
+    cls = get_class_from_dynamic_module(auto_map["AutoConfig"], str(folder), local_files_only=True)
+    return cls.from_dict(config_dict)
 
 
 def model_from_config_dict(

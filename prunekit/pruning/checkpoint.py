@@ -94,12 +94,11 @@ def _hf_config_dict(model: nn.Module) -> dict[str, Any] | None:
 
 def _hf_expressible(model: nn.Module) -> bool:
     """Would ``from_config(model.config)`` build exactly these shapes? (Checked on the meta device.)"""
-    from transformers import AutoConfig
-
     d = model.config.to_dict()
     if any(isinstance(d.get(k), (list, dict)) for k in HF_WIDTH_KEYS):
         return False
-    config = AutoConfig.for_model(**{k: v for k, v in d.items() if k not in ("transformers_version",)})
+    # the config's own class (a remote-code one too), from the saved fields only, as from_pretrained reads them
+    config = type(model.config).from_dict({k: v for k, v in d.items() if k not in ("transformers_version",)})
     try:
         with torch.device("meta"):
             fresh = type(model)._from_config(config)  # the model's own class, whatever its head
@@ -165,11 +164,24 @@ def save(
             "metrics": metrics or {},
         }
         (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        _save_remote_code(model, tmp)
         _share_modes(tmp)
 
     _remove_stale_temps(folder.parent)
     write_folder(folder, fill)
     return folder
+
+
+def _save_remote_code(model: nn.Module, tmp: Path) -> None:
+    """A remote-code HF model (its classes live in transformers' dynamic modules) travels with its
+    code, so that a caller who trusts it loads that code from the checkpoint folder and nowhere else."""
+    config = getattr(model, "config", None)
+    objects = [o for o in (model, config) if type(o).__module__.startswith("transformers_modules.")]
+    if objects:
+        from transformers.dynamic_module_utils import custom_object_save
+
+        for obj in objects:
+            custom_object_save(obj, tmp)
 
 
 def _share_modes(tmp: Path) -> None:

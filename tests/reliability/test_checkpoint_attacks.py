@@ -161,3 +161,32 @@ def test_run_config_checkpoint_uses_the_run_configs_trust(attack, tmp_path: Path
     )
     assert_one_line_error(proc, "model.trust_remote_code: true")
     assert not attack[4].exists()
+
+
+def test_opted_in_remote_code_comes_from_the_checkpoint_folder(tmp_path: Path) -> None:
+    """The legitimate use: a remote-code model saved by prunekit carries its code; it loads only when
+    the caller trusts it, and then from the checkpoint's own copy (the source folder is gone)."""
+    from checkpoint_helpers import hf_reference
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from prunekit.pruning.checkpoint import save
+    from prunekit.testing import example_inputs_for
+
+    marker = tmp_path / "RAN"
+    source = evil_folder(tmp_path / "source", marker)  # here the "payload" only shows when code runs
+    config = AutoConfig.from_pretrained(str(source), trust_remote_code=True, num_labels=3)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(
+        config, trust_remote_code=True, attn_implementation="eager"
+    ).eval()
+    x = example_inputs_for(model)
+    folder = save(model, tmp_path / "ckpt", None, {}, hf_reference(model), x)
+    assert sorted(p.name for p in folder.glob("*.py")) == ["configuration_evil.py", "modeling_evil.py"]
+    shutil.rmtree(source)
+    marker.unlink()
+    with pytest.raises(CheckpointError) as err:
+        pk.load(folder)
+    assert "trust_remote_code=True" in one_line(err.value) and not marker.exists()
+    again, _ = pk.load(folder, trust_remote_code=True)
+    assert marker.exists() and type(again).__name__ == "EvilModel"
+    assert torch.equal(out(again, x), out(model, x))
