@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -31,55 +32,66 @@ def finite_pairs(x: Sequence[float | None], y: Sequence[float | None]) -> tuple[
     return a[ok], b[ok]
 
 
-def kendall_tau(x: np.ndarray, y: np.ndarray) -> float:
-    """Kendall's τ-b; NaN when either variable is constant."""
+def _batched(values: np.ndarray, scalar: bool) -> float | np.ndarray:
+    return float(values) if scalar else values
+
+
+def kendall_tau(x: np.ndarray, y: np.ndarray) -> float | np.ndarray:
+    """Kendall's τ-b along the last axis (a batch of samples at once for 2-D input); NaN when a variable is constant."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    dx = np.sign(x[:, None] - x[None, :])
-    dy = np.sign(y[:, None] - y[None, :])
-    iu = np.triu_indices(len(x), k=1)
-    dx, dy = dx[iu], dy[iu]
-    s = float(np.sum(dx * dy))
-    denom = math.sqrt(float(np.sum(dx != 0)) * float(np.sum(dy != 0)))
-    return s / denom if denom > 0 else float("nan")
+    scalar = x.ndim == 1 and y.ndim == 1
+    x, y = np.broadcast_arrays(np.atleast_2d(x), np.atleast_2d(y))
+    iu = np.triu_indices(x.shape[-1], k=1)
+    dx = np.sign(x[:, :, None] - x[:, None, :])[:, iu[0], iu[1]]
+    dy = np.sign(y[:, :, None] - y[:, None, :])[:, iu[0], iu[1]]
+    s = np.sum(dx * dy, axis=1)
+    denom = np.sqrt(np.sum(dx != 0, axis=1).astype(np.float64) * np.sum(dy != 0, axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tau = np.where(denom > 0, s / np.where(denom > 0, denom, 1.0), np.nan)
+    return _batched(tau[0], True) if scalar else tau
 
 
 def average_ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n with ties given their average rank (scipy.stats.rankdata's default)."""
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x), dtype=np.float64)
-    sorted_x = x[order]
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return ranks
+    """Ranks 1..n along the last axis with ties given their average rank (scipy.stats.rankdata's default)."""
+    from scipy.stats import rankdata
+
+    return rankdata(np.asarray(x, dtype=np.float64), axis=-1)
 
 
-def spearman_rho(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman's ρ; NaN when either variable is constant."""
+def spearman_rho(x: np.ndarray, y: np.ndarray) -> float | np.ndarray:
+    """Spearman's ρ along the last axis (batched for 2-D input); NaN when either variable is constant."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    scalar = x.ndim == 1 and y.ndim == 1
+    x, y = np.broadcast_arrays(np.atleast_2d(x), np.atleast_2d(y))
     rx, ry = average_ranks(x), average_ranks(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denom = math.sqrt(float(np.sum(rx * rx)) * float(np.sum(ry * ry)))
-    return float(np.sum(rx * ry)) / denom if denom > 0 else float("nan")
+    rx, ry = rx - rx.mean(axis=1, keepdims=True), ry - ry.mean(axis=1, keepdims=True)
+    denom = np.sqrt(np.sum(rx * rx, axis=1) * np.sum(ry * ry, axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = np.where(denom > 0, np.sum(rx * ry, axis=1) / np.where(denom > 0, denom, 1.0), np.nan)
+    return _batched(rho[0], True) if scalar else rho
+
+
+def _in_chunks(fn: Callable[[slice], Any], total: int, chunk: int = 256) -> np.ndarray:
+    """``fn`` on row slices of at most ``chunk`` resamples (bounds the n² pair arrays' memory)."""
+    parts = [
+        np.atleast_1d(np.asarray(fn(slice(i, i + chunk)), dtype=np.float64)) for i in range(0, total, chunk)
+    ]
+    return np.concatenate(parts)
 
 
 def bootstrap_ci(
     x: np.ndarray, y: np.ndarray, stat: Stat, n_boot: int = 2000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``stat`` over candidates resampled with replacement (pairs kept)."""
+    """Percentile bootstrap interval of ``stat`` over candidates resampled with replacement (pairs kept).
+
+    ``stat`` is evaluated on all resamples at once (rows of a 2-D array), as kendall_tau / spearman_rho allow.
+    """
     rng = np.random.default_rng(seed)
-    n = len(x)
-    values = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, size=n)
-        v = stat(x[idx], y[idx])
-        if math.isfinite(v):  # a resample of one repeated candidate has no order
-            values.append(v)
-    if not values:
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    idx = rng.integers(0, len(x), size=(n_boot, len(x)))
+    values = _in_chunks(lambda rows: stat(x[idx[rows]], y[idx[rows]]), n_boot)
+    values = values[np.isfinite(values)]  # a resample of one repeated candidate has no order
+    if values.size == 0:
         return (float("nan"), float("nan"))
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(values, [alpha, 1.0 - alpha])
@@ -88,11 +100,15 @@ def bootstrap_ci(
 
 def permutation_pvalue(x: np.ndarray, y: np.ndarray, stat: Stat, n_perm: int = 2000, seed: int = 0) -> float:
     """Two-sided p-value of ``stat`` against shuffled pairings: (#{|s_perm| >= |s|} + 1) / (n_perm + 1)."""
-    observed = stat(x, y)
+    observed = float(stat(x, y))
     if not math.isfinite(observed):
         return float("nan")
     rng = np.random.default_rng(seed)
-    hits = sum(abs(stat(x, rng.permutation(y))) >= abs(observed) - 1e-12 for _ in range(n_perm))
+    y = np.asarray(y, dtype=np.float64)
+    shuffled = np.stack([rng.permutation(y) for _ in range(n_perm)])
+    xs = np.asarray(x, dtype=np.float64)[None, :]
+    perm = _in_chunks(lambda rows: stat(xs, shuffled[rows]), n_perm)
+    hits = int(np.sum(np.abs(perm) >= abs(observed) - 1e-12))
     return (hits + 1) / (n_perm + 1)
 
 

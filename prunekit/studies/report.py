@@ -165,8 +165,10 @@ def _plots(folder: Path, report: dict[str, Any], records: list[dict[str, Any]]) 
         ax.axis("off")
     axes.flat[0].legend(fontsize=6, title="saved", title_fontsize=6)
     fig.supylabel("test accuracy (mean over seeds)")
-    fig.tight_layout()
-    fig.savefig(folder / "predictor_vs_accuracy.png", dpi=110)
+    fig.subplots_adjust(
+        left=0.05, right=0.99, bottom=0.05, top=0.95, wspace=0.35, hspace=0.45
+    )  # tight_layout: slow
+    fig.savefig(folder / "predictor_vs_accuracy.png", dpi=90)
     plt.close(fig)
 
     fig, axes = plt.subplots(
@@ -195,8 +197,8 @@ def _plots(folder: Path, report: dict[str, Any], records: list[dict[str, Any]]) 
         ax.set_title(f"{float(b) * 100:g} % params saved", fontsize=9)
         ax.set_xlabel("aligned Kendall τ with test accuracy (95 % CI)")
         ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(folder / "tau.png", dpi=110)
+    fig.subplots_adjust(left=0.12, right=0.98, bottom=0.1, top=0.93, wspace=0.6)
+    fig.savefig(folder / "tau.png", dpi=90)
     plt.close(fig)
 
 
