@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from reliability_helpers import TINY, assert_one_line_error, prunekit, report_of, start
+from reliability_helpers import TINY, error_line, prunekit, report_of, start
 
 LONGER = [*TINY, "data.max_train_samples=2000", "train.epochs=30"]  # ~25 s: the second runs arrive meanwhile
 
@@ -31,11 +31,19 @@ def test_second_run_into_a_locked_folder_names_the_holder(tmp_path: Path) -> Non
     try:
         _wait_for(out / "state.json", first)  # the folder is started, so its lock is held
         cases = [([*LONGER, "seed=1"], []), (LONGER, []), ([*LONGER, "seed=1"], ["--overwrite"])]
-        for sets, flags in cases:  # another config, the same config, another config with --overwrite
-            args = ["run", "configs/quickstart.yaml", "--output", str(out), *flags]
-            second = prunekit(*args, sets=sets, timeout=120)
+        # another config, the same config, another config with --overwrite: all at once
+        seconds = [
+            start("run", "configs/quickstart.yaml", "--output", str(out), *flags, sets=sets)
+            for sets, flags in cases
+        ]
+        for second in seconds:
+            err, _ = second.communicate(timeout=120)  # stderr merged into stdout
             assert first.poll() is None, "the first run ended too soon to test the lock: lengthen LONGER"
-            assert_one_line_error(second, str(out), f"pid {first.pid}")
+            assert second.returncode == 2, err[-3000:]
+            assert error_line(err).endswith(
+                f"(pid {first.pid}): wait for it to finish, or choose another --output"
+            )
+            assert str(out) in error_line(err)
         log, _ = first.communicate(timeout=300)
         assert first.returncode == 0, log[-3000:]
     finally:
