@@ -102,6 +102,10 @@ def _level_stage(
     t0 = time.perf_counter()
     seed = task.cfg.seed * 1000 + index + 1
     seed_everything(seed)
+    if task.cfg.prune.schedule.name != "one_shot":  # steps of prune -> fine-tune -> re-estimate
+        from prunekit.schedule import scheduled_stage
+
+        return scheduled_stage(task, state, accelerator, name, level, seed, dense, t0)
     model, _ = load(state.folder / "dense", trust_remote_code=task.cfg.model.trust_remote_code)
     plan, groups = make_level_plan(task, model, level, seed)
     apply_plan_(model, plan, task.example, groups=groups)

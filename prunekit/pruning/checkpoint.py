@@ -4,12 +4,11 @@ No pickle anywhere. A pruned model is rebuilt as *base architecture → the same
 weights*: plans are deterministic, so this reproduces every pruned shape and patched attribute
 exactly, and the recorded shape table is checked against the result.
 
-HF models also get a ``config.json`` with the patched dims. When an HF config cannot express the
-pruned widths (per-layer widths differ, or BERT heads were pruned: its head size is derived from
-``hidden_size / num_attention_heads``), ``config.json`` gets ``model_type: prunekit-pruned-<type>``
-and its width fields an explanatory string, so every ``from_pretrained`` fails before building a
-model — even with ``ignore_mismatched_sizes=True``, which would otherwise load re-initialised weights
-silently — while ``AutoTokenizer.from_pretrained(folder)`` still works.
+HF models also get a ``config.json`` with the patched dims (poisoned for ``from_pretrained`` when it
+cannot express them; see :mod:`prunekit.pruning.checkpoint_hf`). Loading trusts nothing in the
+folder: prunekit.json is schema-checked (:mod:`~prunekit.pruning.checkpoint_schema`), the weights
+header is checked before anything is allocated (:mod:`~prunekit.pruning.checkpoint_weights`), the
+base model is sized on the meta device first, and only the caller decides whether remote code runs.
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ from prunekit.batch import Inputs
 from prunekit.errors import UserError
 from prunekit.structure.plan import Plan
 
+from .checkpoint_hf import save_remote_code, write_hf_files
 from .checkpoint_schema import (
     FORMAT_VERSION,
     MAX_META_BYTES,
@@ -62,20 +62,6 @@ __all__ = [
     "save",
     "verify_checkpoint",
 ]
-# HF config fields that carry layer widths; poisoned when the pruned model cannot be expressed.
-HF_WIDTH_KEYS = ("intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim")
-NOT_EXPRESSIBLE = "non-uniform after pruning: load this folder with prunekit.load(folder)"
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.txt",
-    "special_tokens_map.json",
-    "merges.txt",
-    "vocab.json",
-    "tokenizer.model",
-    "preprocessor_config.json",
-)
-
 # The base model is built before the plan cuts it; it may be this much bigger than the saved weights
 # (99.9 % of the parameters pruned) or this big in any case, and no bigger: a bigger one means
 # base.kwargs or base.hf_config were edited to allocate memory (checked on the meta device first).
@@ -83,30 +69,6 @@ MAX_BASE_RATIO = 1000
 MIN_BASE_BYTES = 512 << 20
 META_BUILD_TIMEOUT_S = 60.0  # LLaMA-7B's config builds on the meta device in 2.8 s (shared 2-core CPU)
 _TEMP = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")  # what atomic.write_folder's mkdtemp names look like
-
-
-def _hf_config_dict(model: nn.Module) -> dict[str, Any] | None:
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(config, "to_dict"):
-        return None
-    return config.to_dict()
-
-
-def _hf_expressible(model: nn.Module) -> bool:
-    """Would ``from_config(model.config)`` build exactly these shapes? (Checked on the meta device.)"""
-    d = model.config.to_dict()
-    if any(isinstance(d.get(k), (list, dict)) for k in HF_WIDTH_KEYS):
-        return False
-    # the config's own class (a remote-code one too), from the saved fields only, as from_pretrained reads them
-    config = type(model.config).from_dict({k: v for k, v in d.items() if k not in ("transformers_version",)})
-    try:
-        with torch.device("meta"):
-            fresh = type(model)._from_config(config)  # the model's own class, whatever its head
-    except Exception:  # the config itself cannot build a model: certainly not expressible
-        return False
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
-    return want == got
 
 
 def save(
@@ -132,26 +94,7 @@ def save(
 
     def fill(tmp: Path) -> None:
         save_model(model, str(tmp / WEIGHTS))
-        hf = _hf_config_dict(model)
-        expressible = None
-        if hf is not None:
-            expressible = _hf_expressible(model)
-            if not expressible:
-                hf = dict(hf)
-                # An unknown model_type makes AutoConfig raise a ValueError (which AutoTokenizer
-                # tolerates, so the tokenizer still loads); string widths stop a concrete class such
-                # as BertForSequenceClassification.from_pretrained as well.
-                hf["model_type"] = f"prunekit-pruned-{hf.get('model_type')}"
-                for key in HF_WIDTH_KEYS:
-                    if key in hf:
-                        hf[key] = NOT_EXPRESSIBLE
-                hf["prunekit_note"] = NOT_EXPRESSIBLE
-            (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
-            if tokenizer_source is not None:
-                for name in TOKENIZER_FILES:
-                    src = Path(tokenizer_source) / name
-                    if src.is_file():
-                        shutil.copy2(src, tmp / name)
+        expressible = write_hf_files(model, tmp, tokenizer_source)
         meta = {
             "format_version": FORMAT_VERSION,
             "base": base,
@@ -164,24 +107,12 @@ def save(
             "metrics": metrics or {},
         }
         (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        _save_remote_code(model, tmp)
+        save_remote_code(model, tmp)
         _share_modes(tmp)
 
     _remove_stale_temps(folder.parent)
     write_folder(folder, fill)
     return folder
-
-
-def _save_remote_code(model: nn.Module, tmp: Path) -> None:
-    """A remote-code HF model (its classes live in transformers' dynamic modules) travels with its
-    code, so that a caller who trusts it loads that code from the checkpoint folder and nowhere else."""
-    config = getattr(model, "config", None)
-    objects = [o for o in (model, config) if type(o).__module__.startswith("transformers_modules.")]
-    if objects:
-        from transformers.dynamic_module_utils import custom_object_save
-
-        for obj in objects:
-            custom_object_save(obj, tmp)
 
 
 def _share_modes(tmp: Path) -> None:
