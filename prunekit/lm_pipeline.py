@@ -199,6 +199,22 @@ def _level(
     return result
 
 
+def _check_hardest_level(cfg: RunConfig, data: Any, model: nn.Module) -> None:
+    """An unreachable target (every layer at its floor, embeddings never pruned) fails before training."""
+    import copy
+
+    from prunekit.planner import Target, make_plan, planner_config
+    from prunekit.structure import find_groups
+
+    p, example = cfg.prune, data.example_inputs(1)
+    probe = copy.deepcopy(model)
+    groups = find_groups(probe, example, ignore=p.ignore)
+    options = {"min_keep_fraction": p.min_keep_fraction, "round_to": p.round_to}
+    make_plan(
+        probe, groups, Target(p.metric, max(p.levels)), planner_config("uniform", **options), None, example
+    )
+
+
 def run_lm(
     cfg: RunConfig,
     folder: Path,
@@ -228,6 +244,7 @@ def run_lm(
     seed_everything(cfg.seed)
     data = _data(cfg)
     model = _dense_model(cfg, data)
+    _check_hardest_level(cfg, data, model)
     state = RunState.open(folder, cfg.fingerprint(), cfg.model_dump(mode="json"), overwrite=overwrite)
     if acc.is_main_process:
         state.start()

@@ -83,3 +83,10 @@ def test_lm_run_rejects_bad_model_and_epoch_recipes(tmp_path):
     with pytest.raises(UserError, match="set max_steps"):
         run(load_config(_write(tmp_path, no_steps)), tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # nothing written on bad input
+
+
+def test_lm_run_refuses_an_unreachable_level_before_training(tmp_path):
+    cfg = {**CFG, "prune": {**CFG["prune"], "levels": [0.3, 0.97]}}
+    with pytest.raises(ValueError, match="cannot be reached"):
+        run(load_config(_write(tmp_path, cfg)), tmp_path / "c")
+    assert not (tmp_path / "c" / "dense").exists()
