@@ -31,7 +31,17 @@ def config_for_checkpoint(
     if config_path is not None:
         cfg = load_config(config_path, overrides or [])
     elif saved.is_file():
-        raw = apply_overrides(json.loads(saved.read_text()), overrides or [], str(saved))
+        try:
+            saved_raw = json.loads(saved.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise UserError(
+                f"'{saved}' is not a readable run config (corrupt JSON): pass --config CONFIG (the one that made it)"
+            ) from None
+        if not isinstance(saved_raw, dict):
+            raise UserError(
+                f"'{saved}' is not a run config mapping: pass --config CONFIG (the one that made it)"
+            )
+        raw = apply_overrides(saved_raw, overrides or [], str(saved))
         cfg = config_from_dict(raw, str(saved))
         cfg.model.trust_remote_code = trust_remote_code
     else:

@@ -8,12 +8,10 @@ gets; the ``estimate`` section fixes the estimator settings before any result is
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from prunekit.config import ConfigError, RunConfig, apply_overrides, config_from_dict
+from prunekit.config import ConfigError, RunConfig, apply_overrides, config_from_dict, read_config_file
 
 MIN_CANDIDATES = 8  # fewer candidates per budget give τ too coarse to mean anything (28 pairs at 8)
 
@@ -69,16 +67,7 @@ def load_study_config(
 ) -> tuple[RunConfig, ValidateConfig]:
     """Read a YAML file: everything but ``validate`` is a run config; ``validate`` is the study's."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(
-            f"config file '{p}' does not exist: check the path (examples: configs/validity_*.yaml)"
-        )
-    try:
-        raw: Any = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError:
-        raise ConfigError(f"{p}: not valid YAML: fix the syntax") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: the config must be a YAML mapping of sections")
+    raw = read_config_file(p)  # the one safe reader: size cap, UTF-8, no YAML aliases, not empty
     raw = apply_overrides(raw, overrides or [], str(p))
     section = raw.pop("validate", None) or {}
     cfg = config_from_dict(raw, str(p))
