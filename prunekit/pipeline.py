@@ -203,6 +203,10 @@ def run(cfg: RunConfig, output_dir: str | Path | None = None, overwrite: bool = 
 
 def _run(cfg: RunConfig, folder: Path, overwrite: bool) -> dict[str, Any]:
     """The pipeline into ``folder`` (checked and locked by :func:`run`)."""
+    if cfg.data.name == "lm_text":  # the causal-LM task has its own stages (perplexity, recovery by steps)
+        from prunekit.lm_pipeline import run_lm
+
+        return run_lm(cfg, folder, overwrite, setup_logging, level_name)
     from prunekit.planner import from_prune_config, known_planners
     from prunekit.report import build_report, write_report
     from prunekit.train import make_accelerator
