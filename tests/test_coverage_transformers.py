@@ -113,3 +113,34 @@ def test_head_sized_norms_and_bias_tables_offer_only_ffn_groups(name, caplog):
         groups = find_groups(model, x)
     assert groups and {g.kind for g in groups} == {"neuron"}
     assert "head groups not offered" in caplog.text
+
+
+def test_uniform_gives_identical_layers_identical_widths_and_from_pretrained_loads(tmp_path):
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from prunekit.planner import make_plan
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=148,  # the old planner gave 88 and 89 here
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attn_implementation="eager",
+    )
+    model, x = AutoModelForCausalLM.from_config(cfg).eval(), _inputs()
+    groups = find_groups(model, x)
+    plan = make_plan(model, groups, {"metric": "params", "saved": 0.4}, "uniform", example_inputs=x)
+    widths = {g.name.replace("layers.1.", "layers.0."): set() for g in groups}
+    for g in groups:
+        widths[g.name.replace("layers.1.", "layers.0.")].add(len(plan.keep[g.name]))
+    assert all(len(w) == 1 for w in widths.values()), widths  # layer 0 and layer 1 agree
+    assert len(plan.keep["model.layers.0.mlp:neurons"]) < 148
+    apply_plan_(model, plan, x, groups=groups)
+    assert model.config.prunekit_config_exact is True
+    model.save_pretrained(tmp_path)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    with torch.no_grad():
+        assert torch.allclose(again(**x).logits, model(**x).logits, atol=1e-6)

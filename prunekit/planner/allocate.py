@@ -172,10 +172,15 @@ def _between(groups: Sequence[Group], under: Counts, over: Counts) -> list[Count
     together); stepping through them group by group, largest unit first, keeps every group within one
     rounding step of the common fraction while resolving the target ~|groups| times more finely.
     """
-    steps = [g for g in sorted(groups, key=lambda g: -g.params_per_unit) if under[g.name] != over[g.name]]
+    # groups of one shape (kind, units, unit size) step together: identical layers keep identical
+    # widths, so a uniform prune of an HF model stays expressible in its config.json
+    steps: dict[tuple, list[str]] = {}
+    for g in sorted(groups, key=lambda g: -g.params_per_unit):
+        if under[g.name] != over[g.name]:
+            steps.setdefault((g.kind, g.num_units, g.params_per_unit), []).append(g.name)
     out, current = [dict(under)], dict(under)
-    for g in steps:
-        current = {**current, g.name: over[g.name]}
+    for names in steps.values():
+        current = {**current, **{n: over[n] for n in names}}
         out.append(current)
     return out
 
