@@ -144,3 +144,14 @@ def test_uniform_gives_identical_layers_identical_widths_and_from_pretrained_loa
     again = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
     with torch.no_grad():
         assert torch.allclose(again(**x).logits, model(**x).logits, atol=1e-6)
+
+
+def test_unsupported_attention_names_the_ignore_pattern_and_ignore_is_applied_first():
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    model = AutoModelForCausalLM.from_config(GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=4))
+    x = _inputs()
+    with pytest.raises(ValueError, match=r"add 'transformer.h.0.attn' to ignore \(or '\*.attn'"):
+        find_groups(model.eval(), x)
+    with pytest.raises(ValueError, match="attention modules are ignored, but prunekit finds no feed-forward"):
+        find_groups(model, x, ignore=["*.attn"])

@@ -19,6 +19,7 @@ Feed-forward blocks are looked for next to each attention module: ``gate_proj/up
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 
 from torch import nn
@@ -138,7 +139,7 @@ def is_attention(module: nn.Module) -> bool:
     return "attention" in kind or "attn" in kind
 
 
-def unrecognised_attention(model: nn.Module) -> str | None:
+def unrecognised_attention(model: nn.Module, ignore: tuple[str, ...] = ()) -> str | None:
     """The first attention module of an HF model that no style above matches, or None.
 
     Tracing cannot split such a module's projections into heads (it would cut single channels and
@@ -147,6 +148,8 @@ def unrecognised_attention(model: nn.Module) -> str | None:
     if getattr(config, "model_type", None) is None:
         return None
     for name, m in model.named_modules():
+        if any(fnmatch.fnmatchcase(name, p) for p in ignore):
+            continue  # an ignored layer is never inspected
         if is_attention(m) and any(True for _ in m.parameters()):
             return f"{name} ({type(m).__name__})"
     return None

@@ -76,11 +76,18 @@ def find_groups(
         raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
     raws = transformer_groups(model)
     if raws is None:
-        unknown = unrecognised_attention(model)
+        unknown = unrecognised_attention(model, patterns)
         if unknown is not None:
             raise ValueError(
                 f"prunekit has no adapter for the attention module {unknown}: tracing cannot split it into "
-                f"heads. Supported: BERT-, DistilBERT-, ViT- and LLaMA-style attention"
+                f"heads (supported: BERT-, DistilBERT-, ViT- and LLaMA-style attention); add "
+                f"'{unknown.split(' ')[0]}' to ignore (or '*.{unknown.split(' ')[0].rsplit('.', 1)[-1]}' "
+                f"for every layer) to prune the rest"
+            )
+        if unrecognised_attention(model) is not None:  # all ignored: tracing HF code around them fails
+            raise ValueError(
+                f"{type(model).__name__}: its attention modules are ignored, but prunekit finds no feed-forward "
+                "block it can group without them (e.g. GPT-2 Conv1D c_fc/c_proj is not supported yet)"
             )
         raws = [r for r in graph_groups(model, example_inputs, timeout_s) if not r["sink"]]
     raws = [r for r in raws if not _ignored(r, patterns) and r["num_units"] > 0]
