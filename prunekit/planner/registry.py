@@ -181,10 +181,9 @@ def from_prune_config(prune: Any, seed: int = 0) -> PlannerConfig:
         "seed": seed,
         "layers": tuple(LayerLimit(r.pattern, r.min_keep, r.max_keep) for r in getattr(prune, "layers", [])),
     }
-    section = {"num_batches": "importance_batches"}
     own = dict(getattr(prune, "planner_options", {}) or {})
     for key in own:
-        if key in shared and section.get(key, key) in given:
+        if key in shared and {"num_batches": "importance_batches"}.get(key, key) in given:
             raise ValueError(f"'{key}' is set both in prune and in prune.planner_options; keep one of them")
     if prune.importance is not None:
         if "importance" not in fields:
@@ -195,6 +194,9 @@ def from_prune_config(prune: Any, seed: int = 0) -> PlannerConfig:
         if "importance" in own:
             raise ValueError("'importance' is set both in prune and in prune.planner_options; keep one")
         own["importance"] = prune.importance
+    # a shared setting left at its default in the section leaves the planner's own default in place
+    section_key = {"num_batches": "importance_batches"}
+    shared = {k: v for k, v in shared.items() if k == "seed" or section_key.get(k, k) in given}
     options = {k: v for k, v in shared.items() if k in fields} | own
     return planner_config(prune.planner, **options)
 

@@ -1,0 +1,137 @@
+"""The schedule loop: budgets shared exactly, predicted gaps held, stopping where they cannot be held."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from prunekit.config import EstimateConfig, ScheduleConfig, config_from_dict
+from prunekit.metrics import count_params
+from prunekit.planner import Target, make_plan
+from prunekit.pruning import apply_plan_
+from prunekit.schedule import linear_targets, relative, run_schedule, share
+from prunekit.structure import find_groups
+
+
+def _data(n: int = 384, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 12, generator=g)
+    y = (x[:, :4].sum(1) > 0).long() + 2 * (x[:, 4:8].sum(1) > 0).long()
+    return x, y
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(12, 48),
+        torch.nn.ReLU(),
+        torch.nn.Linear(48, 48),
+        torch.nn.ReLU(),
+        torch.nn.Linear(48, 4),
+    )
+
+
+class Harness:
+    """Real planning (uniform), surgery, Estimator predictions and SGD steps on a small MLP."""
+
+    def __init__(self):
+        self.x, self.y = _data()
+        self.batches = [(self.x[i : i + 64], self.y[i : i + 64]) for i in range(0, len(self.x), 64)]
+        self.model = _model()
+        self.train(self.model, 150, 0)
+        self.trained = 0
+
+    def plan(self, model, saved, i):
+        groups = find_groups(model, self.x[:2])
+        plan = make_plan(model, groups, Target("params", saved), "uniform", example_inputs=self.x[:2])
+        return plan, groups
+
+    def apply(self, model, plan, groups):
+        apply_plan_(model, plan, self.x[:2], groups=groups)
+
+    def gap(self, model, groups):
+        from prunekit.theory.estimator import Estimator
+
+        est = Estimator(
+            model.eval(),
+            self.batches,
+            EstimateConfig(probe_samples=64, id_samples=200),
+            groups=find_groups(model, self.x[:2]),
+            n=len(self.x),
+        )
+        return lambda plan: est.predict(plan).bound
+
+    def train(self, model, steps, i):
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        model.train()
+        for s in range(steps):
+            xb, yb = self.batches[s % len(self.batches)]
+            opt.zero_grad()
+            F.cross_entropy(model(xb), yb).backward()
+            opt.step()
+        model.eval()
+        self.trained = getattr(self, "trained", 0) + steps
+        return {"steps": steps}
+
+    def run(self, cfg: ScheduleConfig, level: float, total: int = 40):
+        model = copy.deepcopy(self.model)
+        self.trained = 0
+        out = run_schedule(
+            model, level, cfg, total, self.plan, self.apply, self.gap, self.train, count_params
+        )
+        return out, model
+
+
+@pytest.fixture(scope="module")
+def h():
+    return Harness()
+
+
+def test_budget_shares_add_up():
+    total, used, parts = 101, 0, []
+    for i in range(4):
+        parts.append(share(total, used, 4 - i))
+        used += parts[-1]
+    assert sum(parts) == total and max(parts) - min(parts) <= 3
+    assert linear_targets(0.9, 3) == pytest.approx([0.3, 0.6, 0.9])
+    # 0.5 saved now, 0.75 wanted: remove half of what is left
+    assert relative(0.5, 0.75) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("name", ["one_shot", "linear", "constant_gap"])
+def test_every_schedule_trains_exactly_the_one_shot_budget_and_meets_the_target(h, name):
+    cfg = ScheduleConfig(name=name, steps=3, tolerance=10.0, force=True)
+    out, model = h.run(cfg, 0.6)
+    assert h.trained == 40 and out.total_train_steps == 40
+    assert sum(s["train_steps"] for s in out.steps) == 40
+    assert abs(1 - count_params(model) / count_params(h.model) - 0.6) <= 0.015
+    assert (
+        len(out.steps) == {"one_shot": 1, "linear": 3, "constant_gap": 1}[name]
+    )  # a loose tolerance: one step
+    # one plan from the start to the end, for checkpoints
+    assert {g: len(k) for g, k in out.plan.keep.items()} == out.steps[-1]["keep"] or len(out.steps) > 1
+    rebuilt = apply_plan_(copy.deepcopy(h.model), out.plan, h.x[:2])
+    assert count_params(rebuilt) == count_params(model)
+
+
+def test_constant_gap_holds_the_prediction_or_stops_and_says_so(h):
+    dense_gap = h.gap(h.model, None)(None)
+    cfg = ScheduleConfig(name="constant_gap", steps=4, tolerance=0.5)
+    out, _ = h.run(cfg, 0.8)
+    for s in out.steps:
+        assert s["predicted_gap_planned"] <= dense_gap * 1.5 + 1e-9
+    assert out.total_train_steps == 40
+    if out.status == "held":
+        assert out.saved < 0.8 - 0.01 and "force: true" in out.note
+    tight, _ = h.run(ScheduleConfig(name="constant_gap", steps=2, tolerance=1e-6), 0.8)
+    assert tight.status == "held" and tight.saved < 0.8 and h.trained == 40
+    forced, model = h.run(ScheduleConfig(name="constant_gap", steps=2, tolerance=1e-6, force=True), 0.8)
+    assert forced.status == "forced" and abs(forced.saved - 0.8) <= 0.015
+
+
+def test_schedule_section_is_validated_when_the_yaml_is_read():
+    cfg = config_from_dict({"prune": {"schedule": {"name": "linear", "steps": 3}}})
+    assert cfg.prune.schedule.steps == 3
