@@ -9,6 +9,7 @@ sensitivity curves (:mod:`prunekit.planner.theory`).
 
 from __future__ import annotations
 
+import prunekit.planner.lm_importance  # noqa: F401  (registers the lm_taylor and wanda criteria)
 from prunekit.planner.baselines import (
     GlobalMagnitudeConfig,
     GlobalTaylorConfig,
