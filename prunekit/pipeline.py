@@ -23,7 +23,7 @@ from prunekit.config import RunConfig
 from prunekit.errors import UserError
 from prunekit.lock import FolderLock
 from prunekit.run_state import RunState, check_output_folder
-from prunekit.task import Task, make_level_plan, per_process_batch, seed_everything
+from prunekit.task import Task, level_result, make_level_plan, per_process_batch, seed_everything
 
 log = logging.getLogger("prunekit")
 
@@ -121,22 +121,7 @@ def _level_stage(
     history = task.train(model, task.cfg.finetune, accelerator, seed=seed, desc=name)
     m = task.measure(model, accelerator)
     result = {
-        "target": level,
-        "params": m["params"],
-        "macs": m["macs"],
-        "accuracy": m["accuracy"],
-        "accuracy_before_finetune": before["accuracy"],
-        "params_saved": 1.0 - m["params"] / dense["params"],
-        "macs_saved": 1.0 - m["macs"] / dense["macs"],
-        "latency_ms": m["latency_ms"],
-        "speedup": dense["latency_ms"] / m["latency_ms"] if m["latency_ms"] > 0 else None,
-        # 1.0 means latency fell exactly as much as MACs; small models on CPU are overhead-bound (< 1).
-        "speedup_per_mac_reduction": (dense["latency_ms"] / m["latency_ms"]) / (dense["macs"] / m["macs"])
-        if m["latency_ms"] > 0 and m["macs"] > 0
-        else None,
-        "checkpoint": name,
-        "predicted_gap": estimate["bound"] if estimate else plan.predicted_gap,
-        "estimate": estimate,
+        **level_result(level, m, dense, before["accuracy"], name, estimate, plan),
         "seconds": round(time.perf_counter() - t0, 2),
         "history": history,
     }

@@ -247,22 +247,11 @@ def scheduled_stage(
         log.warning("%s: %s", name, s["note"])
     m = task.measure(model, accelerator)
     estimate = task.predict(model, accelerator, seed=seed) if task.cfg.estimate.enabled else None
+    from prunekit.task import level_result
+
     result = {
-        "target": level,
-        "params": m["params"],
-        "macs": m["macs"],
-        "accuracy": m["accuracy"],
-        "accuracy_before_finetune": s["accuracy_before_finetune"],  # before the last step's fine-tune
-        "params_saved": 1.0 - m["params"] / dense["params"],
-        "macs_saved": 1.0 - m["macs"] / dense["macs"],
-        "latency_ms": m["latency_ms"],
-        "speedup": dense["latency_ms"] / m["latency_ms"] if m["latency_ms"] > 0 else None,
-        "speedup_per_mac_reduction": (dense["latency_ms"] / m["latency_ms"]) / (dense["macs"] / m["macs"])
-        if m["latency_ms"] > 0 and m["macs"] > 0
-        else None,
-        "checkpoint": name,
-        "predicted_gap": estimate["bound"] if estimate else plan.predicted_gap,
-        "estimate": estimate,
+        # accuracy before the last step's fine-tune
+        **level_result(level, m, dense, s["accuracy_before_finetune"], name, estimate, plan),
         "schedule": task.cfg.prune.schedule.name,
         "schedule_status": s["status"],
         "schedule_note": s["note"],

@@ -173,3 +173,34 @@ def make_level_plan(task: Task, model: nn.Module, level: float, seed: int):
     )
     plan.extra["ignore"] = list(p.ignore)  # so that a checkpoint rebuild finds the same groups
     return plan, groups
+
+
+def level_result(
+    level: float,
+    m: dict[str, Any],
+    dense: dict[str, Any],
+    accuracy_before_finetune: float,
+    checkpoint: str,
+    estimate: dict[str, Any] | None,
+    plan: Any,
+) -> dict[str, Any]:
+    """The report entry of one pruned level from its measurements ``m`` against the dense model's."""
+    fast = m["latency_ms"] > 0
+    return {
+        "target": level,
+        "params": m["params"],
+        "macs": m["macs"],
+        "accuracy": m["accuracy"],
+        "accuracy_before_finetune": accuracy_before_finetune,
+        "params_saved": 1.0 - m["params"] / dense["params"],
+        "macs_saved": 1.0 - m["macs"] / dense["macs"],
+        "latency_ms": m["latency_ms"],
+        "speedup": dense["latency_ms"] / m["latency_ms"] if fast else None,
+        # 1.0 means latency fell exactly as much as MACs; small models on CPU are overhead-bound (< 1).
+        "speedup_per_mac_reduction": (dense["latency_ms"] / m["latency_ms"]) / (dense["macs"] / m["macs"])
+        if fast and m["macs"] > 0
+        else None,
+        "checkpoint": checkpoint,
+        "predicted_gap": estimate["bound"] if estimate else plan.predicted_gap,
+        "estimate": estimate,
+    }
