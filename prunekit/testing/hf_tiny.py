@@ -1,0 +1,235 @@
+"""Tiny HF models of many families, built offline from configs with random weights, for coverage tests.
+
+``BUILDERS[name](seed=0)`` returns ``(model, example_inputs)``: an eval-mode CPU model with eager
+attention whose norm parameters are randomised (default norms are all equal, which would hide a norm
+given to the wrong head), and a dict of inputs for ``model(**inputs)``. ``zero_masked`` is the
+independent reference a prune is compared with: the dense model with every removed unit's entries zeroed.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+VOCAB = 64
+
+
+def randomise_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Every parameter of a module whose class name says norm: weights in [0.5, 1.5), biases +-0.2."""
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for module in model.modules():
+            if "norm" not in type(module).__name__.lower():
+                continue
+            for name, p in module.named_parameters(recurse=False):
+                r = torch.rand(p.shape, generator=g)
+                p.copy_(r + 0.5 if name == "weight" else 0.4 * r - 0.2)
+    return model
+
+
+def _tokens(seed: int, seq2seq: bool = False, length: int = 7) -> dict[str, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = {"input_ids": torch.randint(1, VOCAB, (2, length), generator=g)}
+    if seq2seq:
+        x["decoder_input_ids"] = torch.randint(1, VOCAB, (2, 5), generator=g)
+    return x
+
+
+def _pixels(seed: int, size: int = 32) -> dict[str, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"pixel_values": torch.randn(2, 3, size, size, generator=g)}
+
+
+def _build(config: str, auto: str, seed: int, **fields: object) -> nn.Module:
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = getattr(transformers, config)(**fields)
+    cfg._attn_implementation = "eager"  # every family; sdpa hides nothing but differs by ~1e-7
+    model = getattr(transformers, auto).from_config(cfg, attn_implementation="eager")
+    return randomise_norms(model.eval(), seed)
+
+
+def _lm(config: str, seed: int, **fields: object) -> tuple[nn.Module, dict]:
+    fields = {"bos_token_id": 1, "eos_token_id": 2, **fields}  # ids inside the tiny vocabulary
+    return _build(config, "AutoModelForCausalLM", seed, vocab_size=VOCAB, **fields), _tokens(seed)
+
+
+_DECODER = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4)
+
+
+def llama(seed: int = 0):
+    return _lm("LlamaConfig", seed, **_DECODER, num_key_value_heads=2, head_dim=8)
+
+
+def mistral(seed: int = 0):
+    return _lm("MistralConfig", seed, **_DECODER, num_key_value_heads=2, head_dim=8)
+
+
+def qwen2(seed: int = 0):
+    return _lm("Qwen2Config", seed, **_DECODER, num_key_value_heads=2)
+
+
+def stablelm(seed: int = 0):
+    return _lm("StableLmConfig", seed, **_DECODER, num_key_value_heads=4)
+
+
+def stablelm_qknorm(seed: int = 0):
+    return _lm("StableLmConfig", seed, **_DECODER, num_key_value_heads=2, qk_layernorm=True)
+
+
+def olmo2(seed: int = 0):
+    return _lm("Olmo2Config", seed, **_DECODER, num_key_value_heads=4)
+
+
+def cohere_qknorm(seed: int = 0):
+    return _lm("CohereConfig", seed, **_DECODER, num_key_value_heads=2, use_qk_norm=True)
+
+
+def phi(seed: int = 0):
+    return _lm("PhiConfig", seed, **_DECODER, partial_rotary_factor=0.5)
+
+
+def phi3(seed: int = 0):
+    return _lm("Phi3Config", seed, **_DECODER, num_key_value_heads=2, pad_token_id=0)
+
+
+def gpt2(seed: int = 0):
+    return _lm("GPT2Config", seed, n_embd=32, n_layer=2, n_head=4, n_inner=48, n_positions=32)
+
+
+def gpt_neox(seed: int = 0):
+    return _lm("GPTNeoXConfig", seed, **_DECODER, rotary_pct=0.5)
+
+
+def falcon(seed: int = 0):  # multi-query attention, parallel attention + MLP
+    return _lm(
+        "FalconConfig", seed, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, multi_query=True
+    )
+
+
+def falcon_gqa(seed: int = 0):  # the "new decoder architecture": grouped kv heads, fused, interleaved
+    return _lm(
+        "FalconConfig",
+        seed,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_kv_heads=2,
+        new_decoder_architecture=True,
+    )
+
+
+def opt(seed: int = 0):
+    return _lm(
+        "OPTConfig",
+        seed,
+        hidden_size=32,
+        ffn_dim=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        word_embed_proj_dim=32,
+        max_position_embeddings=32,
+    )
+
+
+def bart(seed: int = 0):
+    fields = dict(d_model=32, encoder_layers=2, decoder_layers=2, max_position_embeddings=32)
+    fields.update(
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48
+    )
+    model = _build("BartConfig", "AutoModelForSeq2SeqLM", seed, vocab_size=VOCAB, **fields)
+    return model, _tokens(seed, seq2seq=True)
+
+
+def _t5(seed: int, ff: str):
+    fields = dict(d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2, num_heads=4)
+    fields.update(relative_attention_num_buckets=8, feed_forward_proj=ff, decoder_start_token_id=0)
+    model = _build("T5Config", "AutoModelForSeq2SeqLM", seed, vocab_size=VOCAB, **fields)
+    return model, _tokens(seed, seq2seq=True)
+
+
+def t5(seed: int = 0):
+    return _t5(seed, "relu")
+
+
+def t5_gated(seed: int = 0):
+    return _t5(seed, "gated-gelu")
+
+
+_ENCODER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48)
+
+
+def bert(seed: int = 0):
+    fields = dict(vocab_size=VOCAB, max_position_embeddings=32, **_ENCODER)
+    return _build("BertConfig", "AutoModelForSequenceClassification", seed, **fields), _tokens(seed)
+
+
+def roberta(seed: int = 0):
+    fields = dict(vocab_size=VOCAB, max_position_embeddings=40, pad_token_id=1, **_ENCODER)
+    return _build("RobertaConfig", "AutoModelForSequenceClassification", seed, **fields), _tokens(seed)
+
+
+def distilbert(seed: int = 0):
+    fields = dict(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=48, max_position_embeddings=32)
+    return _build("DistilBertConfig", "AutoModelForSequenceClassification", seed, **fields), _tokens(seed)
+
+
+def vit(seed: int = 0):
+    fields = dict(image_size=32, patch_size=8, num_labels=3, **_ENCODER)
+    return _build("ViTConfig", "AutoModelForImageClassification", seed, **fields), _pixels(seed)
+
+
+def swin(seed: int = 0):
+    fields = dict(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4)
+    return _build("SwinConfig", "AutoModelForImageClassification", seed, num_labels=3, **fields), _pixels(
+        seed
+    )
+
+
+def beit(seed: int = 0):
+    fields = dict(image_size=32, patch_size=8, use_relative_position_bias=True, num_labels=3, **_ENCODER)
+    return _build("BeitConfig", "AutoModelForImageClassification", seed, **fields), _pixels(seed)
+
+
+BUILDERS: dict[str, Callable[..., tuple[nn.Module, dict[str, Tensor]]]] = {
+    f.__name__: f
+    for f in (
+        llama, mistral, qwen2, bert, roberta, distilbert, vit, gpt2, gpt_neox, falcon, falcon_gqa, phi,
+        phi3, opt, bart, t5, t5_gated, stablelm, stablelm_qknorm, olmo2, cohere_qknorm, swin, beit,
+    )
+}  # fmt: skip
+
+# what find_groups covers today: head groups offered, and whether a uniform prune of every group is
+# expressible in config.json (save_pretrained + from_pretrained rebuild the pruned model)
+SUPPORTED: dict[str, dict[str, bool]] = {
+    "llama": {"heads": True, "from_pretrained": True},
+    "mistral": {"heads": True, "from_pretrained": True},
+    "qwen2": {"heads": True, "from_pretrained": True},
+    "stablelm": {"heads": True, "from_pretrained": True},
+    "vit": {"heads": True, "from_pretrained": True},
+    "bert": {"heads": True, "from_pretrained": False},  # head size is hidden / heads in BERT's code
+    "roberta": {"heads": True, "from_pretrained": False},
+    "distilbert": {"heads": True, "from_pretrained": False},
+}
+
+
+def zero_masked(model: nn.Module, groups: Sequence, keep: Mapping[str, Sequence[int]]) -> nn.Module:
+    """A deep copy of ``model`` with every entry of every removed unit set to zero (groups missing from
+    ``keep`` stay whole): the dense reference a prune must reproduce."""
+    dense = copy.deepcopy(model)
+    tensors = dict(dense.named_parameters())
+    tensors.update(dict(dense.named_buffers()))
+    with torch.no_grad():
+        for g in groups:
+            if g.name not in keep:
+                continue
+            kept = set(int(u) for u in keep[g.name])
+            for s in g.slices:
+                index = [i for u in range(g.num_units) if u not in kept for i in s.index[u]]
+                if index:
+                    tensors[s.param].index_fill_(s.dim, torch.tensor(index, dtype=torch.long), 0.0)
+    return dense
