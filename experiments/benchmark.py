@@ -64,6 +64,16 @@ TASKS: dict[str, dict[str, Any]] = {
 METHODS: dict[str, dict[str, Any]] = {
     "theory": {"planner": "theory", "options": {"quantity": "risk"}},
     "theory_bound": {"planner": "theory", "options": {"quantity": "bound"}},
+    # the predictor the validity study ranked best (results/validity/*/best_predictor.json): synflow on
+    # MNIST-1D; removed weight mass on Fashion-MNIST (here carried over to the other task)
+    "theory_validated": {
+        "planner": "theory",
+        "options": {"predictor_file": str(ROOT / "results/validity/mnist1d/best_predictor.json")},
+    },
+    "theory_validated_fashion": {
+        "planner": "theory",
+        "options": {"predictor_file": str(ROOT / "results/validity/fashion/best_predictor.json")},
+    },
     "loss_sensitivity": {"planner": "loss_sensitivity", "options": {}},
     "uniform": {"planner": "uniform", "options": {"importance": "l2"}},
     "global_magnitude": {"planner": "global_magnitude", "options": {}},

@@ -1,9 +1,12 @@
 """The theory-guided planner and its two ablations: widths from sensitivity curves, units from scores.
 
-- ``theory``: curves of a quantity from the :class:`~prunekit.theory.estimator.Estimator` at fixed
-  weights: ``bound`` (the stated bound), ``calibrated`` (a :class:`~prunekit.theory.bound.Calibration`
-  file's gap) or ``risk`` (the masked model's probe training loss + the calibrated gap, or the stated
-  one without a calibration), so that fit and generalization are traded in one number;
+- ``theory``: curves of a quantity of the masked model at fixed weights. ``validated`` (the default when
+  ``predictor_file`` is given): the predictor the validity study measured to rank pruned models best,
+  read from its ``best_predictor.json`` (:mod:`prunekit.planner.validated`); a predictor by name
+  (``synflow``, ``removed_weight_mass``, ...); or the theory's own, from the
+  :class:`~prunekit.theory.estimator.Estimator`: ``bound`` (the stated bound), ``calibrated`` (a
+  :class:`~prunekit.theory.bound.Calibration` file's gap) or ``risk`` (the masked model's probe training
+  loss + the calibrated gap, or the stated one without a calibration);
 - ``loss_sensitivity``: the same allocator on the probe training loss alone (no theory);
 - ``gap_sensitivity``: the same allocator on the predicted gap alone (no fit term).
 
@@ -15,18 +18,14 @@ model (masked at the dense weights), for the planners that predict one.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from prunekit.batch import logits_of, move_to
 from prunekit.planner.allocate import keep_indices, layer_normalised
 from prunekit.planner.importance import get_criterion, unit_scores
+from prunekit.planner.masked import adapted_bn, loss_fn, probe
 from prunekit.planner.registry import PlanContext, PlannerConfig, register_planner
 from prunekit.planner.sensitivity import (
     Removed,
@@ -36,9 +35,15 @@ from prunekit.planner.sensitivity import (
     land_on_path,
     sensitivity_curves,
 )
+from prunekit.planner.validated import PREDICTORS, predictor_fn, read_predictor_file
 from prunekit.structure.masking import mask_groups
 
-QUANTITIES = ("bound", "calibrated", "risk")
+THEORY_QUANTITIES = ("bound", "calibrated", "risk")
+# a predictor by name: the study's definition, its a-priori direction (bound and risk are the theory's)
+NAMED = tuple(p for p in PREDICTORS if p not in THEORY_QUANTITIES)
+QUANTITIES = (*THEORY_QUANTITIES, "validated", *NAMED)
+# with no predictor_file: see DEFAULT_WHY
+DEFAULT_QUANTITY = "risk"
 
 
 @dataclass(frozen=True)
@@ -106,89 +111,40 @@ class GapSensitivityConfig(SensitivityConfig):
 
 @dataclass(frozen=True)
 class TheoryConfig(SensitivityConfig):
-    """``quantity``: ``risk`` (default), ``bound`` or ``calibrated`` (needs ``calibration``, a JSON file
-    written by ``prunekit.theory.calibrate(...).to_json()``)."""
+    """``quantity``: ``validated`` (the default when ``predictor_file`` is given: the predictor of the
+    validity study's ``best_predictor.json``), a predictor by name (:data:`NAMED`), ``risk`` (the default
+    without a file), ``bound`` or ``calibrated`` (needs ``calibration``, a JSON file written by
+    ``prunekit.theory.calibrate(...).to_json()``)."""
 
-    quantity: str = "risk"
+    quantity: str | None = None
     calibration: str | None = None
+    predictor_file: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.quantity not in QUANTITIES:
-            raise ValueError(f"unknown quantity '{self.quantity}'; choose one of {', '.join(QUANTITIES)}")
-        if self.quantity == "calibrated" and not self.calibration:
+        q = self.quantity
+        if q is None:
+            q = "validated" if self.predictor_file else DEFAULT_QUANTITY
+            object.__setattr__(self, "quantity", q)
+        if q not in QUANTITIES:
+            raise ValueError(f"unknown quantity '{q}'; choose one of {', '.join(QUANTITIES)}")
+        if q == "calibrated" and not self.calibration:
             raise ValueError("quantity 'calibrated' needs calibration: the path of a Calibration JSON file")
+        if q == "validated" and not self.predictor_file:
+            raise ValueError(
+                "quantity 'validated' needs predictor_file: the path of the validity study's "
+                "best_predictor.json, e.g. results/validity/mnist1d/best_predictor.json"
+            )
+        if self.predictor_file and q != "validated":
+            raise ValueError(
+                f"predictor_file is read only with quantity 'validated' (given quantity '{q}'); "
+                "drop one of them"
+            )
+        if self.predictor_file:
+            read_predictor_file(self.predictor_file)  # a missing or malformed file fails at config load
 
 
 # ----------------------------------------------------------------------------------- the quantities
-
-
-def _probe(ctx: PlanContext, samples: int) -> list[tuple[Any, torch.Tensor]]:
-    if not ctx.batches:
-        raise ValueError("planner needs data: pass batches=[(inputs, labels), ...] to make_plan")
-    out, seen = [], 0
-    for inputs, labels in ctx.batches:
-        out.append((inputs, labels))
-        seen += len(labels)
-        if seen >= samples:
-            break
-    return out
-
-
-@contextmanager
-def _adapted_bn(model: nn.Module, batches: Sequence[Any], enabled: bool) -> Iterator[None]:
-    """BatchNorm running statistics re-estimated on ``batches`` (cumulative average) for the block; the
-    original statistics, momenta and modes are restored after. Weights are not touched."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not enabled or not bns or not batches:
-        yield
-        return
-    modes = {m: m.training for m in model.modules()}
-    saved = [(m, {k: b.clone() for k, b in m.named_buffers(recurse=False)}, m.momentum) for m in bns]
-    device = next(model.parameters()).device
-    try:
-        model.eval()
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative: every probe batch counts alike
-            m.train()
-        with torch.no_grad():
-            for inputs, _ in batches:
-                logits_of(model, move_to(inputs, device))
-        for m in bns:
-            m.eval()
-        yield
-    finally:
-        with torch.no_grad():
-            for m, buffers, momentum in saved:
-                for k, b in buffers.items():
-                    getattr(m, k).copy_(b)
-                m.momentum = momentum
-        for m, mode in modes.items():
-            m.training = mode
-
-
-def _loss_fn(ctx: PlanContext, samples: int):
-    probe = _probe(ctx, samples)
-    device = next(ctx.model.parameters()).device
-
-    def evaluate(removed: Removed) -> float:
-        was = ctx.model.training
-        ctx.model.eval()
-        total, count = 0.0, 0
-        adapt = ctx.config.adapt_bn  # type: ignore[attr-defined]
-        try:
-            with mask_groups(ctx.model, ctx.groups, removed), _adapted_bn(ctx.model, probe, adapt):
-                for inputs, labels in probe:
-                    with torch.no_grad():
-                        logits = logits_of(ctx.model, move_to(inputs, device))
-                    total += float(F.cross_entropy(logits, labels.to(device), reduction="sum"))
-                    count += len(labels)
-        finally:
-            ctx.model.train(was)
-        return total / count
-
-    return evaluate
 
 
 def _gap(prediction: Any, calibration: Any) -> float:
@@ -205,9 +161,9 @@ def _estimator(ctx: PlanContext, cfg: SensitivityConfig):
     est_cfg = EstimateConfig(probe_samples=cfg.probe_samples)
     if ctx.data is not None:
         return Estimator(ctx.model, ctx.data, est_cfg, groups=ctx.groups, seed=cfg.seed)
-    probe = _probe(ctx, cfg.probe_samples)
-    n = sum(len(labels) for _, labels in probe)
-    return Estimator(ctx.model, probe, est_cfg, groups=ctx.groups, n=n, seed=cfg.seed)
+    batches = probe(ctx, cfg.probe_samples)
+    n = sum(len(labels) for _, labels in batches)
+    return Estimator(ctx.model, batches, est_cfg, groups=ctx.groups, n=n, seed=cfg.seed)
 
 
 def _calibration(path: str | None):
@@ -230,7 +186,27 @@ class _Quantity:
         self.ctx, self.cfg, self.quantity = ctx, cfg, quantity
         self._est: Any = None
         self.cal = _calibration(getattr(cfg, "calibration", None))
-        self.loss = _loss_fn(ctx, cfg.probe_samples) if quantity == "loss" else None
+        self.validated = None
+        self.label = quantity
+        self.fn = loss_fn(ctx, cfg.probe_samples, cfg.adapt_bn) if quantity == "loss" else None
+        name, sign = quantity, -PREDICTORS.get(quantity, 1)
+        if quantity == "validated":
+            self.validated = v = read_predictor_file(cfg.predictor_file)  # type: ignore[attr-defined]
+            name, sign = v.predictor, -v.direction
+            self.label = f"validated:{name}:{v.direction}"
+            if self.cal is None and v.calibration is not None:  # the study's fit gives the predicted gap
+                from prunekit.theory.bound import Calibration
+
+                self.cal = Calibration.from_dict(v.calibration)
+            if v.mean_aligned_tau is not None and v.mean_aligned_tau <= 0:
+                warnings.warn(
+                    f"{v.path}: the best predictor '{name}' has mean aligned tau {v.mean_aligned_tau:.2f} "
+                    "<= 0: it ranked pruned models no better than chance on the study's task",
+                    stacklevel=2,
+                )
+        if quantity == "validated" or quantity in NAMED:
+            raw = predictor_fn(ctx, name, cfg.probe_samples, cfg.adapt_bn, self._predict)
+            self.fn = lambda removed: sign * raw(removed)  # the allocator minimises
 
     def est(self) -> Any:
         if self._est is None:
@@ -241,13 +217,13 @@ class _Quantity:
         est, ctx = self.est(), self.ctx
         if not removed:
             return est.predict(None)
-        probe = _probe(ctx, self.cfg.probe_samples)
-        with mask_groups(ctx.model, ctx.groups, removed), _adapted_bn(ctx.model, probe, self.cfg.adapt_bn):
+        batches = probe(ctx, self.cfg.probe_samples)
+        with mask_groups(ctx.model, ctx.groups, removed), adapted_bn(ctx.model, batches, self.cfg.adapt_bn):
             return est.predict(removed)
 
     def __call__(self, removed: Removed) -> float:
-        if self.loss is not None:
-            return self.loss(removed)
+        if self.fn is not None:
+            return self.fn(removed)
         p = self._predict(removed)
         if self.quantity == "risk":
             return float(p.train_loss) + _gap(p, self.cal)
@@ -255,6 +231,17 @@ class _Quantity:
 
     def gap(self, removed: Removed) -> float:
         return _gap(self._predict(removed), self.cal)
+
+    def note(self) -> dict[str, Any]:
+        """What drove the plan, for ``plan.extra``."""
+        out: dict[str, Any] = {"quantity": self.quantity}
+        if self.validated is not None:
+            out["validated"] = self.validated.summary()
+        if self.quantity != "loss":
+            own = getattr(self.cfg, "calibration", None)
+            source = "calibration" if own else "the predictor_file's calibration"
+            out["predicted_gap_from"] = source if self.cal is not None else "the stated bound"
+        return out
 
 
 # ------------------------------------------------------------------------------- the shared planner
@@ -291,7 +278,7 @@ def _cache_key(ctx: PlanContext, cfg: SensitivityConfig, quantity: str, bounds: 
         h.update(p.detach().cpu().contiguous().numpy().tobytes())
     opts = asdict(cfg)
     h.update(repr((quantity, sorted(opts.items()), [g.name for g in ctx.groups], id(ctx.data))).encode())
-    for _, labels in _probe(ctx, cfg.probe_samples)[:1]:
+    for _, labels in probe(ctx, cfg.probe_samples)[:1]:
         h.update(labels.cpu().numpy().tobytes())
     return h.hexdigest()
 
@@ -308,7 +295,7 @@ def _plan_by_curves(ctx: PlanContext, quantity: str) -> tuple[dict[str, list[int
     if cfg.band:
         floors, ceilings = _banded(ctx, floors, ceilings, cfg.band)
     quantity_fn = _Quantity(ctx, cfg, quantity)
-    key = _cache_key(ctx, cfg, quantity, (floors, ceilings) if cfg.allocation == "path" else None)
+    key = _cache_key(ctx, cfg, quantity_fn.label, (floors, ceilings) if cfg.allocation == "path" else None)
     note: dict[str, Any] = {}
     if cfg.allocation == "curves":
         if key not in _CACHE:
@@ -339,7 +326,7 @@ def _plan_by_curves(ctx: PlanContext, quantity: str) -> tuple[dict[str, list[int
     while len(_CACHE) > 16:
         _CACHE.pop(next(iter(_CACHE)))
     keep = {g.name: keep_indices(scores[g.name], counts[g.name]) for g in ctx.groups}
-    note |= {"importance": cfg.importance, "normalised": "layer_mean", "quantity": quantity}
+    note |= {"importance": cfg.importance, "normalised": "layer_mean", **quantity_fn.note()}
     if quantity != "loss":
         kept = {name: set(k) for name, k in keep.items()}
         removed = {

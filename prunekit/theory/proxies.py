@@ -125,3 +125,9 @@ def all_proxies(model: nn.Module, inputs: Tensor, labels: Tensor) -> dict[str, f
         "synflow": synflow(model, inputs),
         "jacob_cov": jacob_cov(model, inputs),
     }
+
+
+def weight_mass(model: nn.Module) -> float:
+    """Σ θ² over every parameter, in float64. The "removed weight mass" baseline of a pruned (or masked)
+    model is ``weight_mass(dense) - weight_mass(pruned)``: smaller is claimed better."""
+    return float(sum(p.detach().double().pow(2).sum() for p in model.parameters()))
