@@ -67,6 +67,9 @@ def _dense_stage(task: Task, state: RunState, accelerator, model: nn.Module) -> 
     if cfg.estimate.enabled:
         metrics["estimate"] = task.predict(model, accelerator, seed=cfg.seed)
         metrics["predicted_gap"] = metrics["estimate"]["bound"]
+        from prunekit.schedule import calibrated_gap
+
+        metrics["predicted_gap_calibrated"] = calibrated_gap(task, metrics["estimate"])
         metrics.update(task.generalization(model, accelerator, metrics["accuracy"]))
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
     metrics["history"] = history
@@ -93,6 +96,7 @@ def _level_stage(
 ) -> dict[str, Any]:
     from prunekit.pruning import apply_plan_
     from prunekit.pruning.checkpoint import load, save
+    from prunekit.schedule import calibrated_gap, one_shot_record
     from prunekit.train import evaluate
 
     name = level_name(level)
@@ -102,12 +106,15 @@ def _level_stage(
     t0 = time.perf_counter()
     seed = task.cfg.seed * 1000 + index + 1
     seed_everything(seed)
-    if task.cfg.prune.schedule.name != "one_shot":  # steps of prune -> fine-tune -> re-estimate
+    sched = task.cfg.prune.schedule
+    # chain_levels: every level after the first continues from the previous level's checkpoint
+    start_from = level_name(task.cfg.prune.levels[index - 1]) if sched.chain_levels and index else None
+    if sched.name != "one_shot" or start_from:  # steps of prune -> fine-tune -> re-estimate
         from prunekit.schedule import scheduled_stage
 
-        return scheduled_stage(task, state, accelerator, name, level, seed, dense, t0)
+        return scheduled_stage(task, state, accelerator, name, level, seed, dense, t0, start_from)
     model, _ = load(state.folder / "dense", trust_remote_code=task.cfg.model.trust_remote_code)
-    plan, groups = make_level_plan(task, model, level, seed)
+    plan, groups = make_level_plan(task, model, level, seed, accelerator=accelerator)
     apply_plan_(model, plan, task.example, groups=groups)
     before = evaluate(model, task.loader("test", task.cfg.data.batch_size), accelerator)
     # The prediction is made here, at the pruned weights, before any fine-tuning compute is spent.
@@ -122,10 +129,12 @@ def _level_stage(
     m = task.measure(model, accelerator)
     result = {
         **level_result(level, m, dense, before["accuracy"], name, estimate, plan),
+        **one_shot_record(level, m, dense, plan, history),
+        "predicted_gap_calibrated": calibrated_gap(task, estimate, plan),
         "seconds": round(time.perf_counter() - t0, 2),
         "history": history,
     }
-    if estimate is not None:
+    if estimate is not None or result["predicted_gap"] is not None:
         result.update(task.generalization(model, accelerator, m["accuracy"]))
     if accelerator.is_main_process:
         save(
@@ -214,7 +223,7 @@ def _run(cfg: RunConfig, folder: Path, overwrite: bool) -> dict[str, Any]:
     if not state.is_done(level_name(cfg.prune.levels[-1])):
         # The hardest level, planned on a copy of the untrained model: an unreachable target (layers
         # at their floors, embeddings never pruned) fails now, not after the dense training.
-        make_level_plan(task, copy.deepcopy(model), cfg.prune.levels[-1], cfg.seed)
+        make_level_plan(task, copy.deepcopy(model), cfg.prune.levels[-1], cfg.seed, accelerator=accelerator)
     if accelerator.is_main_process:
         state.start()
     accelerator.wait_for_everyone()

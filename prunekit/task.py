@@ -153,13 +153,42 @@ class Task:
             ) from None
 
 
-def make_level_plan(task: Task, model: nn.Module, level: float, seed: int):
-    """The plan for one level (groups → scores → allocation), at fixed weights; changes nothing."""
-    from prunekit.planner import Target, from_prune_config, make_plan
+def make_level_plan(task: Task, model: nn.Module, level: float, seed: int, accelerator: Any = None):
+    """The plan for one level (groups → scores → allocation), at fixed weights; changes nothing.
+
+    With several processes the plan is made once, on rank 0, and broadcast (as JSON) to the others, so
+    that every rank applies the identical surgery even where planning is not bit-reproducible across
+    ranks (a planner never sees the accelerator: its estimates are those of one process). A planning
+    error on rank 0 is raised on every rank, so none waits for a plan that never comes."""
     from prunekit.structure import find_groups
 
     p = task.cfg.prune
     groups = find_groups(model, task.example, ignore=p.ignore)
+    world = 1 if accelerator is None else int(accelerator.num_processes)
+    if world == 1:
+        return _plan(task, model, groups, level, seed), groups
+    payload: dict[str, Any] = {}
+    if accelerator.is_main_process:
+        try:
+            payload = {"plan": _plan(task, model, groups, level, seed).to_dict()}
+        except Exception as err:  # re-raised below on every rank, after the others heard of it
+            payload = {"error": str(err), "user": isinstance(err, (UserError, ValueError)), "exc": err}
+    sent = _broadcast_json({k: v for k, v in payload.items() if k != "exc"}, accelerator)
+    if "error" in sent:
+        if "exc" in payload:
+            raise payload["exc"]
+        cls = UserError if sent["user"] else RuntimeError
+        raise cls(f"planning failed on rank 0: {sent['error']}")
+    import logging
+
+    logging.getLogger("prunekit").info("plan made on rank 0 and broadcast to %d processes", world)
+    return Plan.from_dict(sent["plan"]), groups
+
+
+def _plan(task: Task, model: nn.Module, groups: Any, level: float, seed: int) -> Plan:
+    from prunekit.planner import Target, from_prune_config, make_plan
+
+    p = task.cfg.prune
     loader = task.loader("train", task.cfg.finetune.batch_size, shuffle=True, seed=seed)
     batches = list(itertools.islice(loader, p.importance_batches))
     plan = make_plan(
@@ -170,9 +199,44 @@ def make_level_plan(task: Task, model: nn.Module, level: float, seed: int):
         batches=batches,
         example_inputs=task.example,
         data=task.splits,  # planners that estimate build their probe set from the train split
+        latency_of=latency_of(task, model, groups) if p.metric == "latency" else None,
     )
     plan.extra["ignore"] = list(p.ignore)  # so that a checkpoint rebuild finds the same groups
-    return plan, groups
+    return plan
+
+
+def _broadcast_json(obj: dict[str, Any], accelerator: Any) -> dict[str, Any]:
+    """Rank 0's JSON-able ``obj`` on every rank (bytes in a tensor: no pickle between processes)."""
+    import json
+
+    from accelerate.utils import broadcast
+
+    device = accelerator.device
+    data = json.dumps(obj).encode() if accelerator.is_main_process else b""
+    length = broadcast(torch.tensor([len(data)], dtype=torch.int64, device=device), from_process=0)
+    buf = torch.zeros(int(length.item()), dtype=torch.uint8, device=device)
+    if accelerator.is_main_process:
+        buf.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    buf = broadcast(buf, from_process=0)
+    return json.loads(buf.cpu().numpy().tobytes().decode())
+
+
+def latency_of(task: Task, model: nn.Module, groups: Any):
+    """plan (None: ``model`` itself) -> latency stats of the pruned copy, as ``evaluate`` settings say."""
+    import copy
+
+    from prunekit.metrics import measure_latency
+    from prunekit.pruning import apply_plan_
+
+    e = task.cfg.evaluate
+
+    def measure(plan: Plan | None) -> dict[str, Any]:
+        m = model if plan is None else apply_plan_(copy.deepcopy(model), plan, task.example, groups=groups)
+        return measure_latency(
+            m, task.latency_example, e.latency_repeats, e.latency_warmup, e.latency_threads
+        )
+
+    return measure
 
 
 def level_result(

@@ -20,10 +20,19 @@ LEVEL_FIELDS = (
     "speedup",
     "speedup_per_mac_reduction",
     "predicted_gap",
+    "predicted_gap_calibrated",
     "train_accuracy",
     "gap",
     "estimate",
     "checkpoint",
+    # how the level was reached (prunekit.schedule): one_shot / linear / constant_gap, whether the
+    # target was reached or held short, the checkpoint it started from, and one entry per step
+    "schedule",
+    "schedule_status",
+    "schedule_note",
+    "starts_from",
+    "total_train_steps",
+    "steps",
 )
 DENSE_FIELDS = (
     "params",
@@ -31,6 +40,7 @@ DENSE_FIELDS = (
     "accuracy",
     "latency_ms",
     "predicted_gap",
+    "predicted_gap_calibrated",
     "train_accuracy",
     "gap",
     "estimate",
@@ -40,6 +50,8 @@ DENSE_FIELDS = (
 def _without_timing(d: dict[str, Any]) -> dict[str, Any]:
     if isinstance(d.get("estimate"), dict):
         d = d | {"estimate": {k: v for k, v in d["estimate"].items() if k != "seconds"}}
+    if isinstance(d.get("steps"), list):  # each step's fine-tuning seconds stay in state.json
+        d = d | {"steps": [{k: v for k, v in s.items() if k != "finetune_seconds"} for s in d["steps"]]}
     return d
 
 
@@ -55,6 +67,7 @@ def build_report(cfg: RunConfig, dense: dict[str, Any], levels: list[dict[str, A
         "name": cfg.name,
         "prunekit_version": __version__,
         "config_fingerprint": cfg.fingerprint(),
+        "schedule": cfg.prune.schedule.model_dump(mode="json"),
         "dense": {k: dense.get(k) for k in DENSE_FIELDS} | {"checkpoint": "dense"},
         "levels": [{k: lv.get(k) for k in LEVEL_FIELDS} for lv in levels],
         # Estimator wall time is a measurement too; it stays in state.json, not in the report.
