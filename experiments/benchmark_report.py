@@ -64,7 +64,9 @@ def write_report(runs: Runs, md: Path, png: Path) -> None:
         "accuracy mean ± std over the seeds. `theory` = risk (probe loss + stated bound), `theory_bound` =",
         "the stated bound alone (the gap-only ablation), `loss_sensitivity` = the probe loss alone (the",
         "no-theory ablation); `tp_*` = Torch-Pruning used directly (MetaPruner + GroupMagnitudeImportance,",
-        "pruning_ratio bisected to the params target).",
+        "pruning_ratio bisected to the params target). `theory_validated` = the theory planner on the",
+        "validity study's best predictor (results/validity/mnist1d/best_predictor.json: synflow, the",
+        "default without a file too); `theory_validated_fashion` = Fashion-MNIST's (removed weight mass).",
         "",
     ]
     for task in tasks:

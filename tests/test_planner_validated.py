@@ -178,7 +178,7 @@ def test_the_option_flows_from_yaml_and_the_committed_files_read(tmp_path):
 
     cfg = from_prune_config(load_config(tmp_path / "run.yaml").prune)
     assert (cfg.quantity, cfg.predictor_file) == ("validated", str(COMMITTED[0]))
-    assert planner_config("theory").quantity == "risk"  # no file: the theory's own (see theory.py)
+    assert planner_config("theory").quantity == "synflow"  # no file: the best validated (theory.py)
 
 
 def test_the_planner_directions_are_the_studys():

@@ -185,7 +185,7 @@ def _real_inputs(name: str, x: Tensor) -> Tensor:
     if not x.is_floating_point():
         raise ValueError(
             f"predictor '{name}' needs real-valued model inputs (an all-ones input or an input gradient); "
-            "this model takes token ids: use another predictor"
+            "this model takes token ids: set prune.planner_options.quantity to risk or snip"
         )
     return x
 
