@@ -137,7 +137,8 @@ class PruneConfig(_Strict):
     # the planner's own options, checked against its config dataclass before any work (prunekit.planner)
     planner_options: dict[str, Any] = Field(default_factory=dict)
     levels: list[float] = Field(default_factory=lambda: [0.5, 0.7, 0.85])  # fraction of params saved
-    metric: Literal["params", "macs"] = "params"
+    # latency: the median CPU latency on evaluate's latency batch, met within 5 % (planner/latency.py)
+    metric: Literal["params", "macs", "latency"] = "params"
     # unit scores within a layer (l1, l2, taylor, hessian, lamp, random), for planners that take one;
     # None: the planner's default. Given to a planner that ranks by its own scores, it is an error.
     importance: str | None = None
@@ -159,6 +160,12 @@ class PruneConfig(_Strict):
         if len({round(x, 4) for x in v}) != len(v):
             raise ValueError("levels repeat: give each fraction once")
         return sorted(v)
+
+    @model_validator(mode="after")
+    def _latency_one_shot(self) -> PruneConfig:
+        if self.metric == "latency" and self.schedule.name != "one_shot":  # steps are sized in MACs
+            raise ValueError("metric latency is planned one shot: set prune.schedule.name to one_shot")
+        return self
 
 
 class EstimateConfig(_Strict):

@@ -145,9 +145,11 @@ def test_latency_record_is_well_formed_and_restores_state():
     model = build_model(ModelConfig(name="cnn1d"), 10, (1, 40)).train()
     torch.set_num_threads(1)
     result = measure_latency(model, example_inputs(model, (1, 40), batch=1), repeats=7, warmup=1, threads=2)
-    assert set(result) == {"median_ms", "p10_ms", "p90_ms", "repeats", "threads"}
+    keys = {"median_ms", "p10_ms", "p25_ms", "p75_ms", "p90_ms", "spread", "repeats", "threads"}
+    assert set(result) == keys
     assert result["repeats"] == 7 and result["threads"] == 2
-    assert 0 < result["p10_ms"] <= result["median_ms"] <= result["p90_ms"]
+    assert 0 < result["p10_ms"] <= result["p25_ms"] <= result["median_ms"] <= result["p75_ms"] <= result["p90_ms"]
+    assert result["spread"] == (result["p75_ms"] - result["p25_ms"]) / result["median_ms"]
     assert torch.get_num_threads() == 1 and model.training
     with pytest.raises(ValueError, match="repeats must be a positive integer"):
         measure_latency(model, torch.zeros(1, 1, 40), repeats=0)

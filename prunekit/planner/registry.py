@@ -222,7 +222,9 @@ def _as_target(target: Target | Mapping[str, Any]) -> Target:
     if isinstance(target, Mapping):
         unknown = sorted(set(target) - {"metric", "saved"})
         if unknown:
-            raise ValueError(f"target has unknown keys {unknown}; give metric ('params' or 'macs') and saved")
+            raise ValueError(
+                f"target has unknown keys {unknown}; give metric ('params', 'macs' or 'latency') and saved"
+            )
         return Target(**target)
     raise ValueError(f"target must be a Target(metric=..., saved=...), got {type(target).__name__}")
 
@@ -235,14 +237,29 @@ def make_plan(
     batches: Iterable[Batch] | None = None,
     example_inputs: Any = None,
     data: Any = None,
+    latency_of: Callable[[Plan | None], dict[str, Any]] | None = None,
 ) -> Plan:
     """Plan which units of each group to keep so that ``target`` is met within 1 % of the model total.
+
+    A ``latency`` target (met within 5 %) needs ``latency_of``: plan (None: dense) -> the measured
+    latency of the pruned model (:func:`prunekit.planner.latency.plan_for_latency`).
 
     ``config`` is a planner name or a planner's config (default: ``uniform``). ``example_inputs`` (a
     batch of model inputs) is needed to count MACs and parameters exactly. ``plan.extra["achieved"]``
     reports the resulting params / MACs and the fractions saved.
     """
     target = _as_target(target)
+    if target.metric == "latency":  # measured, not counted: a search over MAC targets
+        from prunekit.planner.latency import plan_for_latency
+
+        if latency_of is None:
+            raise ValueError("a latency target needs latency_of=(plan or None -> measure_latency stats)")
+        cfg = _resolve(config)[1]
+
+        def plan_macs(saved: float) -> Plan:
+            return make_plan(model, groups, Target("macs", saved), cfg, batches, example_inputs, data)
+
+        return plan_for_latency(model, groups, target, cfg, latency_of, plan_macs, example_inputs)
     spec, cfg = _resolve(config)
     if not groups:
         raise ValueError("the model has no prunable groups (all ignored?): nothing to plan")

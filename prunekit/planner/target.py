@@ -1,17 +1,26 @@
-"""What a plan must achieve: the fraction of the model's parameters or MACs to save."""
+"""What a plan must achieve: the fraction of the model's parameters, MACs or measured CPU latency to save.
+
+Params and MACs are counted exactly, so a plan meets them within 1 % of the model total. Latency is
+measured (medians over repeats, :mod:`prunekit.metrics.latency`), so it is met within 5 % of the target
+latency, and its measured spread is reported with it (:mod:`prunekit.planner.latency`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-METRICS = ("params", "macs")
+METRICS = ("params", "macs", "latency")
 TOLERANCE = 0.01  # a target is met when the saved fraction is within 1 % of the model total of it
+# a latency target is met when the measured median is within 5 % of the target latency (relative): timing
+# on a shared CPU moves by a few percent between repeats, exact counts do not
+LATENCY_TOLERANCE = 0.05
 
 
 @dataclass(frozen=True)
 class Target:
-    """Save ``saved`` (a fraction in [0, 1)) of the model's ``metric``: ``"params"`` or ``"macs"``."""
+    """Save ``saved`` (a fraction in [0, 1)) of the model's ``metric``: ``"params"``, ``"macs"`` or
+    ``"latency"`` (the median CPU latency of a forward pass: keep ``1 - saved`` of the dense model's)."""
 
     metric: str = "params"
     saved: float = 0.5
@@ -26,6 +35,11 @@ class Target:
                 f"target saved={self.saved} is outside [0, 1): it is the fraction of {self.metric} removed"
             )
         object.__setattr__(self, "saved", float(self.saved))
+
+    @property
+    def keep(self) -> float:
+        """The fraction of the dense model's ``metric`` that remains."""
+        return 1.0 - self.saved
 
     def to_dict(self) -> dict[str, Any]:
         return {"metric": self.metric, "saved": self.saved}
