@@ -67,7 +67,7 @@ def _dense_stage(task: Task, state: RunState, accelerator, model: nn.Module) -> 
     if cfg.estimate.enabled:
         metrics["estimate"] = task.predict(model, accelerator, seed=cfg.seed)
         metrics["predicted_gap"] = metrics["estimate"]["bound"]
-        from prunekit.schedule import calibrated_gap
+        from prunekit.level_stage import calibrated_gap
 
         metrics["predicted_gap_calibrated"] = calibrated_gap(task, metrics["estimate"])
         metrics.update(task.generalization(model, accelerator, metrics["accuracy"]))
@@ -94,9 +94,9 @@ def _dense_stage(task: Task, state: RunState, accelerator, model: nn.Module) -> 
 def _level_stage(
     task: Task, state: RunState, accelerator, index: int, level: float, dense: dict[str, Any]
 ) -> dict[str, Any]:
+    from prunekit.level_stage import calibrated_gap, one_shot_record
     from prunekit.pruning import apply_plan_
     from prunekit.pruning.checkpoint import load, save
-    from prunekit.schedule import calibrated_gap, one_shot_record
     from prunekit.train import evaluate
 
     name = level_name(level)
@@ -110,7 +110,7 @@ def _level_stage(
     # chain_levels: every level after the first continues from the previous level's checkpoint
     start_from = level_name(task.cfg.prune.levels[index - 1]) if sched.chain_levels and index else None
     if sched.name != "one_shot" or start_from:  # steps of prune -> fine-tune -> re-estimate
-        from prunekit.schedule import scheduled_stage
+        from prunekit.level_stage import scheduled_stage
 
         return scheduled_stage(task, state, accelerator, name, level, seed, dense, t0, start_from)
     model, _ = load(state.folder / "dense", trust_remote_code=task.cfg.model.trust_remote_code)

@@ -231,3 +231,98 @@ def test_pruning_a_pruned_checkpoint_composes_the_plans(reference_run: Path, tmp
     assert meta["base"]["name"] == "cnn1d" and meta["base"]["kwargs"] == {"width": 16}
     dense_again, _ = prunekit.load(out / "dense")
     assert sum(p.numel() for p in dense_again.parameters()) == first["params"]
+
+
+# ------------------------------------------------------------------------------------------ schedules
+
+# The planner and schedule are set explicitly: these tests are about the schedule, whatever the quickstart uses.
+UNIFORM = ["prune.planner=uniform", "prune.planner_options={}", "prune.importance=l2"]
+STEP_KEYS = {
+    "step",
+    "target_saved",
+    "saved",
+    "params",
+    "macs",
+    "predicted_gap_planned",
+    "predicted_gap_planned_calibrated",
+    "predicted_gap_after_finetune",
+    "predicted_gap_after_finetune_calibrated",
+    "train_steps",
+    "val_accuracy",
+    "plan",
+}
+
+
+def _one_shot_budget() -> int:
+    """Optimizer steps of one one-shot fine-tune of the SMALL quickstart (1200 training samples)."""
+    import math
+
+    from prunekit.config import load_config
+
+    cfg = load_config(ROOT / "configs/quickstart.yaml", SMALL).finetune
+    return math.ceil(cfg.epochs * math.ceil(1200 / cfg.batch_size) / cfg.grad_accum_steps)
+
+
+def test_scheduled_run_reports_each_step_within_the_one_shot_budget(
+    reference_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "scheduled"
+    sched = ["prune.schedule.name=constant_gap", "prune.schedule.steps=3", "prune.schedule.tolerance=0.5"]
+    finish(run_cli(out, *UNIFORM, *sched, "prune.schedule.chain_levels=false"))
+    report = json.loads((out / "report.json").read_text())
+    reference = json.loads((reference_run / "report.json").read_text())
+    assert report["schedule"]["name"] == "constant_gap"
+    budget = _one_shot_budget()
+    one_shot = json.loads((reference_run / "state.json").read_text())["done"]
+    for lv, ref in zip(report["levels"], reference["levels"], strict=True):
+        assert lv["schedule"] == "constant_gap" and lv["schedule_status"] in ("reached", "held")
+        assert lv["steps"] and all(set(s) >= STEP_KEYS for s in lv["steps"])
+        # one fixed fine-tuning budget: the one-shot level's, shared out over the steps
+        assert lv["total_train_steps"] == budget == sum(s["train_steps"] for s in lv["steps"])
+        assert ref["total_train_steps"] == one_shot[ref["checkpoint"]]["history"]["steps"] == budget
+        limit = lv["schedule_reference_gap"] * 1.5
+        for s in lv["steps"]:  # every step's plan holds the predicted gap within the tolerance
+            assert 0 < s["predicted_gap_planned"] <= limit + 1e-12
+            assert s["predicted_gap_after_finetune"] > 0
+        last = lv["steps"][-1]
+        assert last["params"] == lv["params"] and last["macs"] == lv["macs"]
+        if lv["schedule_status"] == "reached":
+            assert abs(lv["params_saved"] - lv["target"]) <= 0.01
+        else:
+            assert "force: true" in lv["schedule_note"]
+        assert lv["gap"] == pytest.approx(lv["train_accuracy"] - lv["accuracy"])
+    md = (out / "report.md").read_text()
+    assert "| checkpoint | params saved | predicted gap (stated) | predicted gap (calibrated) |" in md
+    assert "measured gap |" in md and "## Schedule: constant_gap" in md
+    assert "| level-70 | 0 |" in md  # the steps table
+    assert (out / "gap_vs_params.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_chained_levels_build_on_each_other(tmp_path: Path) -> None:
+    import prunekit
+
+    out = tmp_path / "chained"
+    sched = ["prune.schedule.name=linear", "prune.schedule.steps=2", "prune.schedule.chain_levels=true"]
+    # lamp ranks units globally: it lands within 1 % where the chained 70 % step, planned on the 50 %
+    # model's 8/16/16 channels, is too coarse for uniform widths
+    lamp = ["prune.planner=lamp", "prune.planner_options={}", "prune.importance=null"]
+    finish(run_cli(out, *lamp, *sched, "estimate.enabled=false"))
+    report = json.loads((out / "report.json").read_text())
+    first, second = report["levels"]
+    assert first["starts_from"] == "dense" and second["starts_from"] == "level-50"
+    # the 70 % level's linear steps run from where the 50 % model stands, not from the dense model
+    assert second["steps"][0]["target_saved"] == pytest.approx(
+        first["params_saved"] + (0.7 - first["params_saved"]) / 2
+    )
+    assert second["steps"][0]["saved"] > first["params_saved"] + 0.05
+    assert abs(second["params_saved"] - 0.7) <= 0.01
+    assert first["total_train_steps"] == second["total_train_steps"] == _one_shot_budget()
+    # one plan relative to the base: the 70 % model keeps a subset of the 50 % model's units
+    m50, meta50 = prunekit.load(out / "level-50")
+    m70, meta70 = prunekit.load(out / "level-70")
+    keep50, keep70 = meta50["plan"]["keep"], meta70["plan"]["keep"]
+    assert meta70["plan"]["num_units"] == meta50["plan"]["num_units"]  # both sized on the base model
+    assert all(set(keep70[g]) <= set(keep50[g]) for g in keep50)
+    assert any(len(keep70[g]) < len(keep50[g]) for g in keep50)
+    assert sum(p.numel() for p in m70.parameters()) == second["params"]
+    assert "level-70: continues from level-50" in (out / "run.log").read_text()

@@ -41,3 +41,54 @@ def test_two_process_pipeline_run(tmp_path: Path) -> None:
 
     model, _ = prunekit.load(out / "level-50")
     assert sum(p.numel() for p in model.parameters()) == level["params"]
+
+
+# A curve planner whose plan comes from Estimator predictions (the theory's risk), kept cheap.
+THEORY = [
+    "model.kwargs.width=16",
+    "data.max_train_samples=1200",
+    "finetune.epochs=1",
+    "prune.levels=[0.5]",
+    "evaluate.latency_repeats=5",
+    "prune.planner=theory",
+    "prune.importance=l2",
+    "prune.planner_options={quantity: risk, probe_samples: 64, allocation: curves, fractions: [0.6, 0.3]}",
+    "prune.schedule.name=one_shot",
+    "prune.schedule.chain_levels=false",
+    "estimate.enabled=false",
+]
+
+
+def _run(out: Path, processes: int, *extra: str) -> dict:
+    import os
+    import sys
+
+    if processes == 1:
+        args, env = [sys.executable], dict(os.environ, OMP_NUM_THREADS="1")
+    else:
+        args, env = cpu_ddp_launch(processes)
+    args = args + ["-m", "prunekit", "run", "configs/quickstart.yaml", "--output", str(out)]
+    for s in THEORY + list(extra):
+        args += ["--set", s]
+    env["HF_HUB_OFFLINE"] = "1"
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "report.json").read_text())
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_two_processes_make_the_one_process_plan_and_accuracy(tmp_path: Path) -> None:
+    one = _run(tmp_path / "one", 1, "train.epochs=3")
+    # the same dense weights on two ranks: the plan depends on nothing else
+    two = _run(tmp_path / "two", 2, "train.epochs=0", f"model.checkpoint={tmp_path / 'one' / 'dense'}")
+    assert "plan made on rank 0 and broadcast to 2 processes" in (tmp_path / "two" / "run.log").read_text()
+    plans = [
+        json.loads((tmp_path / k / "level-50" / "prunekit.json").read_text())["plan"] for k in ("one", "two")
+    ]
+    assert plans[0]["keep"] == plans[1]["keep"]  # the same units of every group
+    assert plans[0]["planner"] == "theory" and plans[0]["num_units"] == plans[1]["num_units"]
+    a, b = one["levels"][0], two["levels"][0]
+    assert a["params"] == b["params"] and a["accuracy_before_finetune"] == b["accuracy_before_finetune"]
+    # fine-tuning under DDP (the global batch split over the ranks) ends close to the one-process run
+    assert abs(a["accuracy"] - b["accuracy"]) <= 0.03

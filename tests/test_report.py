@@ -78,6 +78,7 @@ def _scheduled_level(target: float, params: int, start: str) -> dict:
         "schedule": "constant_gap",
         "schedule_status": "held",
         "schedule_note": "stopped short",
+        "schedule_reference_gap": 0.015,
         "starts_from": start,
         "total_train_steps": 14,
         "steps": [step, step | {"step": 1, "saved": target + 0.001}],
@@ -108,7 +109,7 @@ def test_report_carries_the_schedule_and_the_predicted_against_measured_gap(tmp_
     dense_row = next(line for line in md.splitlines() if line.startswith("| dense | 0.0 % |"))
     assert "0.0180" in dense_row and "+0.0500" in dense_row
     # the schedule: one row per level and one per step
-    assert "| level-70 | level-50 | held | 14 | stopped short |" in md
+    assert "| level-70 | level-50 | held | 0.0150 | 14 | stopped short |" in md
     step_rows = [line for line in md.splitlines() if line.startswith("| level-70 | 1 |")]
     assert len(step_rows) == 1 and "0.0210 / 0.0110" in step_rows[0] and "0.8125" in step_rows[0]
     assert "gap_vs_params.png" in md

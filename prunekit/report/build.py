@@ -30,6 +30,7 @@ LEVEL_FIELDS = (
     "schedule",
     "schedule_status",
     "schedule_note",
+    "schedule_reference_gap",  # constant_gap: the predicted gap every step was held to (± tolerance)
     "starts_from",
     "total_train_steps",
     "steps",

@@ -74,13 +74,14 @@ def schedule_section(report: dict[str, Any]) -> list[str]:
         "",
         "Every level fine-tunes for one one-shot budget in total, shared out over its steps.",
         "",
-        "| checkpoint | starts from | status | total train steps | note |",
-        "|---|---|---|---|---|",
+        "| checkpoint | starts from | status | reference gap | total train steps | note |",
+        "|---|---|---|---|---|---|",
     ]
     for lv in report["levels"]:
         lines.append(
             f"| {lv['checkpoint']} | {lv.get('starts_from') or 'dense'} | {lv.get('schedule_status') or '–'} | "
-            f"{_num(lv.get('total_train_steps'), 'd')} | {lv.get('schedule_note') or ''} |"
+            f"{_num(lv.get('schedule_reference_gap'))} | {_num(lv.get('total_train_steps'), 'd')} | "
+            f"{lv.get('schedule_note') or ''} |"
         )
     lines += [
         "",
