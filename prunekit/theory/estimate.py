@@ -45,6 +45,7 @@ def estimate(
     accelerator: Any | None = None,
     n: int | None = None,
     seed: int = 0,
+    lm_options: Any = None,
 ) -> Estimates:
     """Estimate C_arch, T_opt, n, d_eff, the stated bound and per-group NTK / Hessian traces.
 
@@ -52,8 +53,12 @@ def estimate(
     re-iterable of ``(inputs, labels)`` training batches together with ``n``, the training-set size.
     ``groups``: prunable groups (``prunekit.structure.find_groups``) or ``{name: [param names]}``; without them
     per-group traces are skipped. ``accelerator``: shares the Hutchinson probes across processes.
-    The model must give class logits (the Hessian is that of the mean cross-entropy).
+    The model must give class logits (the Hessian is that of the mean cross-entropy), or be a causal LM
+    on causal-LM text (an LMData, its LMBlocks, or batches of (B, L) labels): then the quantities are
+    sketched on random projections of the next-token logits (:mod:`prunekit.theory.lm_sketch`; n counts
+    predicted tokens, and a given ``n`` training sequences); ``lm_options``: ``sketch_dim``, ``sketch``.
     """
     from prunekit.theory.estimator import Estimator
 
-    return Estimator(model, data, cfg, groups=groups, accelerator=accelerator, n=n, seed=seed).estimates()
+    est = Estimator(model, data, cfg, groups, accelerator, n, seed, lm_options=lm_options)
+    return est.estimates()

@@ -31,6 +31,10 @@ Gram equals that of the surgically pruned model. The layer-normalised traces div
 estimates what the pruned one would (up to the exceptions in :mod:`prunekit.structure.masking`:
 LayerNorm over a pruned dimension). Under data parallelism the probe samples and probes are shared out
 as in ``estimate()``, and every rank gets the same Prediction.
+
+**Causal LMs** (the data is causal-LM text) take the branch of :mod:`prunekit.theory.lm_estimator`: the
+same quantities on k random projections of the next-token logits at sampled (sequence, position) pairs
+(:mod:`prunekit.theory.lm_sketch`), n in predicted tokens, d_eff on hidden states; Gauss-Newton T only.
 """
 
 from __future__ import annotations
@@ -48,10 +52,12 @@ from prunekit.batch import Batch, batch_size_of, device_of, move_to
 from prunekit.config import EstimateConfig
 from prunekit.structure import Group, Plan, mask_groups
 from prunekit.structure.units import as_groups, removed_entry_masks, trainable_parameters
+from prunekit.theory import lm_probe
 from prunekit.theory.bound import stated_bound
 from prunekit.theory.distributed import rank_and_world
 from prunekit.theory.estimates import Estimates, jsonable
 from prunekit.theory.jacobian_pass import GRAM_PSD_RTOL, jacobian_pass, top_eigenvalues
+from prunekit.theory.lm_estimator import LMBranch, refuse_for_lm
 from prunekit.theory.probe_data import (
     balanced_order,
     chunks,
@@ -113,6 +119,10 @@ class Estimator:
     ``n`` = ``n_train``) or a re-iterable of ``(inputs, labels)`` training batches with ``n``; ``groups``
     (``find_groups(model, x)``, or ``{name: [param names]}``) are needed for per-group traces and for
     masked predictions. Place the model on its device first (with an accelerator it is moved here).
+    Causal-LM text (an LMData, LMBlocks, or batches of (B, L) labels) takes the sketched branch
+    (:mod:`prunekit.theory.lm_estimator`; ``n`` then counts training sequences and ``est.n`` predicted
+    tokens); ``lm_options``: ``sketch_dim`` (default 16) and ``sketch`` (``rademacher``, ``gaussian``,
+    ``exact``).
     """
 
     def __init__(
@@ -124,24 +134,43 @@ class Estimator:
         accelerator: Any | None = None,
         n: int | None = None,
         seed: int = 0,
+        lm_options: Mapping[str, Any] | None = None,
     ):
         self.model, self.cfg = model, cfg or EstimateConfig()
         self.groups, self.accelerator, self.seed = groups, accelerator, seed
         self.show = rank_and_world(accelerator)[0] == 0
         if accelerator is not None:
             model.to(accelerator.device)
-        probe, id_data, self.n = _probe_and_id_data(data, self.cfg, n, seed)
         self.notes: list[str] = []  # about the data and settings: every result carries them
+        self._mask_groups: list[Group] | None = None  # groups as Group objects, for mask_groups
+        self.num_params = sum(p.numel() for p in trainable_parameters(model).values())
+        self.lm: LMBranch | None = None  # causal-LM text: the sketched branch (theory/lm_estimator.py)
+        if not is_splits(data) and lm_probe.is_lm_data(data := lm_probe.as_batches(data)):
+            self._init_lm(data, n, seed, **(lm_options or {}))
+            return
+        probe, id_data, self.n = _probe_and_id_data(data, self.cfg, n, seed)
         layer = id_layer(model, self.cfg.id_representation, probe[0], self.notes)  # fail fast
         device = device_of(model)
         self.probe: Batch = (move_to(probe[0], device), probe[1].to(device))  # moved once, reused
         self.hessian_batches = chunks(self.probe, HESSIAN_BATCH)
-        self.num_params = sum(p.numel() for p in trainable_parameters(model).values())
         self.setup_seconds: dict[str, float] = {}
         with Timer(self.setup_seconds, "intrinsic_dim", self.show):
             self.intrinsic = intrinsic_step(model, id_data, layer, self.cfg, seed, self.notes)
         self.d_eff = float(self.intrinsic["twonn"]["d"])
-        self._mask_groups: list[Group] | None = None  # groups as Group objects, for mask_groups
+
+    def _init_lm(self, data: Any, n: int | None, seed: int, **options: Any) -> None:
+        self.setup_seconds = {}
+        with Timer(self.setup_seconds, "intrinsic_dim", self.show):  # the probe, n and d_eff
+            self.lm = LMBranch(self.model, data, self.cfg, n, seed, notes=self.notes, **options)
+        self.n, self.intrinsic = self.lm.n, self.lm.intrinsic
+        self.d_eff = float(self.intrinsic["twonn"]["d"])
+        self.probe = (self.lm.probe, self.lm.targets)
+        self.hessian_batches = []
+
+    def _lm_extra(self) -> dict[str, Any]:
+        world = rank_and_world(self.accelerator)[1]
+        return {"notes": self.notes, "setup_seconds": self.setup_seconds, "seed": self.seed,
+                "num_processes": world, "num_params": self.num_params}  # fmt: skip
 
     @property
     def probe_samples(self) -> int:
@@ -151,6 +180,8 @@ class Estimator:
     def estimates(self) -> Estimates:
         """Every estimate of the model as it is now; equal to ``estimate(model, data, cfg, ...)``."""
         cfg, model, accelerator = self.cfg, self.model, self.accelerator
+        if self.lm is not None:
+            return self.lm.estimates(model, self.groups, self.n, self.d_eff, self._lm_extra())
         seconds: dict[str, float] = {}
         per_group: dict[str, dict[str, Any]] = {}
         notes = list(self.notes)
@@ -240,6 +271,9 @@ class Estimator:
         self, keep: dict[str, Tensor], remaining: int, hessian: str, top_eigenvalue: bool
     ) -> dict[str, Any]:
         cfg, model, accelerator = self.cfg, self.model, self.accelerator
+        if self.lm is not None:
+            refuse_for_lm(hessian, top_eigenvalue)
+            return self.lm.predict(model, remaining, self.n, self.d_eff, self._lm_extra())
         notes = list(self.notes)
         gram, stats, shared = jacobian_pass(model, self.probe, cfg.jacobian_elements, accelerator)
         spectrum = _spectrum(gram, cfg)
