@@ -267,4 +267,6 @@ def level_result(
         "checkpoint": checkpoint,
         "predicted_gap": estimate["bound"] if estimate else plan.predicted_gap,
         "estimate": estimate,
+        # a latency target: the plan's search, its target in ms and the measured spread (planner/latency.py)
+        "latency_plan": plan.extra.get("latency"),
     }

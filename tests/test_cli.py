@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -117,3 +118,42 @@ def test_plan_problems_fail_before_any_training(tmp_path: Path, sets: list[str],
         args += ["--set", s]
     assert_one_line_error(cli(*args), pattern)
     assert not (tmp_path / "o").exists()
+
+
+def test_plan_prints_and_writes_the_plan_curves_and_schedule(tmp_path: Path) -> None:
+    js, png = tmp_path / "plan.json", tmp_path / "plan.png"
+    sets = [
+        "train.epochs=0",
+        "prune.levels=[0.5]",
+        "prune.planner=loss_sensitivity",
+        "prune.planner_options={fractions: [0.5], allocation: curves}",
+        "prune.schedule.name=linear",
+        "prune.schedule.steps=4",
+    ]
+    args = ["plan", str(QUICK), "--json", str(js), "--plot", str(png), "--output", str(tmp_path / "o")]
+    proc = cli(*args, *[a for s in sets for a in ("--set", s)])
+    assert proc.returncode == 0, proc.stderr
+    assert "  keep: features.0:out " in proc.stdout and "planning cost: " in proc.stdout
+    out = json.loads(js.read_text())
+    (level,) = out["levels"]
+    assert set(level["keep_fraction"]) == set(level["curves"]) == set(level["kept_units"])
+    assert level["achieved"]["dense_params"] > level["achieved"]["params"] and level["seconds"] > 0
+    assert [s["target_saved"] for s in out["schedule"]["levels"]["0.5"]] == [0.125, 0.25, 0.375, 0.5]
+    assert out["planning_seconds"] == pytest.approx(level["seconds"], abs=1e-3)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "o").exists()  # nothing pruned, trained or saved
+
+
+@pytest.mark.parametrize(
+    ("flag", "name", "pattern"),
+    [
+        ("--plot", "plan.txt", r"--plot .*plan\.txt: give a \.png, \.pdf, \.svg file"),
+        ("--json", "no/plan.json", "does not exist"),
+    ],
+)
+def test_plan_output_problems_fail_before_any_work(
+    tmp_path: Path, flag: str, name: str, pattern: str
+) -> None:
+    proc = cli("plan", str(QUICK), flag, str(tmp_path / name), "--output", str(tmp_path / "o"))
+    assert_one_line_error(proc, pattern)
+    assert proc.stdout == "" and not (tmp_path / "o").exists()

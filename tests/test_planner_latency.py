@@ -11,11 +11,12 @@ from __future__ import annotations
 import copy
 import warnings
 from functools import cache
+from pathlib import Path
 
 import pytest
 import torch
 
-from prunekit.config import ConfigError, ModelConfig, config_from_dict
+from prunekit.config import ConfigError, ModelConfig, config_from_dict, load_config
 from prunekit.metrics import count_macs, measure_latency
 from prunekit.metrics.latency import MEDIAN_ERROR_LIMIT, check_stable, median_error, spread_of
 from prunekit.models import build_model
@@ -208,3 +209,20 @@ def test_a_latency_target_without_a_measurement_and_a_scheduled_latency_run_are_
     with pytest.raises(ConfigError, match="metric latency is planned one shot"):
         config_from_dict({"prune": {"metric": "latency", "schedule": {"name": "linear"}}})
     assert config_from_dict({"prune": {"metric": "latency"}}).prune.metric == "latency"
+
+
+def test_the_run_measures_candidates_as_evaluate_says():
+    # prunekit.task's latency_of (what `prune.metric: latency` plans with): a real measurement of the
+    # real pruned copy, on evaluate's latency batch, repeats and threads; the model itself is left whole
+    from prunekit.task import Task, latency_of
+
+    sets = ["train.epochs=0", "evaluate.latency_batch_size=3", "evaluate.latency_repeats=4"]
+    task = Task(load_config(Path(__file__).parent.parent / "configs" / "quickstart.yaml", sets))
+    model = task.build_dense().eval()
+    groups = find_groups(model, task.example)
+    plan = make_plan(model, groups, Target("macs", 0.5), "uniform", example_inputs=task.example)
+    measure = latency_of(task, model, groups)
+    dense, pruned = measure(None), measure(plan)
+    assert dense["repeats"] == pruned["repeats"] == 4 and dense["threads"] == 1
+    assert task.latency_example.shape[0] == 3
+    assert sum(p.numel() for p in model.parameters()) == plan.extra["achieved"]["dense_params"]

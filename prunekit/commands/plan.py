@@ -117,11 +117,18 @@ def schedule_summary(cfg: RunConfig, micro_batches_per_epoch: int) -> dict[str, 
             "first whose predicted gap stays within the tolerance; steps get equal shares of what is left",
         }
         return out
+    if s.chain_levels:
+        out["note"] = (
+            "chain_levels: the run plans each level from the previous level's fine-tuned model; the plans "
+            "above are made from the dense model"
+        )
     n = 1 if s.name == "one_shot" else s.steps
     levels = {}
+    begin = 0.0
     for level in cfg.prune.levels:
         steps, used = [], 0
-        targets = [level] if n == 1 else linear_targets(level, n)
+        targets = [level] if n == 1 else linear_targets(level, n, begin)
+        begin = level if s.chain_levels else 0.0
         for i, t in enumerate(targets):
             k = share(total, used, n - i)
             used += k
@@ -218,6 +225,8 @@ def summary_lines(out: dict[str, Any]) -> list[str]:
         for level, steps in s["levels"].items():
             parts = ", ".join(f"{st['target_saved']:.3g} saved / {st['train_steps']} steps" for st in steps)
             lines.append(f"schedule {s['name']} level {level}: {parts}")
+    if "note" in s:
+        lines.append(f"  ({s['note']})")
     lines.append(f"planning cost: {out['planning_seconds']:.2f} s for {len(out['levels'])} level(s)")
     return lines
 

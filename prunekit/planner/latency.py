@@ -129,7 +129,7 @@ def plan_for_latency(
     if tried[0][1] > keep * (1 + LATENCY_TOLERANCE):
         raise ValueError(
             f"latency target keep {keep:.2f} ({keep * dense_ms:.3f} of {dense_ms:.3f} ms) cannot be met: "
-            f"at the per-layer minimum keep ({top:.2f} of MACs saved) the model still takes "
+            f"at the per-layer minimum keep ({top:.3f} of MACs saved) the model still takes "
             f"{tried[0][1] * dense_ms:.3f} ms (keep {tried[0][1]:.2f}); lower min_keep_fraction or the "
             "layer limits, raise the target, or raise evaluate.latency_batch_size (a small batch is "
             "overhead-bound on CPU)"
