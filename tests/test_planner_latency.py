@@ -9,6 +9,7 @@ assertion does not depend on how fast it ran (the refusal of an unstable measure
 from __future__ import annotations
 
 import copy
+import json
 import warnings
 from functools import cache
 from pathlib import Path
@@ -226,3 +227,34 @@ def test_the_run_measures_candidates_as_evaluate_says():
     assert dense["repeats"] == pruned["repeats"] == 4 and dense["threads"] == 1
     assert task.latency_example.shape[0] == 3
     assert sum(p.numel() for p in model.parameters()) == plan.extra["achieved"]["dense_params"]
+
+
+def test_prunekit_plan_shows_the_latency_search():
+    from prunekit.commands.plan import _level_entry, level_lines, summary_lines
+    from prunekit.planner.allocate import SizeModel
+
+    model, x, groups, _ = _setup()
+    plan = make_plan(
+        model,
+        groups,
+        Target("latency", 0.5),
+        "uniform",
+        example_inputs=x,
+        latency_of=CostModel(model, x, groups),
+    )
+    entry = _level_entry(0.5, plan, groups, SizeModel(model, groups, x), "latency", 0.1)
+    out = {
+        "config": "t",
+        "planner": "uniform",
+        "metric": "latency",
+        "dense": {"source": "untrained"},
+        "levels": [entry],
+        "schedule": {"name": "one_shot", "levels": {"0.5": [{"target_saved": 0.5, "train_steps": 10}]}},
+        "planning_seconds": 0.1,
+    }
+    (line,) = [ln for ln in summary_lines(out) if ln.startswith("  latency:")]
+    lat = plan.extra["latency"]
+    assert f"target {lat['target_ms']:.3f} ms (keep 0.50)" in line and line.endswith("within 5 %: yes")
+    assert "spread 0.00, median ±0.0%" in line
+    (js,) = level_lines(out)
+    assert json.loads(js)["latency"]["search"] == lat["search"]
