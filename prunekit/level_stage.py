@@ -174,12 +174,14 @@ def scheduled_stage(
     dense: dict[str, Any],
     t0: float,
     start_from: str | None = None,
+    previous: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The pipeline's level stage under a schedule: steps, then measure, save and record as one-shot does.
 
     ``start_from``: the checkpoint (a finished earlier level of this run) the level continues from
     (``prune.schedule.chain_levels``); its plan relative to the base composes with this level's, so the
-    checkpoint still holds one plan relative to the base. Default: the dense model.
+    checkpoint still holds one plan relative to the base. Default: the dense model. ``previous``: that
+    level's result (its ``schedule_reference_gap`` is the gap a chained constant_gap level holds).
     ``report.json`` gets ``levels[].steps[]`` (each step's target, params, MACs, saved fraction, predicted
     gap stated and calibrated, planned and after fine-tuning, training steps, validation accuracy, plan
     summary), ``schedule_status``, ``schedule_note`` and ``total_train_steps``.
@@ -196,7 +198,7 @@ def scheduled_stage(
     size0, reference = None, None
     if start_from is not None:
         size0 = dense["params"] if task.cfg.prune.metric == "params" else dense["macs"]
-        reference = state.result(start_from).get("schedule_reference_gap")
+        reference = (previous or {}).get("schedule_reference_gap")
         log.info("%s: continues from %s (chain_levels)", name, start_from)
     s = scheduled_level(task, model, level, seed, accelerator, start=size0, reference=reference)
     model, plan = s["model"], s["plan"]

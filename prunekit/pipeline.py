@@ -92,7 +92,13 @@ def _dense_stage(task: Task, state: RunState, accelerator, model: nn.Module) -> 
 
 
 def _level_stage(
-    task: Task, state: RunState, accelerator, index: int, level: float, dense: dict[str, Any]
+    task: Task,
+    state: RunState,
+    accelerator,
+    index: int,
+    level: float,
+    dense: dict[str, Any],
+    previous: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     from prunekit.level_stage import calibrated_gap, one_shot_record
     from prunekit.pruning import apply_plan_
@@ -112,7 +118,7 @@ def _level_stage(
     if sched.name != "one_shot" or start_from:  # steps of prune -> fine-tune -> re-estimate
         from prunekit.level_stage import scheduled_stage
 
-        return scheduled_stage(task, state, accelerator, name, level, seed, dense, t0, start_from)
+        return scheduled_stage(task, state, accelerator, name, level, seed, dense, t0, start_from, previous)
     model, _ = load(state.folder / "dense", trust_remote_code=task.cfg.model.trust_remote_code)
     plan, groups = make_level_plan(task, model, level, seed, accelerator=accelerator)
     apply_plan_(model, plan, task.example, groups=groups)
@@ -231,7 +237,9 @@ def _run(cfg: RunConfig, folder: Path, overwrite: bool) -> dict[str, Any]:
     log.info("run '%s' → %s (seed %d, %d process(es))", cfg.name, folder, cfg.seed, accelerator.num_processes)
 
     dense = _dense_stage(task, state, accelerator, model)
-    levels = [_level_stage(task, state, accelerator, i, lv, dense) for i, lv in enumerate(cfg.prune.levels)]
+    levels: list[dict[str, Any]] = []
+    for i, lv in enumerate(cfg.prune.levels):  # each rank holds every result (only rank 0 has state.json's)
+        levels.append(_level_stage(task, state, accelerator, i, lv, dense, levels[-1] if levels else None))
 
     report = build_report(cfg, dense, levels)
     if accelerator.is_main_process:

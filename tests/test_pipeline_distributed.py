@@ -48,13 +48,13 @@ THEORY = [
     "model.kwargs.width=16",
     "data.max_train_samples=1200",
     "finetune.epochs=1",
-    "prune.levels=[0.5]",
+    "prune.levels=[0.5, 0.7]",
     "evaluate.latency_repeats=5",
     "prune.planner=theory",
     "prune.importance=l2",
     "prune.planner_options={quantity: risk, probe_samples: 64, allocation: curves, fractions: [0.6, 0.3]}",
     "prune.schedule.name=one_shot",
-    "prune.schedule.chain_levels=false",
+    "prune.schedule.chain_levels=true",  # the 70 % level continues from the 50 % checkpoint on every rank
     "estimate.enabled=false",
 ]
 
@@ -82,7 +82,8 @@ def test_two_processes_make_the_one_process_plan_and_accuracy(tmp_path: Path) ->
     one = _run(tmp_path / "one", 1, "train.epochs=3")
     # the same dense weights on two ranks: the plan depends on nothing else
     two = _run(tmp_path / "two", 2, "train.epochs=0", f"model.checkpoint={tmp_path / 'one' / 'dense'}")
-    assert "plan made on rank 0 and broadcast to 2 processes" in (tmp_path / "two" / "run.log").read_text()
+    log = (tmp_path / "two" / "run.log").read_text()
+    assert log.count("plan made on rank 0 and broadcast to 2 processes") == 2  # one per level
     plans = [
         json.loads((tmp_path / k / "level-50" / "prunekit.json").read_text())["plan"] for k in ("one", "two")
     ]
@@ -92,3 +93,7 @@ def test_two_processes_make_the_one_process_plan_and_accuracy(tmp_path: Path) ->
     assert a["params"] == b["params"] and a["accuracy_before_finetune"] == b["accuracy_before_finetune"]
     # fine-tuning under DDP (the global batch split over the ranks) ends close to the one-process run
     assert abs(a["accuracy"] - b["accuracy"]) <= 0.03
+    # the chained level is planned on each run's own fine-tuned 50 % model: same size, close accuracy
+    a, b = one["levels"][1], two["levels"][1]
+    assert a["starts_from"] == b["starts_from"] == "level-50"
+    assert abs(a["params_saved"] - b["params_saved"]) <= 0.01 and abs(a["accuracy"] - b["accuracy"]) <= 0.05
