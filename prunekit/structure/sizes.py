@@ -4,9 +4,10 @@ Every group lists the parameter entries it removes (``ParamSlice``), so the size
 from the slices alone: along each dimension of a parameter, an entry survives unless *some* group that
 cuts that dimension removes it; the parameter keeps the product of its surviving extents. Overlapping
 groups (a query head that belongs to both a ``:heads`` and a ``:kv_heads`` group) are therefore counted
-once. MACs come from one hooked forward pass: each Conv / Linear costs (output positions) x (weight
-entries), which stays exact when its weight shrinks, and self-attention's two matmuls cost
-2 x L x L x (query rows) per example, scaled by the surviving query rows.
+once. MACs come from the terms of the one MAC counter (:mod:`prunekit.structure.macs`, which
+:func:`prunekit.metrics.count_macs` sums): each Conv / Linear term costs (output positions) x (weight
+entries), which stays exact when its weight shrinks, and attention's two matmuls scale with the
+surviving query rows.
 
 These MACs are a prediction made without surgery; :func:`prunekit.metrics.count_macs` measures the
 pruned model, and tests/test_pruning_apply.py checks that the two agree exactly on each model family
@@ -17,79 +18,14 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
-import torch
 from torch import nn
 
-from ..batch import Inputs, batch_size_of
+from ..batch import Inputs
 from .group import Group
+from .macs import MacTerm, count_mac_terms
 
 Key = tuple[str, int]  # (parameter or buffer name, dim)
-
-
-@dataclass(frozen=True)
-class MacTerm:
-    """``macs`` per example, scaled by the surviving fraction of ``param`` along each of ``dims``."""
-
-    param: str
-    dims: tuple[int, ...]
-    macs: float
-
-
-def collect_mac_terms(
-    model: nn.Module, example_inputs: Inputs, attention_queries: Sequence[str] = ()
-) -> list[MacTerm]:
-    """One forward pass with hooks on every Conv / Linear (subclasses included).
-
-    ``attention_queries`` names the query projections of self-attention modules whose two matmuls
-    (scores and weighted values) are to be counted; their sequence length is read off the hook.
-    """
-    names = {m: n for n, m in model.named_modules()}
-    positions: dict[str, float] = {}
-    seq_len: dict[str, int] = {}
-    hooks = []
-
-    def hook(module, args, output):
-        out = output[0] if isinstance(output, tuple) else output
-        name = names[module]
-        if isinstance(module, nn.Linear):
-            positions[name] = positions.get(name, 0.0) + out.numel() / module.out_features
-            if name in attention_queries and out.dim() >= 3:
-                seq_len[name] = int(out.shape[-2])
-        else:  # convolution: a transposed one does its work per *input* position
-            ref = args[0] if module.transposed else out
-            channels = module.in_channels if module.transposed else module.out_channels
-            positions[name] = positions.get(name, 0.0) + ref.numel() / channels
-
-    for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
-            hooks.append(module.register_forward_hook(hook))
-    was_training = model.training
-    try:
-        model.eval()  # no dropout, and no update of BatchNorm running statistics
-        with torch.no_grad():
-            if isinstance(example_inputs, Mapping):
-                model(**example_inputs)
-            else:
-                model(example_inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-
-    batch = batch_size_of(example_inputs)
-    # a tied weight (an LM head sharing the embedding matrix) goes by the one name named_parameters() gives
-    canonical = {id(p): n for n, p in model.named_parameters()}
-    terms = []
-    for name, pos in positions.items():
-        weight = model.get_submodule(name).weight
-        param = canonical[id(weight)]
-        terms.append(MacTerm(param, tuple(range(weight.dim())), pos / batch * weight.numel()))
-    for name, length in seq_len.items():
-        q = model.get_submodule(name)
-        terms.append(MacTerm(canonical[id(q.weight)], (0,), 2.0 * length * length * q.out_features))
-    return terms
 
 
 def _input_signature(inputs: Inputs) -> tuple:
@@ -103,10 +39,8 @@ _CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def mac_terms(model: nn.Module, example_inputs: Inputs) -> list[MacTerm]:
-    """:func:`collect_mac_terms` with the model's self-attention modules, cached per model while its
-    shapes and the input shapes are unchanged (planners call :func:`remaining_size` many times)."""
-    from .blocks import find_blocks
-
+    """:func:`~prunekit.structure.macs.count_mac_terms`, cached per model while its shapes and the input
+    shapes are unchanged (planners call :func:`remaining_size` many times)."""
     key = (
         tuple((n, tuple(p.shape)) for n, p in model.named_parameters()),
         _input_signature(example_inputs),
@@ -114,8 +48,7 @@ def mac_terms(model: nn.Module, example_inputs: Inputs) -> list[MacTerm]:
     hit = _CACHE.get(model)
     if hit is not None and hit[0] == key:
         return hit[1]
-    attention_queries = tuple(a.q for a in find_blocks(model)[0])
-    terms = collect_mac_terms(model, example_inputs, attention_queries)
+    terms = count_mac_terms(model, example_inputs)
     _CACHE[model] = (key, terms)
     return terms
 
@@ -147,10 +80,11 @@ def size_after(
         params += n
     macs = 0.0
     for t in terms:
-        shape = shapes[t.param]
         frac = 1.0
-        for d in t.dims:
-            frac *= (shape[d] - len(removed.get((t.param, d), ()))) / shape[d]
+        if t.param is not None:  # None: a cost no group changes (e.g. nn.MultiheadAttention)
+            shape = shapes[t.param]
+            for d in t.dims:
+                frac *= (shape[d] - len(removed.get((t.param, d), ()))) / shape[d]
         macs += t.macs * frac
     return params, macs
 

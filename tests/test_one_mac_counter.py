@@ -1,0 +1,59 @@
+"""One MAC counter (prunekit/structure/macs.py): the planners' size prediction (``remaining_size``, no
+surgery) and the measured ``count_macs`` of the pruned model are the same numbers, also on the models
+where the two used to be separate counters that disagreed: windowed attention (Swin: the windows are
+the batch of the attention call) and ``nn.MultiheadAttention`` (whose projections run functionally)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from prunekit.metrics import count_macs, mac_breakdown
+from prunekit.pruning import apply_plan_
+from prunekit.structure import Plan, find_groups, remaining_size
+from prunekit.testing.hf_tiny import BUILDERS
+
+
+class _Encoder(nn.Module):
+    """A PyTorch transformer layer between two Linears: its FFN is prunable, its MHA is not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.inp = nn.Linear(8, 16)
+        self.enc = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.enc(self.inp(x)).mean(1))
+
+
+def _swin():
+    return BUILDERS["swin"](seed=0)
+
+
+def _encoder():
+    return _Encoder().eval(), torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("build", [_swin, _encoder], ids=["swin", "torch_mha"])
+def test_predicted_macs_are_the_measured_macs_before_and_after_pruning(build):
+    model, x = build()
+    groups = find_groups(model, x, strict=False)
+    assert groups
+    assert remaining_size(model, groups, {}, x)[1] == count_macs(model, x)
+    keep = {g.name: list(range(0, g.num_units, 2)) for g in groups}
+    predicted_params, predicted_macs = remaining_size(model, groups, {k: len(v) for k, v in keep.items()}, x)
+    dense_macs = count_macs(model, x)
+    apply_plan_(model, Plan(keep=keep, num_units={g.name: g.num_units for g in groups}), x, groups=groups)
+    assert predicted_macs == count_macs(model, x) < dense_macs
+    assert predicted_params == sum(p.numel() for p in model.parameters())
+
+
+def test_windowed_attention_counts_every_window():
+    model, x = _swin()
+    breakdown = mac_breakdown(model, x)
+    # stage 1: 32 / 4 = 8 x 8 patches in windows of 4 x 4 = 4 windows of L = 16 tokens, width 16
+    (key,) = [k for k in breakdown if k.endswith(":attention") and "layers.0.blocks.0." in k]
+    assert breakdown[key] == 4 * 2 * 16 * 16 * 16
