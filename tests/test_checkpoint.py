@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from checkpoint_cases import edit_meta, hf_case, out, prune_uniform, registry_case
 
 import prunekit
 from prunekit.batch import logits_of
@@ -16,34 +17,7 @@ from prunekit.planner import Target, make_plan
 from prunekit.pruning import apply_plan_
 from prunekit.pruning.checkpoint import CheckpointError, checkpoint_info, load, save
 from prunekit.structure import Plan, find_groups
-from prunekit.testing import example_inputs_for, tiny_bert, tiny_llama_gqa, tiny_vit
-
-
-def hf_reference(model: torch.nn.Module) -> dict:
-    """The base reference of an HF model built from a config (what describe() stores for `hf`)."""
-    return {
-        "format": 1,
-        "name": "hf",
-        "kwargs": {},
-        "num_classes": model.config.num_labels,
-        "input_shape": [],
-        "path": None,
-        "trust_remote_code": False,
-        "hf_config": model.config.to_dict(),
-    }
-
-
-def registry_case(name: str, kwargs: dict, input_shape: tuple):
-    cfg = ModelConfig(name=name, kwargs=kwargs)
-    model = build_model(cfg, 10, input_shape).eval()
-    x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
-    return model, x, describe(cfg, 10, input_shape)
-
-
-def hf_case(factory):
-    model = factory().eval()
-    return model, example_inputs_for(model), hf_reference(model)
-
+from prunekit.testing import tiny_bert, tiny_llama_gqa, tiny_vit
 
 CASES = {
     "resnet20_1d": lambda: registry_case("resnet20_1d", {"width": 0.5}, (1, 40)),
@@ -54,16 +28,9 @@ CASES = {
 }
 
 
-def out(model, x):
-    with torch.no_grad():
-        return logits_of(model, x)
-
-
 def pruned(name: str, saved: float = 0.5):
     model, x, ref = CASES[name]()
-    groups = find_groups(model, x)
-    plan = make_plan(model, groups, Target("params", saved), "uniform", example_inputs=x)
-    apply_plan_(model, plan, x)
+    plan = prune_uniform(model, x, saved)
     return model.eval(), x, ref, plan
 
 
@@ -149,9 +116,7 @@ def test_tampered_weights_are_refused(tmp_path: Path) -> None:
 def test_newer_format_is_refused(tmp_path: Path) -> None:
     model, x, ref, plan = pruned("mlp")
     folder = save(model, tmp_path / "v", plan, {}, ref, x)
-    meta = json.loads((folder / "prunekit.json").read_text())
-    meta["format_version"] = 99
-    (folder / "prunekit.json").write_text(json.dumps(meta))
+    edit_meta(folder, lambda meta: meta.update(format_version=99))
     with pytest.raises(CheckpointError, match="newer than this prunekit reads"):
         load(folder)
 
@@ -213,18 +178,8 @@ def test_corrupt_metadata_is_a_clear_error(tmp_path: Path, text: str) -> None:
 
 
 def test_dense_causal_lm_config_stays_loadable(tmp_path: Path) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(cfg).eval()
+    model = tiny_causal_lm("llama")
+    cfg = model.config
     x = {"input_ids": torch.randint(1, 60, (2, 8), generator=torch.Generator().manual_seed(0))}
     save(model, tmp_path / "lm", None, {}, {"name": "hf", "hf_config": cfg.to_dict()}, x)
     assert json.loads((tmp_path / "lm" / "prunekit.json").read_text())["hf_from_pretrained"] is True

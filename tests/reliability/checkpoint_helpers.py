@@ -11,62 +11,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from checkpoint_cases import edit_meta, hf_case, hf_reference, out, prune_uniform, registry_case
 
-from prunekit.batch import logits_of
-from prunekit.config import ModelConfig
 from prunekit.errors import UserError
-from prunekit.models import build_model, describe
-from prunekit.planner import Target, make_plan
-from prunekit.pruning import apply_plan_
 from prunekit.pruning.checkpoint import CheckpointError, save
-from prunekit.structure import find_groups
-from prunekit.testing import example_inputs_for, tiny_bert
+from prunekit.testing import tiny_bert
 
-
-def out(model: torch.nn.Module, x: Any) -> torch.Tensor:
-    with torch.no_grad():
-        return logits_of(model.eval(), x)
-
-
-def hf_reference(model: torch.nn.Module) -> dict[str, Any]:
-    return {
-        "format": 1,
-        "name": "hf",
-        "kwargs": {},
-        "num_classes": model.config.num_labels,
-        "input_shape": [],
-        "path": None,
-        "trust_remote_code": False,
-        "hf_config": model.config.to_dict(),
-    }
+__all__ = ["bert_checkpoint", "edit_meta", "evil_folder", "hf_reference", "mlp_checkpoint", "one_line", "out"]
 
 
 def pruned_save(model: torch.nn.Module, x: Any, ref: dict, folder: Path, saved: float = 0.5) -> Path:
-    groups = find_groups(model, x)
-    plan = make_plan(model, groups, Target("params", saved), "uniform", example_inputs=x)
-    apply_plan_(model, plan, x)
+    plan = prune_uniform(model, x, saved)
     return save(model.eval(), folder, plan, {"accuracy": 0.5}, ref, x)
 
 
 def mlp_checkpoint(folder: Path) -> tuple[Path, torch.nn.Module, torch.Tensor]:
-    cfg = ModelConfig(name="mlp", kwargs={"hidden": [32, 16]})
-    model = build_model(cfg, 10, (64,)).eval()
-    x = torch.randn(2, 64, generator=torch.Generator().manual_seed(0))
-    return pruned_save(model, x, describe(cfg, 10, (64,)), folder), model, x
+    model, x, ref = registry_case("mlp", {"hidden": [32, 16]}, (64,))
+    return pruned_save(model, x, ref, folder), model, x
 
 
 def bert_checkpoint(folder: Path) -> tuple[Path, torch.nn.Module, Any]:
-    model = tiny_bert()
-    x = example_inputs_for(model)
-    return pruned_save(model, x, hf_reference(model), folder), model, x
-
-
-def edit_meta(folder: Path, change) -> None:
-    """Apply ``change(meta)`` to prunekit.json in place (weights and their hash untouched)."""
-    path = folder / "prunekit.json"
-    meta = json.loads(path.read_text())
-    change(meta)
-    path.write_text(json.dumps(meta))
+    model, x, ref = hf_case(tiny_bert)
+    return pruned_save(model, x, ref, folder), model, x
 
 
 def one_line(err: BaseException) -> str:
