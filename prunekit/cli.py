@@ -1,4 +1,7 @@
-"""The ``prunekit`` command line: run, plan, estimate, evaluate, info.
+"""The ``prunekit`` command line: run, plan, estimate, evaluate, validate, info.
+
+This module only parses arguments and dispatches to :mod:`prunekit.commands` (one module per
+subcommand, where the work is done); it owns how a command ends.
 
 Expected failures (a bad config, a missing or unreadable file, an unknown name, a locked output
 folder, a full disk) end with one ``prunekit: error:`` line on stderr and exit code 2, never a
@@ -86,11 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from prunekit.config import load_config
-    from prunekit.pipeline import run
+    from prunekit.commands.run import run_command
 
-    cfg = load_config(args.config, args.overrides)
-    run(cfg, output_dir=args.output, overwrite=args.overwrite)
+    run_command(args.config, args.overrides, args.output, overwrite=args.overwrite)
     return 0
 
 
@@ -149,11 +150,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from prunekit.pruning.checkpoint import checkpoint_info, verify_checkpoint
+    from prunekit.commands.info import info_command
 
-    if args.sha256 is not None:
-        verify_checkpoint(args.checkpoint, args.sha256)
-    print(json.dumps(checkpoint_info(args.checkpoint), indent=2, sort_keys=True))
+    print(json.dumps(info_command(args.checkpoint, args.sha256), indent=2, sort_keys=True))
     return 0
 
 
