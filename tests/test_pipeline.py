@@ -21,6 +21,11 @@ SMALL = [
     "finetune.epochs=1",
     "prune.levels=[0.5, 0.7]",
     "evaluate.latency_repeats=5",
+    # the quickstart plans with the theory planner in steps; these tests check the run machinery on the
+    # fast uniform one-shot path (tests/test_schedule.py runs the theory planner with a schedule)
+    "prune.planner=uniform",
+    "prune.planner_options={}",
+    "prune.schedule.name=one_shot",
     # the theory estimates, cheaply: they must be deterministic too, so resume reproduces them
     "estimate.enabled=true",
     "estimate.probe_samples=64",

@@ -28,6 +28,11 @@ TINY = [
     "prune.levels=[0.5]",
     "evaluate.latency_repeats=3",
     "evaluate.latency_warmup=1",
+    # the run machinery on the fast path (the quickstart itself plans with theory in steps, estimates on)
+    "prune.planner=uniform",
+    "prune.planner_options={}",
+    "prune.schedule.name=one_shot",
+    "estimate.enabled=false",
 ]
 
 
