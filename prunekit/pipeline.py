@@ -201,8 +201,24 @@ def run(cfg: RunConfig, output_dir: str | Path | None = None, overwrite: bool = 
         return _run(cfg, folder, overwrite)
 
 
+def check_schedule(cfg: RunConfig) -> None:
+    """A schedule this task cannot follow is one line before any work, never silently ignored."""
+    sched = cfg.prune.schedule
+    if cfg.data.name == "lm_text" and (sched.name != "one_shot" or sched.chain_levels):
+        raise UserError(
+            "the causal-LM task (data.name lm_text) prunes each level one shot from the dense model and "
+            "recovers it by steps: set prune.schedule.name to one_shot and prune.schedule.chain_levels to false"
+        )
+    if sched.chain_levels and cfg.prune.metric == "latency":
+        raise UserError(
+            "prune.schedule.chain_levels continues in params or MACs, but a latency target is searched from "
+            "the dense model: set prune.schedule.chain_levels to false, or prune.metric to macs"
+        )
+
+
 def _run(cfg: RunConfig, folder: Path, overwrite: bool) -> dict[str, Any]:
     """The pipeline into ``folder`` (checked and locked by :func:`run`)."""
+    check_schedule(cfg)
     if cfg.data.name == "lm_text":  # the causal-LM task has its own stages (perplexity, recovery by steps)
         from prunekit.lm_pipeline import run_lm
 

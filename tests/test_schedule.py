@@ -135,3 +135,46 @@ def test_constant_gap_holds_the_prediction_or_stops_and_says_so(h):
 def test_schedule_section_is_validated_when_the_yaml_is_read():
     cfg = config_from_dict({"prune": {"schedule": {"name": "linear", "steps": 3}}})
     assert cfg.prune.schedule.steps == 3
+
+
+@pytest.mark.parametrize(
+    "raw, fix",
+    [
+        (
+            {"data": {"name": "lm_text"}, "prune": {"schedule": {"name": "linear"}}},
+            "prune.schedule.name to one_shot",
+        ),
+        (
+            {"data": {"name": "lm_text"}, "prune": {"schedule": {"chain_levels": True}}},
+            "chain_levels to false",
+        ),
+        ({"prune": {"metric": "latency", "schedule": {"chain_levels": True}}}, "chain_levels to false"),
+    ],
+)
+def test_a_schedule_the_task_cannot_follow_is_one_line_before_any_work(raw, fix):
+    from prunekit.errors import UserError
+    from prunekit.pipeline import check_schedule
+
+    with pytest.raises(UserError) as err:
+        check_schedule(config_from_dict(raw))
+    assert fix in str(err.value) and "\n" not in str(err.value)
+    check_schedule(config_from_dict({"prune": {"metric": "macs", "schedule": {"chain_levels": True}}}))
+
+
+def test_run_refuses_a_chained_latency_target_with_exit_2(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    out = tmp_path / "never"
+    args = [sys.executable, "-m", "prunekit", "run", "configs/quickstart.yaml", "--output", str(out)]
+    args += ["--set", "prune.metric=latency", "--set", "prune.schedule.name=one_shot"]
+    args += ["--set", "prune.schedule.chain_levels=true"]
+    proc = subprocess.run(
+        args, cwd=root, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1")
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "chain_levels" in proc.stderr
+    assert not out.exists()  # nothing written

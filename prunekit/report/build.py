@@ -34,6 +34,7 @@ LEVEL_FIELDS = (
     "starts_from",
     "total_train_steps",
     "steps",
+    "latency_plan",  # a latency target: the planner's search, target ms, measured spread (planner/latency.py)
 )
 DENSE_FIELDS = (
     "params",
@@ -73,5 +74,5 @@ def build_report(cfg: RunConfig, dense: dict[str, Any], levels: list[dict[str, A
         "levels": [{k: lv.get(k) for k in LEVEL_FIELDS} for lv in levels],
         # Estimator wall time is a measurement too; it stays in state.json, not in the report.
         # Latency is measured wall time on a shared machine: it varies run to run, unlike the rest.
-        "volatile_fields": ["latency_ms", "speedup", "speedup_per_mac_reduction"],
+        "volatile_fields": ["latency_ms", "speedup", "speedup_per_mac_reduction", "latency_plan"],
     }
