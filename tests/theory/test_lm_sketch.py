@@ -155,3 +155,52 @@ def test_theory_planner_plans_a_tiny_lm(model, blocks):
     counts = {name: len(keep) for name, keep in plan.keep.items()}
     saved = 1 - remaining_size(model, groups, counts, example)[0] / sum(p.numel() for p in model.parameters())
     assert saved == pytest.approx(0.2, abs=0.01)
+
+
+@pytest.mark.slow
+def test_lm_run_with_the_theory_planner(tmp_path):
+    """`prunekit run` on the causal-LM task with ``planner: theory`` (risk from the sketched Estimator)."""
+    import json
+
+    import yaml
+
+    from prunekit.config import load_config
+    from prunekit.pipeline import run
+
+    cfg = {
+        "name": "lm_theory",
+        "data": {"name": "lm_text", "path": "tweets", "max_length": 32, "batch_size": 64},
+        "model": {
+            "name": "tiny_llama",
+            "kwargs": {
+                "vocab_size": 300,
+                "hidden_size": 32,
+                "num_layers": 2,
+                "num_heads": 4,
+                "num_kv_heads": 2,
+                "intermediate_size": 64,
+            },
+        },  # fmt: skip
+        "train": {"max_steps": 30, "batch_size": 16, "lr": 1.0e-2},
+        "finetune": {"max_steps": 5, "batch_size": 16, "lr": 1.0e-3},
+        "prune": {
+            "planner": "theory",
+            "importance": "lm_taylor",
+            "levels": [0.3],
+            "importance_batches": 2,
+            "planner_options": {
+                "quantity": "risk",
+                "probe_samples": 16,
+                "allocation": "curves",
+                "fractions": [0.5],
+            },
+        },
+        "evaluate": {"latency_repeats": 2, "latency_warmup": 1},
+    }
+    path = tmp_path / "lm.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    report = run(load_config(path), tmp_path / "run")
+    assert report["planner"] == "theory (lm_taylor)"
+    assert report["levels"][0]["params_saved"] == pytest.approx(0.3, abs=0.01)
+    plan = json.loads((tmp_path / "run" / "level-30" / "prunekit.json").read_text())["plan"]
+    assert plan["extra"]["quantity"] == "risk" and math.isfinite(plan["predicted_gap"])
