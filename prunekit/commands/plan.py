@@ -268,8 +268,8 @@ def plot_plan(out: dict[str, Any], path: str | Path) -> None:
         right.invert_xaxis()
         right.legend(fontsize=6)
     elif with_path is not None:
-        path = with_path["path"]
-        right.plot([p["saved"] for p in path], [p["value"] for p in path], marker="o", ms=3)
+        states = with_path["path"]
+        right.plot([p["saved"] for p in states], [p["value"] for p in states], marker="o", ms=3)
         for lv in levels:
             right.axvline(lv["level"], color="grey", lw=0.8, ls="--")
         right.set_xlabel(
