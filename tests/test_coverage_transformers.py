@@ -9,110 +9,184 @@ import logging
 import pytest
 import torch
 
+from prunekit.batch import logits_of
 from prunekit.pruning import apply_plan_
 from prunekit.structure import Plan, find_groups
+from prunekit.testing.hf_tiny import BUILDERS, SUPPORTED, zero_masked
+
+EXACT = [n for n in SUPPORTED if n != "olmo2"]  # OLMo2 normalises q/k over all heads: see below
 
 
-def _stablelm(qk_layernorm: bool):
-    from transformers import StableLmConfig, StableLmForCausalLM
-
-    torch.manual_seed(0)
-    cfg = StableLmConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        qk_layernorm=qk_layernorm,
-        attn_implementation="eager",
-    )
-    model = StableLmForCausalLM(cfg).eval()
-    with torch.no_grad():  # default norms are all equal, which hides a norm given to the wrong head
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(torch.rand_like(p) + 0.5)
-    return model
-
-
-def _inputs() -> dict:
-    return {"input_ids": torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(1))}
-
-
-def _drop_every_other(groups) -> Plan:
-    keep = {g.name: list(range(0, g.num_units, 2)) for g in groups}
-    return Plan(keep=keep, num_units={g.name: g.num_units for g in groups})
-
-
-def _zero_masked(model, groups, plan: Plan):
-    """The dense model with each removed unit's entries set to zero (an independent reference)."""
-    dense = copy.deepcopy(model)
-    params = dict(dense.named_parameters())
-    with torch.no_grad():
-        for g in groups:
-            removed = [u for u in range(g.num_units) if u not in plan.keep[g.name]]
-            for s in g.slices:
-                index = [i for u in removed for i in s.index[u]]
-                params[s.param].index_fill_(s.dim, torch.tensor(index, dtype=torch.long), 0.0)
-    return dense
+def _random_plan(groups, fraction: float, seed: int = 3) -> Plan:
+    """Remove ``fraction`` of every group's units, chosen at random (the same count in every layer)."""
+    g = torch.Generator().manual_seed(seed)
+    keep = {}
+    for group in groups:
+        count = max(group.num_units - round(fraction * group.num_units), 1)
+        keep[group.name] = sorted(torch.randperm(group.num_units, generator=g)[:count].tolist())
+    return Plan(keep=keep, num_units={gr.name: gr.num_units for gr in groups})
 
 
 def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-def _prune_and_compare(model, groups) -> tuple[float, float]:
-    x = _inputs()
-    plan = _drop_every_other(groups)
+def _prune(name: str, fraction: float, plan_of=_random_plan):
+    """(model, inputs, groups, plan, dense logits, zero-masked reference logits, pruned logits)."""
+    model, x = BUILDERS[name]()
+    groups = find_groups(model, x)
+    plan = plan_of(groups, fraction)
     with torch.no_grad():
-        dense = model(**x).logits
-        reference = _zero_masked(model, groups, plan)(**x).logits
+        dense = logits_of(model, x)
+        reference = logits_of(zero_masked(model, groups, plan.keep), x)
     apply_plan_(model, plan, x, groups=groups)
     with torch.no_grad():
-        pruned = model(**x).logits
-    return _rel_err(pruned, reference), _rel_err(pruned, dense)
+        pruned = logits_of(model, x)
+    return model, x, groups, plan, dense, reference, pruned
 
 
-def test_stablelm_heads_prune_exactly_against_zero_masked_reference():
-    model = _stablelm(qk_layernorm=False)
-    groups = find_groups(model, _inputs())
-    assert {g.kind for g in groups} == {"head", "kv_head", "neuron"}
-    exact, changed = _prune_and_compare(model, groups)
-    assert exact < 1e-5
-    assert changed > 1e-2  # negative control: a real prune changes the output
+@pytest.mark.parametrize("fraction", [0.3, 0.5])
+@pytest.mark.parametrize("name", EXACT)
+def test_heads_and_neurons_prune_exactly_against_the_zero_masked_reference(name, fraction):
+    model, x, groups, plan, dense, reference, pruned = _prune(name, fraction)
+    assert {g.kind for g in groups} >= {"head", "neuron"}
+    assert _rel_err(pruned, reference) < 1e-5
+    assert _rel_err(pruned, dense) > 1e-4  # negative control: a real prune changes the output
+    removed = sum(g.num_units - len(plan.keep[g.name]) for g in groups)
+    assert removed > 0
 
 
-def test_stablelm_per_head_qk_norms_refuse_head_groups_and_ffn_stays_exact(caplog):
-    model = _stablelm(qk_layernorm=True)
-    with caplog.at_level(logging.WARNING, logger="prunekit.structure.transformer"):
-        groups = find_groups(model, _inputs())
-    assert {g.kind for g in groups} == {"neuron"}  # never silently wrong: no head group is offered
-    assert "layers.0.self_attn: head groups not offered" in caplog.text
-    assert "q_layernorm" in caplog.text
-    exact, changed = _prune_and_compare(model, groups)
-    assert exact < 1e-5
-    assert changed > 1e-2
+@pytest.mark.parametrize("name", sorted(SUPPORTED))
+def test_uniform_prune_is_expressible_in_config_json_exactly_where_the_family_reads_it(name, tmp_path):
+    model, x = BUILDERS[name]()
+    cfg_before = copy.deepcopy(model.config.to_dict())
+    groups = find_groups(model, x)
+    keep = {g.name: list(range(0, g.num_units, 2)) for g in groups}
+    apply_plan_(model, Plan(keep=keep, num_units={g.name: g.num_units for g in groups}), x, groups=groups)
+    assert model.config.prunekit_config_exact is SUPPORTED[name]["from_pretrained"]
+    model.save_pretrained(tmp_path)
+    if SUPPORTED[name]["from_pretrained"]:
+        again = type(model).from_pretrained(tmp_path, attn_implementation="eager").eval()
+        with torch.no_grad():
+            assert torch.equal(logits_of(again, x), logits_of(model, x))
+    else:  # the config cannot express the pruned widths: loading it fails loudly, never silently
+        with pytest.raises(Exception, match="(?i)size|shape"):
+            type(model).from_pretrained(tmp_path, attn_implementation="eager")
+    fresh, _ = BUILDERS[name]()
+    assert fresh.config.to_dict() == cfg_before  # builders, like callers, keep their own config
 
 
-@pytest.mark.parametrize("name", ["olmo2", "swin"])
-def test_head_sized_norms_and_bias_tables_offer_only_ffn_groups(name, caplog):
+def test_stablelm_per_head_norms_follow_their_heads():
+    model, x = BUILDERS["stablelm_qknorm"]()
+    before = [n.weight.detach().clone() for n in model.model.layers[0].self_attn.q_layernorm.norms]
+    groups = find_groups(model, x)
+    slots = {g.name: g for g in groups}["model.layers.0.self_attn:heads"]
+    keep = {g.name: list(range(g.num_units)) for g in groups}
+    keep[slots.name] = [1]  # query head 1 of each of the 2 kv groups: heads 1 and 3 of 4
+    apply_plan_(model, Plan(keep=keep, num_units={g.name: g.num_units for g in groups}), x, groups=groups)
+    attn = model.model.layers[0].self_attn
+    assert len(attn.q_layernorm.norms) == attn.q_layernorm.num_heads == 2
+    for i, head in enumerate([1, 3]):
+        assert torch.equal(attn.q_layernorm.norms[i].weight, before[head])
+    assert len(attn.k_layernorm.norms) == 2 and attn.num_key_value_groups == 1
+
+
+def test_t5_heads_are_one_group_per_stack_with_the_bias_columns():
+    model, x = BUILDERS["t5"]()
+    names = [g.name for g in find_groups(model, x)]
+    assert names[:1] == ["encoder.block.*.layer.0.SelfAttention:heads"]
+    assert {
+        "decoder.block.*.layer.0.SelfAttention:heads",
+        "decoder.block.*.layer.1.EncDecAttention:heads",
+    } <= set(names)
+    model, x, groups, plan, *_ = _prune("t5", 0.5)
+    bias = model.encoder.block[0].layer[0].SelfAttention.relative_attention_bias
+    assert bias.weight.shape == (8, 2) and bias.embedding_dim == 2
+    assert model.config.num_heads == 2 and model.config.prunekit_config_exact is True
+
+
+def test_olmo2_norm_over_all_heads_is_the_documented_difference_and_exact_once_rescaled():
+    """OLMo2's q/k RMSNorm runs over every head's rows; after a head prune it averages over the kept
+    rows only. Against the zero-masked reference that is the documented LayerNorm difference; with the
+    reference's norm weights scaled by sqrt(kept rows / all rows) the two agree (up to the norm's eps)."""
+    model, x = BUILDERS["olmo2"]()
+    for layer in model.model.layers:  # random-init activations are tiny: eps would dominate the RMS
+        layer.self_attn.q_norm.variance_epsilon = layer.self_attn.k_norm.variance_epsilon = 1e-20
+    groups = find_groups(model, x)
+    plan = _random_plan(groups, 0.5)
+    reference = zero_masked(model, groups, plan.keep)
+    cut_rows: dict[str, set] = {}
+    for g in groups:
+        for s in g.slices:
+            if s.param.endswith(("q_norm.weight", "k_norm.weight")):
+                gone = {i for u in range(g.num_units) if u not in plan.keep[g.name] for i in s.index[u]}
+                cut_rows[s.param] = cut_rows.get(s.param, set()) | gone
+    params = dict(reference.named_parameters())
+    with torch.no_grad():
+        for name, gone in cut_rows.items():
+            n = params[name].numel()
+            params[name].mul_(((n - len(gone)) / n) ** 0.5)
+        plain = logits_of(zero_masked(model, groups, plan.keep), x)
+        rescaled = logits_of(reference, x)
+    apply_plan_(model, plan, x, groups=groups)
+    with torch.no_grad():
+        pruned = logits_of(model, x)
+    assert _rel_err(pruned, rescaled) < 1e-4
+    assert _rel_err(pruned, plain) > 1e-3  # the documented difference is real, not hidden
+
+
+def test_phi3_non_uniform_heads_get_per_layer_configs_and_the_callers_config_is_untouched():
+    model, x = BUILDERS["phi3"]()
+    shared = model.config
+    before = copy.deepcopy(shared.to_dict())
+    groups = find_groups(model, x)
+    keep = {g.name: list(range(g.num_units)) for g in groups}
+    keep["model.layers.0.self_attn:heads"] = [0]  # layer 0: 2 query heads, layer 1: 4
+    plan = Plan(keep=keep, num_units={g.name: g.num_units for g in groups})
+    with torch.no_grad():
+        reference = logits_of(zero_masked(model, groups, keep), x)
+    apply_plan_(model, plan, x, groups=groups)
+    with torch.no_grad():
+        assert _rel_err(logits_of(model, x), reference) < 1e-5
+    assert shared.to_dict() == before  # the object the caller built the model from
+    assert model.config.prunekit_config_exact is False
+    assert model.model.layers[0].self_attn.config.num_attention_heads == 2
+    assert model.config.prunekit_layer_widths["model.layers.1"]["heads"] == 4
+
+
+def test_gpt2_ffn_alone_prunes_with_attention_ignored():
+    model, x = BUILDERS["gpt2"]()
+    groups = find_groups(model, x, ignore=["*.attn"])
+    assert [g.kind for g in groups] == ["neuron", "neuron"]
+    plan = _random_plan(groups, 0.5)
+    with torch.no_grad():
+        reference = logits_of(zero_masked(model, groups, plan.keep), x)
+    apply_plan_(model, plan, x, groups=groups)
+    assert model.transformer.h[0].mlp.c_fc.nf == 24 and model.config.n_inner == 24
+    with torch.no_grad():
+        assert _rel_err(logits_of(model, x), reference) < 1e-5
+
+
+def test_falcon_alibi_and_beit_shared_bias_refuse_heads_with_one_warning(caplog):
     import transformers as hf
 
     torch.manual_seed(0)
-    if name == "olmo2":  # q/k norms over all heads (hidden size), not per head
-        cfg = hf.Olmo2Config(
-            vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4
-        )
-        model, x = hf.AutoModelForCausalLM.from_config(cfg).eval(), _inputs()
-    else:  # a relative-position bias table with one column per head
-        cfg = hf.SwinConfig(
-            image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4
-        )
-        model, x = hf.AutoModelForImageClassification.from_config(cfg).eval(), torch.randn(1, 3, 32, 32)
-    with caplog.at_level(logging.WARNING, logger="prunekit.structure.transformer"):
-        groups = find_groups(model, x)
-    assert groups and {g.kind for g in groups} == {"neuron"}
-    assert "head groups not offered" in caplog.text
+    falcon = hf.FalconForCausalLM(
+        hf.FalconConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, alibi=True)
+    ).eval()
+    beit_cfg = hf.BeitConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1)
+    beit_cfg.update(dict(num_attention_heads=4, intermediate_size=48, use_shared_relative_position_bias=True))
+    beit = hf.BeitForImageClassification(beit_cfg).eval()
+    cases = [
+        (falcon, {"input_ids": torch.randint(0, 64, (2, 7))}),
+        (beit, {"pixel_values": torch.randn(2, 3, 32, 32)}),
+    ]
+    for model, x in cases:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="prunekit.structure.transformer"):
+            groups = find_groups(model, x)
+        assert groups and {g.kind for g in groups} == {"neuron"}
+        assert "head groups not offered" in caplog.text and caplog.text.count("\n") == 1
 
 
 def test_uniform_gives_identical_layers_identical_widths_and_from_pretrained_loads(tmp_path):
@@ -130,7 +204,8 @@ def test_uniform_gives_identical_layers_identical_widths_and_from_pretrained_loa
         num_key_value_heads=2,
         attn_implementation="eager",
     )
-    model, x = AutoModelForCausalLM.from_config(cfg).eval(), _inputs()
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    x = {"input_ids": torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(1))}
     groups = find_groups(model, x)
     plan = make_plan(model, groups, {"metric": "params", "saved": 0.4}, "uniform", example_inputs=x)
     widths = {g.name.replace("layers.1.", "layers.0."): set() for g in groups}
@@ -144,14 +219,3 @@ def test_uniform_gives_identical_layers_identical_widths_and_from_pretrained_loa
     again = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
     with torch.no_grad():
         assert torch.allclose(again(**x).logits, model(**x).logits, atol=1e-6)
-
-
-def test_unsupported_attention_names_the_ignore_pattern_and_ignore_is_applied_first():
-    from transformers import AutoModelForCausalLM, GPT2Config
-
-    model = AutoModelForCausalLM.from_config(GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=4))
-    x = _inputs()
-    with pytest.raises(ValueError, match=r"add 'transformer.h.0.attn' to ignore \(or '\*.attn'"):
-        find_groups(model.eval(), x)
-    with pytest.raises(ValueError, match="attention modules are ignored, but prunekit finds no feed-forward"):
-        find_groups(model, x, ignore=["*.attn"])

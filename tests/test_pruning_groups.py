@@ -189,12 +189,10 @@ def test_llama_gqa_groups_never_trace_and_finish_fast():
 
 
 def test_hf_attention_without_an_adapter_is_refused_not_traced():
-    from transformers import GPT2Config, GPT2ForSequenceClassification
+    from transformers import BloomConfig, BloomForCausalLM  # fused heads with ALiBi: no layout
 
-    cfg = GPT2Config(vocab_size=100, n_embd=32, n_layer=1, n_head=4, pad_token_id=0, bos_token_id=1)
-    cfg.eos_token_id = 1
-    model = GPT2ForSequenceClassification(cfg).eval()
-    with pytest.raises(ValueError, match=r"no adapter.*transformer\.h\.0\.attn \(GPT2Attention\)"):
+    model = BloomForCausalLM(BloomConfig(vocab_size=100, hidden_size=32, n_layer=1, n_head=4)).eval()
+    with pytest.raises(ValueError, match=r"no adapter.*transformer\.h\.0\.self_attention \(BloomAttention\)"):
         find_groups(model, example_inputs_for(model))
 
 

@@ -1,30 +1,27 @@
 """After surgery on a transformer: re-derive module attributes and patch the HF config.
 
 Attributes are recomputed from the pruned weights (idempotent, so rebuilding a checkpoint by applying
-the same plan gives the same result). The HF config can describe a pruned model only when every layer
-has the same widths *and* the family reads those widths from the config: LLaMA-style attention (and
-ViT in transformers >= 5) keeps ``head_dim`` explicit, so ``num_attention_heads`` /
-``num_key_value_heads`` can change; BERT derives its head size from ``hidden_size /
-num_attention_heads`` (DistilBERT likewise from ``dim / n_heads``), so their pruned heads cannot be
-expressed. The per-layer widths are therefore
-always recorded in ``config.prunekit_layer_widths`` and ``config.prunekit_config_exact`` says whether
-``from_pretrained`` on the config alone would rebuild the same shapes (when it is False, loading the
-weights into a model built from the config fails on shape mismatch, loudly).
+the same plan gives the same result), by the family layout (structure/layouts.py): head counts, key-
+value group sizes, head widths, per-head module lists. The HF config can describe a pruned model only
+when every layer of a kind has the same widths *and* the family reads those widths from the config:
+LLaMA-style attention and T5 keep the head size explicit (``head_dim``, ``d_kv``), so the head counts
+can change; BERT, GPT-2, GPT-NeoX, Falcon, OPT and BART derive the head size from ``hidden / heads``,
+so their pruned heads cannot be expressed. The per-layer widths are therefore always recorded in
+``config.prunekit_layer_widths``, and ``config.prunekit_config_exact`` says whether the class built
+from the config alone has the pruned shapes (checked by building it on the meta device; when it is
+False, loading the weights into a model built from the config fails on shape mismatch, loudly).
 """
 
 from __future__ import annotations
 
+import copy
+import fnmatch
+
+import torch
 from torch import nn
 
-from prunekit.structure.blocks import AttentionSpec, find_blocks
-
-
-def _patch_bert(model: nn.Module, a: AttentionSpec) -> dict[str, int]:
-    sa = model.get_submodule(a.q.rsplit(".", 1)[0])
-    rows = sa.query.out_features
-    sa.num_attention_heads = rows // sa.attention_head_size
-    sa.all_head_size = rows
-    return {"heads": sa.num_attention_heads, "kv_heads": sa.num_attention_heads}
+from prunekit.structure.blocks import AttentionSpec, find_blocks, in_features, join
+from prunekit.structure.layouts import Rules
 
 
 def _configs(model: nn.Module) -> list:
@@ -45,8 +42,6 @@ def _own_configs(model: nn.Module) -> None:
     ``LlamaForCausalLM(cfg)`` keeps ``cfg`` itself (every submodule holding ``.config`` shares it),
     so patching it would change the caller's object and every model built from it afterwards. One
     deepcopy memo keeps the sharing between the model's own modules (and sub-configs) as it was."""
-    import copy
-
     from transformers import PretrainedConfig
 
     memo: dict = {}
@@ -56,9 +51,97 @@ def _own_configs(model: nn.Module) -> None:
             m.config = copy.deepcopy(cfg, memo)
 
 
-def _uniform(widths: dict[str, dict[str, int]], key: str) -> int | None:
-    values = {w[key] for w in widths.values() if key in w}
-    return values.pop() if len(values) == 1 else None
+def _set_ints(module: nn.Module, attrs: tuple[str, ...], value: int) -> None:
+    for attr in attrs:
+        if isinstance(getattr(module, attr, None), int):
+            setattr(module, attr, value)
+
+
+def _drop_cut_heads(model: nn.Module, a: AttentionSpec) -> None:
+    """Per-head module lists (StableLM qk_layernorm): drop the modules whose parameters surgery cut
+    to nothing, so that head ``i`` of the pruned projection meets the ``i``-th kept norm."""
+    for e in a.layout.extras:
+        full = join(a.name, e.path)
+        try:
+            listed = model.get_submodule(full)
+        except AttributeError:
+            continue
+        if not e.per_module or not isinstance(listed, nn.ModuleList):
+            continue
+        kept = [
+            m for m in listed if any(p.numel() for p in m.parameters()) or next(m.parameters(), None) is None
+        ]
+        if len(kept) < len(listed):
+            parent_name, attr = full.rsplit(".", 1)
+            parent = model.get_submodule(parent_name)
+            parent._modules[attr] = nn.ModuleList(kept)
+            _set_ints(parent, ("num_heads",), len(kept))
+
+
+def patch_attention(model: nn.Module, a: AttentionSpec) -> dict[str, int]:
+    """Set one attention module's head-count attributes from its (pruned) weights; return them."""
+    layout = a.layout
+    module = model.get_submodule(a.name)
+    holder = model.get_submodule(join(a.name, layout.counts_on)) if layout.counts_on else module
+    heads, kv = a.num_heads, a.num_kv_heads
+    _set_ints(holder, layout.heads_attrs, heads)
+    _set_ints(holder, layout.kv_attrs, kv)
+    _set_ints(holder, layout.groups_attrs, heads // max(kv, 1))  # read by repeat_kv at every forward
+    _set_ints(holder, layout.width_attrs, heads * a.head_dim)
+    _drop_cut_heads(model, a)
+    prefix = "cross_" if layout.role == "cross" else ""
+    return {f"{prefix}heads": heads, f"{prefix}kv_heads": kv}
+
+
+def _key(cfg, rules: Rules, name: str) -> str | None:
+    return next((k for pattern, k in rules if fnmatch.fnmatchcase(name, pattern) and hasattr(cfg, k)), None)
+
+
+def _config_values(cfg, attentions: list[AttentionSpec], ffns: list, model: nn.Module) -> tuple[dict, bool]:
+    """The config fields that express the pruned widths, and whether they can express all of them.
+    Head fields are set all together or not at all (a config with new kv heads but old heads would
+    describe neither model)."""
+    heads: dict[str, set] = {}
+    fixed: dict[str, set] = {}  # keys whose value must stay as it is (head size = hidden / heads)
+    ffn: dict[str, set] = {}
+    exact = True
+    for a in attentions:
+        lay = a.layout
+        heads_key, kv_key = _key(cfg, lay.config_heads, a.name), _key(cfg, lay.config_kv, a.name)
+        if heads_key is None:
+            exact = False
+        elif lay.config_head_dim:  # explicit head size: the counts can change
+            heads.setdefault(lay.config_head_dim, set()).add(a.head_dim)
+            heads.setdefault(heads_key, set()).add(a.num_heads)
+            if kv_key is not None:
+                heads.setdefault(kv_key, set()).add(a.num_kv_heads)
+        else:
+            fixed.setdefault(heads_key, set()).add(a.num_heads)
+    for f in ffns:
+        key = _key(cfg, f.layout.config, f.name)
+        if key is None:
+            exact = False
+        else:
+            ffn.setdefault(key, set()).add(in_features(model.get_submodule(f.out)))
+    new = {k: v.pop() for k, v in ffn.items() if len(v) == 1}
+    exact = exact and len(new) == len(ffn)
+    if all(len(v) == 1 for v in heads.values()):
+        new.update({k: next(iter(v)) for k, v in heads.items()})
+    else:
+        exact = False
+    exact = exact and all(len(v) == 1 and getattr(cfg, k) in v for k, v in fixed.items())
+    return new, exact
+
+
+def _rebuilds(model: nn.Module, cfg) -> bool:
+    """Whether the model's class built from ``cfg`` alone has the model's parameter shapes."""
+    try:
+        with torch.device("meta"):
+            fresh = type(model)(copy.deepcopy(cfg))
+    except Exception:
+        return False
+    shapes = {n: tuple(p.shape) for n, p in fresh.named_parameters()}
+    return shapes == {n: tuple(p.shape) for n, p in model.named_parameters()}
 
 
 def patch_transformer(model: nn.Module) -> dict[str, dict[str, int]]:
@@ -68,37 +151,38 @@ def patch_transformer(model: nn.Module) -> dict[str, dict[str, int]]:
         return {}
     widths: dict[str, dict[str, int]] = {}
     for a in attentions:
-        layer = a.name.rsplit(".", 1)[0]
-        got = _patch_bert(model, a) if a.style == "bert" else patch_qkvo(model, a)
-        widths.setdefault(layer, {}).update(got)
+        widths.setdefault(a.name.rsplit(".", 1)[0], {}).update(patch_attention(model, a))
     for f in ffns:
-        width = model.get_submodule(f.out).in_features
-        container = model.get_submodule(f.name)
-        if hasattr(container, "intermediate_size"):
-            container.intermediate_size = width
-        widths.setdefault(f.name.rsplit(".", 1)[0], {})["neurons"] = width
+        width = in_features(model.get_submodule(f.out))
+        _set_ints(model.get_submodule(f.name), f.layout.width_attrs, width)
+        widths.setdefault(f.layer or f.name.rsplit(".", 1)[0], {})["neurons"] = width
 
-    styles = {a.style for a in attentions}
-    heads, kv, neurons = (_uniform(widths, k) for k in ("heads", "kv_heads", "neurons"))
     _own_configs(model)  # the caller's config object (HF shares it) must never change
+    top = getattr(model, "config", None)
     for cfg in _configs(model):
-        exact, new = True, {}
-        if styles == {"qkvo"} and heads is not None and kv is not None:
-            new["head_dim"] = attentions[0].head_dim  # explicit, so hidden/heads is never used
-            new["num_attention_heads"] = heads
-            if hasattr(cfg, "num_key_value_heads"):
-                new["num_key_value_heads"] = kv
-        elif heads != getattr(cfg, "num_attention_heads", heads):
-            exact = False  # BERT-style heads, or non-uniform heads: not expressible
-        ffn_key = next((k for k in ("intermediate_size", "hidden_dim") if hasattr(cfg, k)), None)
-        if neurons is not None and ffn_key is not None:  # hidden_dim: DistilBERT's FFN width
-            new[ffn_key] = neurons
-        elif any("neurons" in w for w in widths.values()):
-            exact = False
+        new, exact = _config_values(cfg, attentions, ffns, model)
         exact = _set_valid(cfg, new) and exact
         cfg.prunekit_layer_widths = widths
         cfg.prunekit_config_exact = exact
+    if top is not None and hasattr(top, "to_dict"):
+        exact = top.prunekit_config_exact and _rebuilds(model, top)
+        for cfg in _configs(model):
+            cfg.prunekit_config_exact = exact
+    _per_layer_reads(model, attentions)
     return widths
+
+
+def _per_layer_reads(model: nn.Module, attentions: list[AttentionSpec]) -> None:
+    """A family whose forward reads a width from the config (Phi-3's query width) gets, in each layer
+    the shared config cannot describe, its own copy of the config with that layer's value."""
+    for a in attentions:
+        module = model.get_submodule(a.name)
+        cfg = getattr(module, "config", None)
+        for key in a.layout.config_reads:
+            if cfg is not None and getattr(cfg, key, None) != a.num_heads:
+                cfg = copy.copy(cfg)
+                setattr(cfg, key, a.num_heads)
+                module.config = cfg
 
 
 def _set_valid(cfg, new: dict) -> bool:
@@ -116,18 +200,3 @@ def _set_valid(cfg, new: dict) -> bool:
             setattr(cfg, k, v)
         return False
     return True
-
-
-def patch_qkvo(model: nn.Module, a: AttentionSpec) -> dict[str, int]:
-    """Re-derive the head counts of one attention module from its (pruned) weights; return them."""
-    module = model.get_submodule(a.name)
-    q, k = model.get_submodule(a.q), model.get_submodule(a.k)
-    heads, kv = q.out_features // a.head_dim, k.out_features // a.head_dim
-    if hasattr(module, "num_key_value_groups"):
-        module.num_key_value_groups = heads // max(kv, 1)  # read by repeat_kv at every forward
-    for attr in ("num_heads", "num_attention_heads", "n_heads"):
-        if hasattr(module, attr):
-            setattr(module, attr, heads)
-    if hasattr(module, "num_key_value_heads"):
-        module.num_key_value_heads = kv
-    return {"heads": heads, "kv_heads": kv}

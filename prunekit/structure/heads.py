@@ -1,9 +1,14 @@
-"""Heads of q/k/v/o-projection attention, grouped-query attention included, without tracing.
+"""Head groups of any attention layout (layouts.py), grouped-query attention included, without tracing.
+
+A unit of a head group is a set of query heads and a set of key-value heads; its slices are their
+output rows in the projections (by the layout's packing, for fused projections), their input columns
+in the output projection and their entries in the parameters the layout indexes by heads (norms,
+relative-position bias tables).
 
 torch-pruning's graph build never finishes on grouped-query attention (8 query / 4 key-value heads,
-torch-pruning 1.6.1), so the LLaMA family is described directly. HF's ``repeat_kv`` gives query head
-``h`` the key-value head ``h // n_rep`` (``n_rep`` = query heads per key-value head) and needs the same
-``n_rep`` for every key-value head. Two groups express what can be removed under that rule:
+torch-pruning 1.6.1), so this is written directly. HF's ``repeat_kv`` (and Falcon's grouped packing)
+gives query head ``h`` the key-value head ``h // n_rep`` and needs the same ``n_rep`` for every
+key-value head. Two groups express what can be removed under that rule:
 
 - ``"{attn}:heads"`` has ``n_rep`` units; unit ``j`` is the ``j``-th query head of *every* key-value
   group (query rows and output-projection columns), so any kept subset leaves equal-sized groups.
@@ -11,56 +16,126 @@ torch-pruning 1.6.1), so the LLaMA family is described directly. HF's ``repeat_k
   rows) together with its ``n_rep`` query heads.
 
 The two overlap on the query rows; the remaining query heads are (kept kv heads) x (kept slots).
-Modules with a ``num_key_value_groups`` attribute (the LLaMA family) always get both groups, even when
-``n_rep`` is 1 (then ``:heads`` has a single unit and ``:kv_heads`` prunes whole heads), so group names
-stay the same from one pruning round to the next. Attention without grouping (ViT in
-transformers >= 5) has one ``:heads`` group whose units are whole heads (q, k, v rows, o columns).
+Layouts that name a ``gqa`` attribute the module has (``num_key_value_groups`` in the LLaMA family)
+always get both groups, even when ``n_rep`` is 1 (then ``:heads`` has a single unit and ``:kv_heads``
+prunes whole heads), so group names stay the same from one pruning round to the next. Attention
+without grouping has one ``:heads`` group whose units are whole heads (q, k, v rows, o columns).
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from .blocks import AttentionSpec
+from .blocks import AttentionSpec, join, out_dim
 from .group import ParamSlice
 
-
-def _rows(heads: list[int], head_dim: int) -> tuple[int, ...]:
-    return tuple(i for h in heads for i in range(h * head_dim, (h + 1) * head_dim))
+Unit = tuple[list[int], list[int]]  # (query heads, key-value heads)
 
 
-def _slices(
-    model: nn.Module, per_unit: dict[str, list[tuple[int, ...]]], out_proj: str, o_units: list
-) -> tuple[ParamSlice, ...]:
-    """Rows of each projection in ``per_unit`` (weight and bias), then columns of ``out_proj``."""
+def _block(h: int, d: int, start: int = 0) -> list[int]:
+    return list(range(start + h * d, start + (h + 1) * d))
+
+
+def projection_rows(a: AttentionSpec, q_heads: list[int], kv_heads: list[int]) -> dict[str, list[int]]:
+    """The output rows of each projection module that belong to the given heads, by the packing."""
+    d, n, kv = a.head_dim, a.num_heads, a.num_kv_heads
+    packing = a.layout.packing if a.layout is not None else "separate"
+    if packing == "separate":
+        q = [i for h in q_heads for i in _block(h, d)]
+        kvr = [i for h in kv_heads for i in _block(h, d)]
+        return {a.q: q, a.k: kvr, a.v: list(kvr)}
+    if packing == "split":
+        rows = [i for h in q_heads for i in _block(h, d)]
+        rows += [i for h in kv_heads for i in _block(h, d, n * d) + _block(h, d, (n + kv) * d)]
+    elif packing == "interleaved":  # per head: q, k, v
+        rows = [i for h in q_heads for i in range(3 * h * d, 3 * h * d + d)]
+        rows += [i for h in kv_heads for i in range(3 * h * d + d, 3 * h * d + 3 * d)]
+    else:  # "grouped": per key-value head, its n_rep query heads then its key and value
+        r = n // kv
+        rows = [i for h in q_heads for i in _block(h % r, d, (h // r) * (r + 2) * d)]
+        rows += [i for g in kv_heads for i in range(g * (r + 2) * d + r * d, (g + 1) * (r + 2) * d)]
+    return {a.q: sorted(rows)}
+
+
+Extra = tuple[str, str, int, str, int]  # (parameter, role, dim, per, head)
+
+
+def extra_entries(a: AttentionSpec, modules: dict, tensors: dict) -> list[Extra] | str:
+    """The layout's head-indexed parameters present in this module: (name, role "q" | "kv", dim, per,
+    head) with per "head" (one entry per head), "rows" (head_dim entries per head) or "whole" (every
+    entry of the parameter of the per-head module of ``head``). A string says why the heads cannot be
+    cut (a size that fits neither)."""
+    out = []
+    for e in a.layout.extras if a.layout is not None else ():
+        full = join(a.name, e.path)
+        count = a.num_heads if e.role == "q" else a.num_kv_heads
+        if e.per_module:
+            listed = modules.get(full)
+            if listed is None:
+                continue
+            if not isinstance(listed, nn.ModuleList) or len(listed) != count:
+                return f"{full} holds {len(listed) if isinstance(listed, nn.ModuleList) else '?'} modules"
+            for h, sub in enumerate(listed):
+                out += [(f"{full}.{h}.{p}", e.role, 0, "whole", h) for p, _ in sub.named_parameters()]
+            continue
+        t = tensors.get(full)
+        if t is None:
+            continue
+        size = t.shape[e.dim] if e.dim < t.dim() else -1
+        if size == a.head_dim and size != count:
+            continue  # one norm of head_dim shared by every head (Qwen3): stays whole
+        if size == count and size != count * a.head_dim:
+            out.append((full, e.role, e.dim, "head", -1))
+        elif size == count * a.head_dim and count > 1:
+            out.append((full, e.role, e.dim, "rows", -1))
+        else:
+            return f"{full} {tuple(t.shape)} depends on the heads"
+    return out
+
+
+def unit_slices(
+    model: nn.Module, a: AttentionSpec, units: list[Unit], extras: list[Extra]
+) -> list[ParamSlice]:
+    """The slices of one attention module for the given units (q rows, k rows, v rows, o columns, then
+    the head-indexed parameters)."""
+    per_unit = [projection_rows(a, q, kv) for q, kv in units]
     slices = []
-    for proj, index in per_unit.items():
-        slices.append(ParamSlice(f"{proj}.weight", 0, tuple(index)))
-        if model.get_submodule(proj).bias is not None:
-            slices.append(ParamSlice(f"{proj}.bias", 0, tuple(index)))
-    slices.append(ParamSlice(f"{out_proj}.weight", 1, tuple(o_units)))
-    return tuple(slices)
+    for proj in dict.fromkeys((a.q, a.k, a.v)):
+        module = model.get_submodule(proj)
+        index = tuple(tuple(rows.get(proj, ())) for rows in per_unit)
+        if not any(index):
+            continue  # e.g. the key projection for units of query heads alone
+        slices.append(ParamSlice(f"{proj}.weight", out_dim(module), index))
+        if module.bias is not None:
+            slices.append(ParamSlice(f"{proj}.bias", 0, index))
+    o = model.get_submodule(a.o)
+    o_index = tuple(tuple(i for h in q for i in _block(h, a.head_dim)) for q, _ in units)
+    slices.append(ParamSlice(f"{a.o}.weight", 1 - out_dim(o), o_index))
+    for name, role, dim, per, head in extras:
+        heads = [q if role == "q" else kv for q, kv in units]
+        if per == "whole":
+            size = model.get_parameter(name).shape[0]
+            index = tuple(tuple(range(size)) if head in hs else () for hs in heads)
+        elif per == "head":
+            index = tuple(tuple(hs) for hs in heads)
+        else:
+            index = tuple(tuple(i for h in hs for i in _block(h, a.head_dim)) for hs in heads)
+        if any(index):
+            slices.append(ParamSlice(name, dim, index))
+    return slices
 
 
-def qkvo_head_groups(model: nn.Module, a: AttentionSpec) -> list[dict]:
-    """Raw group descriptions (name, kind, layer, num_units, slices) for one q/k/v/o attention module."""
+def head_units(model: nn.Module, a: AttentionSpec) -> list[tuple[str, str, list[Unit]]]:
+    """(group suffix, kind, units) of one attention module: ``heads`` alone, or ``heads`` and ``kv_heads``."""
     if a.num_kv_heads <= 0 or a.num_heads % a.num_kv_heads != 0:
         raise ValueError(
             f"attention {a.name}: {a.num_heads} query heads do not divide into {a.num_kv_heads} key-value "
             f"heads; add '{a.name}' to ignore"
         )
-    d, n_rep = a.head_dim, a.num_heads // a.num_kv_heads
-    grouped = n_rep > 1 or hasattr(model.get_submodule(a.name), "num_key_value_groups")
-    if not grouped:
-        units = [_rows([h], d) for h in range(a.num_heads)]
-        slices = _slices(model, {a.q: units, a.k: units, a.v: units}, a.o, units)
-        return [dict(name=f"{a.name}:heads", kind="head", layer=a.name, num_units=a.num_heads, slices=slices)]
-    slot_rows = [_rows([k * n_rep + j for k in range(a.num_kv_heads)], d) for j in range(n_rep)]
-    heads = _slices(model, {a.q: slot_rows}, a.o, slot_rows)
-    group_q = [_rows(list(range(k * n_rep, (k + 1) * n_rep)), d) for k in range(a.num_kv_heads)]
-    kv_rows = [_rows([k], d) for k in range(a.num_kv_heads)]
-    kv = _slices(model, {a.q: group_q, a.k: kv_rows, a.v: kv_rows}, a.o, group_q)
-    return [
-        dict(name=f"{a.name}:heads", kind="head", layer=a.name, num_units=n_rep, slices=heads),
-        dict(name=f"{a.name}:kv_heads", kind="kv_head", layer=a.name, num_units=a.num_kv_heads, slices=kv),
-    ]
+    n_rep, kv = a.num_heads // a.num_kv_heads, a.num_kv_heads
+    gqa = a.layout is not None and a.layout.gqa and hasattr(model.get_submodule(a.name), a.layout.gqa)
+    if not (n_rep > 1 or gqa):
+        return [("heads", "head", [([h], [h]) for h in range(a.num_heads)])]
+    slots = [([k * n_rep + j for k in range(kv)], []) for j in range(n_rep)]
+    groups = [(list(range(k * n_rep, (k + 1) * n_rep)), [k]) for k in range(kv)]
+    return [("heads", "head", slots), ("kv_heads", "kv_head", groups)]

@@ -5,41 +5,52 @@ classifier are never groups: cutting them touches every layer and the model's in
 from __future__ import annotations
 
 import logging
+import re
 
 from torch import nn
 
-from .blocks import AttentionSpec, FFNSpec, find_blocks
-from .heads import _slices, qkvo_head_groups
-
-
-def bert_head_groups(model: nn.Module, a: AttentionSpec) -> list[dict]:
-    units = [tuple(range(h * a.head_dim, (h + 1) * a.head_dim)) for h in range(a.num_heads)]
-    slices = _slices(model, {a.q: units, a.k: units, a.v: units}, a.o, units)
-    return [dict(name=f"{a.name}:heads", kind="head", layer=a.name, num_units=a.num_heads, slices=slices)]
-
-
-def ffn_groups(model: nn.Module, f: FFNSpec) -> list[dict]:
-    units = [(i,) for i in range(f.width)]
-    slices = _slices(model, {p: units for p in f.ins}, f.out, units)
-    return [dict(name=f"{f.name}:neurons", kind="neuron", layer=f.name, num_units=f.width, slices=slices)]
-
+from .blocks import AttentionSpec, FFNSpec, attribute, find_blocks, join, out_dim
+from .group import ParamSlice
+from .heads import extra_entries, head_units, unit_slices
 
 log = logging.getLogger(__name__)
 
 
-def head_blocker(model: nn.Module, a: AttentionSpec) -> str | None:
+def ffn_groups(model: nn.Module, f: FFNSpec) -> list[dict]:
+    fused = f.layout is not None and f.layout.fused
+    rows = [(i, f.width + i) if fused else (i,) for i in range(f.width)]
+    slices = []
+    for proj in f.ins:
+        module = model.get_submodule(proj)
+        slices.append(ParamSlice(f"{proj}.weight", out_dim(module), tuple(rows)))
+        if module.bias is not None:
+            slices.append(ParamSlice(f"{proj}.bias", 0, tuple(rows)))
+    cols = tuple((i,) for i in range(f.width))
+    slices.append(ParamSlice(f"{f.out}.weight", 1 - out_dim(model.get_submodule(f.out)), cols))
+    return [
+        dict(name=f"{f.name}:neurons", kind="neuron", layer=f.name, num_units=f.width, slices=tuple(slices))
+    ]
+
+
+def head_blocker(model: nn.Module, a: AttentionSpec, extras: list | str) -> str | None:
     """Why the heads of ``a`` cannot be cut, or None.
 
-    Parameters of the attention module besides its projections are only safe when they are shared by
-    every head (one norm of ``head_dim``, Qwen3-style). Anything else is sized or indexed by heads:
-    per-head norms in a ModuleList (StableLM ``qk_layernorm``: cutting heads without them would give
-    each kept head another head's norm), q/k norms over all heads (OLMo2, Cohere) or relative-position
-    bias tables with one column per head (Swin, BEiT); the surgery does not slice those."""
+    Parameters next to the projections are safe when the layout slices them with the heads (per-head
+    norms, relative-position bias tables: ``extras``) or when they are shared by every head (one norm
+    of ``head_dim``, Qwen3-style). Anything else is sized or indexed by heads in a way the layout does
+    not describe, and cutting the heads without it would be wrong."""
+    if isinstance(extras, str):
+        return extras
+    module = model.get_submodule(a.name)
+    for attr, value in a.layout.blocked_by if a.layout is not None else ():
+        if attribute(module, attr) == value:
+            return f"{attr} is {value}"
     owner = a.q.rsplit(".", 1)[0]
-    projs = {a.q, a.k, a.v, a.o}
+    covered = {a.q, a.k, a.v, a.o}
+    sliced = {e[0] for e in extras}
     for name, p in model.get_submodule(owner).named_parameters():
-        full = f"{owner}.{name}"
-        if any(full.startswith(proj + ".") for proj in projs):
+        full = join(owner, name)
+        if full in sliced or any(full.startswith(proj + ".") for proj in covered):
             continue
         per_head = any(part.isdigit() for part in name.split("."))
         if per_head or tuple(p.shape) != (a.head_dim,):
@@ -47,27 +58,55 @@ def head_blocker(model: nn.Module, a: AttentionSpec) -> str | None:
     return None
 
 
+def _stack_key(a: AttentionSpec) -> str:
+    """The group name shared by the layers of one stack (T5: every block reads layer 0's position bias,
+    so head ``h`` is one unit across the stack), else the module's own name."""
+    stack = a.layout.stack if a.layout is not None else ""
+    if not stack:
+        return a.name
+    return re.sub(stack, lambda m: re.sub(r"\d+", "*", m.group(0)), a.name)
+
+
+def _head_groups(model: nn.Module, members: list[AttentionSpec], modules: dict, tensors: dict) -> list[dict]:
+    first = members[0]
+    per_member = []
+    for a in members:
+        extras = extra_entries(a, modules, tensors)
+        reason = head_blocker(model, a, extras)
+        if reason is not None:
+            log.warning(
+                "attention %s: head groups not offered (%s); its FFN is still grouped", a.name, reason
+            )
+            return []
+        per_member.append((a, extras))
+    if len(members) > 1 and len({(a.num_heads, a.num_kv_heads) for a in members}) > 1:
+        log.warning(
+            "attention %s: layers of one stack have different head counts; heads not offered", first.name
+        )
+        return []
+    raws = []
+    for suffix, kind, units in head_units(model, first):
+        slices = [s for a, extras in per_member for s in unit_slices(model, a, units, extras)]
+        raw = dict(name=f"{_stack_key(first)}:{suffix}", kind=kind, layer=first.name, num_units=len(units))
+        raw.update(slices=tuple(slices), members=tuple(a.name for a in members))
+        raws.append(raw)
+    return raws
+
+
 def transformer_groups(model: nn.Module) -> list[dict] | None:
     """Raw groups of every attention and FFN block in model order, or None if the model has none."""
     attentions, ffns = find_blocks(model)
     if not attentions:
         return None
-    ffn_by_layer = {f.name.rsplit(".", 1)[0]: f for f in ffns}
-    raw: list[dict] = []
+    modules = dict(model.named_modules())
+    tensors = dict(model.named_parameters())
+    tensors.update(dict(model.named_buffers()))
+    order = {n: i for i, n in enumerate(modules)}
+    stacks: dict[str, list[AttentionSpec]] = {}
     for a in attentions:
-        reason = head_blocker(model, a)
-        if reason is not None:
-            log.warning(
-                "attention %s: head groups not offered (%s); its FFN is still grouped", a.name, reason
-            )
-        elif a.style == "bert":
-            raw += bert_head_groups(model, a)
-        else:
-            raw += qkvo_head_groups(model, a)
-        layer = a.name.rsplit(".", 1)[0]
-        f = ffn_by_layer.pop(layer, None)
-        if f is not None:
-            raw += ffn_groups(model, f)
-    for f in ffn_by_layer.values():  # an FFN whose layer prefix differs from its attention's
-        raw += ffn_groups(model, f)
-    return raw
+        stacks.setdefault(_stack_key(a), []).append(a)
+    keyed = []
+    for members in stacks.values():
+        keyed += [(order[members[0].name], r) for r in _head_groups(model, members, modules, tensors)]
+    keyed += [(order[f.out], r) for f in ffns for r in ffn_groups(model, f)]
+    return [r for _, r in sorted(keyed, key=lambda kr: kr[0])]

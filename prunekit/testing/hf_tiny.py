@@ -203,17 +203,34 @@ BUILDERS: dict[str, Callable[..., tuple[nn.Module, dict[str, Tensor]]]] = {
     )
 }  # fmt: skip
 
-# what find_groups covers today: head groups offered, and whether a uniform prune of every group is
-# expressible in config.json (save_pretrained + from_pretrained rebuild the pruned model)
+# what find_groups covers: head groups offered, and whether a uniform prune of every group is
+# expressible in config.json (save_pretrained + from_pretrained rebuild the pruned model). False where
+# the family computes the head size as hidden / heads (BERT, GPT-2, GPT-NeoX, Falcon, OPT, BART,
+# StableLM) or sets widths per stage (Swin)
 SUPPORTED: dict[str, dict[str, bool]] = {
     "llama": {"heads": True, "from_pretrained": True},
     "mistral": {"heads": True, "from_pretrained": True},
     "qwen2": {"heads": True, "from_pretrained": True},
-    "stablelm": {"heads": True, "from_pretrained": True},
-    "vit": {"heads": True, "from_pretrained": True},
-    "bert": {"heads": True, "from_pretrained": False},  # head size is hidden / heads in BERT's code
+    "bert": {"heads": True, "from_pretrained": False},
     "roberta": {"heads": True, "from_pretrained": False},
     "distilbert": {"heads": True, "from_pretrained": False},
+    "vit": {"heads": True, "from_pretrained": True},
+    "gpt2": {"heads": True, "from_pretrained": False},
+    "gpt_neox": {"heads": True, "from_pretrained": False},
+    "falcon": {"heads": True, "from_pretrained": False},
+    "falcon_gqa": {"heads": True, "from_pretrained": False},
+    "phi": {"heads": True, "from_pretrained": True},
+    "phi3": {"heads": True, "from_pretrained": True},
+    "opt": {"heads": True, "from_pretrained": False},
+    "bart": {"heads": True, "from_pretrained": False},
+    "t5": {"heads": True, "from_pretrained": True},
+    "t5_gated": {"heads": True, "from_pretrained": True},
+    "stablelm": {"heads": True, "from_pretrained": False},
+    "stablelm_qknorm": {"heads": True, "from_pretrained": False},
+    "olmo2": {"heads": True, "from_pretrained": True},
+    "cohere_qknorm": {"heads": True, "from_pretrained": True},
+    "swin": {"heads": True, "from_pretrained": False},
+    "beit": {"heads": True, "from_pretrained": True},
 }
 
 

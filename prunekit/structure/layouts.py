@@ -1,0 +1,156 @@
+"""Attention and feed-forward layouts of transformer families, as data: one small entry per family.
+
+A layout says where a family keeps the parts of a block, not how to cut them: which projections hold
+the query, key and value heads (three modules, or one fused module and how its output rows are
+packed), the output projection, the attribute holding the head size, parameters indexed by heads
+(norms, relative-position bias tables), the module attributes that store head counts and the config
+keys that express the widths. :mod:`prunekit.structure.heads` turns any layout into parameter slices
+by index arithmetic, and :mod:`prunekit.pruning.hf` patches attributes and configs from it, so a new
+family is a new entry here. Paths are relative to the attention module ("../x": to its parent).
+Whether a projection's weight is ``(out, in)`` (``nn.Linear``) or ``(in, out)`` (transformers'
+``Conv1D``, GPT-2) is read off the module's type, not stored.
+
+Packings of a fused projection's output rows (``d`` = head size, ``H`` query heads, ``KV`` key-value
+heads, ``r = H / KV``):
+
+- ``"split"``: ``[q_0 .. q_H-1 | k_0 .. k_KV-1 | v_0 .. v_KV-1]`` (GPT-2 ``c_attn``, Phi-3 ``qkv_proj``,
+  Falcon multi-query with ``KV = 1``);
+- ``"interleaved"``: ``[q_0 k_0 v_0 | q_1 k_1 v_1 | ...]`` (GPT-NeoX, Falcon-7B style; ``KV = H``);
+- ``"grouped"``: ``[q_0 .. q_r-1 k_0 v_0 | q_r .. q_2r-1 k_1 v_1 | ...]`` (Falcon's new decoder
+  architecture).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Rules = tuple[tuple[str, str], ...]  # (fnmatch pattern on a module name, config key): first match wins
+
+
+@dataclass(frozen=True)
+class Extra:
+    """A parameter (or a ModuleList of per-head modules) indexed by the query or key-value heads.
+
+    Along ``dim`` it has one entry per head (a bias-table column, a ``(heads, head_dim)`` norm), or
+    ``head_dim`` entries per head (a norm over all heads); which of the two is read off its size. Of
+    size ``head_dim`` it is shared by every head and stays whole. Missing paths are skipped."""
+
+    path: str
+    role: str = "q"  # "q": indexed by query heads, "kv": by key-value heads
+    dim: int = 0
+    per_module: bool = False  # a ModuleList with one module per head (StableLM qk_layernorm)
+
+
+@dataclass(frozen=True)
+class AttentionLayout:
+    family: str
+    o: str  # output projection (its input columns are the query heads)
+    head_dim: str  # attribute path holding the head size
+    q: str = ""  # separate projections ...
+    k: str = ""
+    v: str = ""
+    qkv: str = ""  # ... or one fused projection
+    packing: str = "separate"  # "separate" | "split" | "interleaved" | "grouped"
+    when: tuple[tuple[str, object], ...] = ()  # attribute values the module must have
+    named: str = "*"  # fnmatch pattern the module's name must match
+    gqa: str = ""  # an attribute whose presence means query heads and key-value heads are grouped
+    extras: tuple[Extra, ...] = ()
+    stack: str = ""  # regex: layers whose names differ only there share one group (T5's shared bias)
+    blocked_by: tuple[tuple[str, object], ...] = ()  # attribute values under which heads cannot be cut
+    role: str = "self"  # "self" | "cross": widths are recorded as "heads" or "cross_heads"
+    counts_on: str = ""  # the child holding the head-count attributes ("" = the module itself)
+    heads_attrs: tuple[str, ...] = ("num_heads", "num_attention_heads", "n_heads", "n_head")
+    kv_attrs: tuple[str, ...] = ("num_key_value_heads", "num_kv_heads")
+    groups_attrs: tuple[str, ...] = ("num_key_value_groups",)  # query heads per key-value head
+    width_attrs: tuple[str, ...] = ("all_head_size", "inner_dim", "split_size")  # heads x head size
+    config_heads: Rules = (("*", "num_attention_heads"),)
+    config_kv: Rules = ()
+    config_head_dim: str = ""  # config key of an explicit head size ("": head size = hidden / heads)
+    config_reads: tuple[str, ...] = ()  # config keys the forward reads (Phi-3): per-layer copies if needed
+
+    @property
+    def projections(self) -> tuple[str, ...]:
+        return (self.qkv,) if self.qkv else (self.q, self.k, self.v)
+
+
+@dataclass(frozen=True)
+class FFNLayout:
+    family: str
+    ins: tuple[str, ...]  # projections whose output rows are the neurons (gate and up, fc1)
+    out: str  # projection whose input columns are the neurons
+    fused: bool = False  # ins[0] holds [gate | up] rows: neuron i is rows i and width + i (Phi-3)
+    name: str = ""  # group name relative to the container ("" = the container itself)
+    width_attrs: tuple[str, ...] = ("intermediate_size",)
+    config: Rules = (("*", "intermediate_size"),)
+
+
+_NORMS = (  # per-head norms and position-bias tables of the q_proj/k_proj/v_proj/o_proj families
+    Extra("q_layernorm.norms", "q", per_module=True),  # StableLM qk_layernorm: one LayerNorm per head
+    Extra("k_layernorm.norms", "kv", per_module=True),
+    Extra("q_norm.weight", "q"),  # OLMo2: over all heads; Cohere: (heads, head_dim); Qwen3: shared
+    Extra("q_norm.bias", "q"),
+    Extra("k_norm.weight", "kv"),
+    Extra("k_norm.bias", "kv"),
+    Extra("relative_position_bias.relative_position_bias_table", "q", dim=1),  # Swin
+    Extra("../relative_position_bias.relative_position_bias_table", "q", dim=1),  # BEiT
+)
+_LLAMA_CONFIG = dict(
+    config_kv=(("*", "num_key_value_heads"),), config_head_dim="head_dim", gqa="num_key_value_groups"
+)
+_BART_HEADS = (
+    ("*encoder_attn", "decoder_attention_heads"),
+    ("*encoder*", "encoder_attention_heads"),
+    ("*decoder*", "decoder_attention_heads"),
+)
+_T5 = dict(q="q", k="k", v="v", o="o", head_dim="key_value_proj_dim", stack=r"\.block\.\d+\.")
+_T5_CONFIG = dict(config_heads=(("*", "num_heads"),), config_head_dim="d_kv")
+_FALCON = dict(  # with ALiBi every head has a slope set by its index and the head count: not cut
+    qkv="query_key_value", o="dense", head_dim="head_dim", config_kv=(("*", "num_kv_heads"),),
+    blocked_by=(("config.alibi", True),),
+)  # fmt: skip
+
+ATTENTION_LAYOUTS: tuple[AttentionLayout, ...] = (
+    # LLaMA, Mistral, Qwen2/3, StableLM, OLMo2, Cohere; ViT, Swin, BEiT (transformers >= 5)
+    AttentionLayout("llama", q="q_proj", k="k_proj", v="v_proj", o="o_proj", head_dim="head_dim",
+                    extras=_NORMS, blocked_by=(("config.use_shared_relative_position_bias", True),),
+                    **_LLAMA_CONFIG),
+    AttentionLayout("phi", q="q_proj", k="k_proj", v="v_proj", o="dense", head_dim="head_dim",
+                    extras=_NORMS, **_LLAMA_CONFIG),
+    AttentionLayout("phi3", qkv="qkv_proj", packing="split", o="o_proj", head_dim="head_dim",
+                    config_reads=("num_attention_heads",), **_LLAMA_CONFIG),
+    AttentionLayout("bart", q="q_proj", k="k_proj", v="v_proj", o="out_proj", head_dim="head_dim",
+                    named="*encoder_attn", role="cross", config_heads=_BART_HEADS),
+    AttentionLayout("bart", q="q_proj", k="k_proj", v="v_proj", o="out_proj", head_dim="head_dim",
+                    config_heads=_BART_HEADS),  # OPT too
+    AttentionLayout("distilbert", q="q_lin", k="k_lin", v="v_lin", o="out_lin",
+                    head_dim="attention_head_size", config_heads=(("*", "n_heads"),)),
+    AttentionLayout("bert", q="self.query", k="self.key", v="self.value", o="output.dense",
+                    head_dim="self.attention_head_size", counts_on="self"),
+    AttentionLayout("bert", q="attention.query", k="attention.key", v="attention.value",
+                    o="output.dense", head_dim="attention.attention_head_size", counts_on="attention"),
+    AttentionLayout("gpt2", qkv="c_attn", packing="split", o="c_proj", head_dim="head_dim",
+                    when=(("is_cross_attention", False),)),
+    AttentionLayout("gpt_neox", qkv="query_key_value", packing="interleaved", o="dense",
+                    head_dim="head_size"),
+    AttentionLayout("falcon", packing="grouped", gqa="num_kv_heads",
+                    when=(("new_decoder_architecture", True),), **_FALCON),
+    AttentionLayout("falcon", packing="split", gqa="num_kv_heads", when=(("multi_query", True),), **_FALCON),
+    AttentionLayout("falcon", packing="interleaved",
+                    when=(("new_decoder_architecture", False), ("multi_query", False)), **_FALCON),
+    AttentionLayout("t5", named="*EncDecAttention", role="cross", **_T5, **_T5_CONFIG),
+    AttentionLayout("t5", extras=(Extra("relative_attention_bias.weight", "q", dim=1),), **_T5, **_T5_CONFIG),
+)  # fmt: skip
+
+_BART_FFN = (("*encoder*", "encoder_ffn_dim"), ("*decoder*", "decoder_ffn_dim"), ("*", "ffn_dim"))
+FFN_LAYOUTS: tuple[FFNLayout, ...] = (
+    FFNLayout("llama", ("gate_proj", "up_proj"), "down_proj"),
+    FFNLayout("phi3", ("gate_up_proj",), "down_proj", fused=True),
+    FFNLayout("fc", ("fc1",), "fc2", config=(("*", "intermediate_size"), *_BART_FFN)),  # Phi, OPT, BART, ViT
+    FFNLayout("distilbert", ("lin1",), "lin2", config=(("*", "hidden_dim"),)),
+    FFNLayout("bert", ("intermediate.dense",), "output.dense", name="intermediate"),
+    FFNLayout("gpt2", ("c_fc",), "c_proj", config=(("*", "n_inner"),)),
+    FFNLayout("gpt_neox", ("dense_h_to_4h",), "dense_4h_to_h",
+              config=(("*", "ffn_hidden_size"), ("*", "intermediate_size"))),
+    FFNLayout("t5", ("wi_0", "wi_1"), "wo", config=(("*", "d_ff"),)),
+    FFNLayout("t5", ("wi",), "wo", config=(("*", "d_ff"),)),
+)  # fmt: skip
