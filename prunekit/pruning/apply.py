@@ -52,6 +52,8 @@ def _patch_standard(module: nn.Module, was: dict) -> None:
             module.out_channels, module.in_channels = w.shape[0], w.shape[1] * module.groups
     elif isinstance(module, nn.Linear):
         module.out_features, module.in_features = w.shape
+    elif type(module).__name__ == "Conv1D" and hasattr(module, "nf"):  # transformers (GPT-2): (in, out)
+        module.nf = w.shape[1]
     elif isinstance(module, (nn.modules.batchnorm._NormBase,)):
         ref = w if w is not None else module.running_mean
         module.num_features = ref.shape[0]
@@ -103,14 +105,16 @@ def surgery_(model: nn.Module, groups: Sequence[Group], removed_units: Mapping[s
 
 
 def _snapshot(model: nn.Module) -> tuple[list, list]:
-    """By reference, no tensor copies: each module's parameters, buffers and plain attributes (the
-    size fields surgery patches), and each HF config's fields, so that a failed prune can be undone."""
+    """By reference, no tensor copies: each module's parameters, buffers, children (per-head module
+    lists lose entries) and plain attributes (the size fields surgery patches), and each HF config's
+    fields, so that a failed prune can be undone."""
     modules = [
         (
             m,
             dict(m._parameters),
             dict(m._buffers),
             {k: v for k, v in vars(m).items() if not k.startswith("_")},
+            dict(m._modules),
         )
         for m in model.modules()
     ]
@@ -120,11 +124,13 @@ def _snapshot(model: nn.Module) -> tuple[list, list]:
 
 def _restore(undo: tuple[list, list]) -> None:
     modules, configs = undo
-    for m, params, buffers, attrs in modules:
+    for m, params, buffers, attrs, children in modules:
         m._parameters.clear()
         m._parameters.update(params)
         m._buffers.clear()
         m._buffers.update(buffers)
+        m._modules.clear()
+        m._modules.update(children)
         m.__dict__.update(attrs)
     for c, fields in configs:
         c.__dict__.clear()
