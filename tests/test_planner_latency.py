@@ -258,3 +258,18 @@ def test_prunekit_plan_shows_the_latency_search():
     assert "spread 0.00, median ±0.0%" in line
     (js,) = level_lines(out)
     assert json.loads(js)["latency"]["search"] == lat["search"]
+
+
+def test_a_candidate_that_cannot_be_measured_stably_is_retried_then_refused():
+    model, x, groups, _ = _setup()
+
+    class LoadArrives(CostModel):  # the machine gets busy after the dense measurement
+        def __call__(self, plan):
+            return super().__call__(plan) | ({"spread": 5.0} if self.calls[1:] else {})
+
+    cost = LoadArrives(model, x, groups)
+    with pytest.raises(ValueError) as err:
+        make_plan(model, groups, Target("latency", 0.5), "uniform", example_inputs=x, latency_of=cost)
+    msg = str(err.value)
+    assert msg.startswith("latency of the candidate at ") and "cannot be measured stably" in msg
+    assert len(cost.calls) == 1 + 3  # the dense model, then the first candidate three times
