@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="show the plan for each level; change nothing")
     _add_config_args(p)
+    p.add_argument("--json", default=None, metavar="PATH", help="write plans, curves, schedule as JSON")
+    p.add_argument("--plot", default=None, metavar="PATH", help="draw keep fractions, curves (.png/.svg)")
 
     p = sub.add_parser("estimate", help="C_arch, T_opt, n, d_eff, the bound and per-group contributions")
     _add_config_args(p)
@@ -96,13 +98,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from prunekit.commands.plan import plan_only
+    from prunekit.commands.plan import plan_command
     from prunekit.config import load_config
 
-    cfg = load_config(args.config, args.overrides)
-    plans = plan_only(cfg, output_dir=args.output)
-    for p in plans:
-        print(json.dumps(p, sort_keys=True))
+    plan_command(load_config(args.config, args.overrides), args.output, args.json, args.plot)
     return 0
 
 
