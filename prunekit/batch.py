@@ -28,6 +28,8 @@ def logits_of(model: nn.Module, inputs: Inputs) -> Tensor:
         return out[0]
     if hasattr(out, "last_hidden_state"):
         return out.last_hidden_state
+    if isinstance(out, Mapping) and out and isinstance(first := next(iter(out.values())), Tensor):
+        return first  # a plain dict of outputs: its first, as for a tuple
     raise TypeError(f"cannot find logits in a model output of type {type(out).__name__}")
 
 

@@ -17,13 +17,13 @@ from prunekit.testing import (
     example_inputs_for,
     tiny_bert,
     tiny_distilbert,
-    tiny_grouped_conv,
     tiny_llama_gqa,
     tiny_mlp,
     tiny_mobile,
     tiny_resnet,
     tiny_vit,
 )
+from prunekit.testing.patterns import PATTERNS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -230,7 +230,7 @@ def test_a_group_whose_slices_miss_units_is_refused():
 
 
 def test_apply_without_groups_finds_them_and_skips_uncuttable_layers():
-    model = tiny_grouped_conv()
+    model = PATTERNS["grouped_transposed"]()[0]
     x = example_inputs_for(model)
     apply_plan_(model, Plan(keep={}, num_units={}), x)  # nothing to cut, and no error about `grouped`
     with pytest.raises(ValueError, match="does not have"):

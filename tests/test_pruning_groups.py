@@ -14,13 +14,13 @@ from prunekit.structure import GraphTimeoutError, find_groups, round_keep
 from prunekit.testing import (
     example_inputs_for,
     tiny_bert,
-    tiny_grouped_conv,
     tiny_llama_gqa,
     tiny_mlp,
     tiny_mobile,
     tiny_resnet,
     tiny_vit,
 )
+from prunekit.testing.patterns import PATTERNS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -96,7 +96,7 @@ def test_ignore_patterns_skip_groups_that_prune_matching_layers():
 
 
 def test_a_layer_that_cannot_be_cut_is_named_with_the_ignore_fix():
-    model = tiny_grouped_conv().train()
+    model = PATTERNS["grouped_transposed"]()[0].train()
     model.stem.weight.requires_grad_(False)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match=r"grouped.*add 'stem' to ignore"):

@@ -49,7 +49,12 @@ def _patch_standard(module: nn.Module, was: dict) -> None:
         elif module.transposed:
             module.in_channels, module.out_channels = w.shape[0], w.shape[1] * module.groups
         else:
+            if was["groups"] > 1:  # a grouped conv loses whole groups (structure/graph.py): same group size
+                module.groups = was["groups"] * w.shape[0] // was["out"]
             module.out_channels, module.in_channels = w.shape[0], w.shape[1] * module.groups
+    elif isinstance(module, nn.RNNBase):  # one hidden size for all layers; forward reads _flat_weights
+        module.input_size, module.hidden_size = module.weight_ih_l0.shape[1], module.weight_hh_l0.shape[1]
+        module._init_flat_weights()
     elif isinstance(module, nn.Linear):
         module.out_features, module.in_features = w.shape
     elif type(module).__name__ == "Conv1D" and hasattr(module, "nf"):  # transformers (GPT-2): (in, out)

@@ -18,8 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
-# HF config fields that carry layer widths; poisoned when the pruned model cannot be expressed.
-HF_WIDTH_KEYS = ("intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim")
+# HF config fields that carry layer widths; poisoned when the pruned model cannot be expressed, under
+# their standard names and under the family's own (attribute_map: GPT-2 n_head / n_embd, DistilBERT
+# n_heads / dim, T5 num_heads / d_model). A string hidden size stops every model class from being
+# built, whatever the family calls its FFN width (n_inner, d_ff, ffn_dim...).
+HF_WIDTH_KEYS = ("intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_size")
 NOT_EXPRESSIBLE = "non-uniform after pruning: load this folder with prunekit.load(folder)"
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -70,7 +73,8 @@ def write_hf_files(model: nn.Module, tmp: Path, tokenizer_source: str | Path | N
         # the tokenizer still loads); string widths stop a concrete class such as
         # BertForSequenceClassification.from_pretrained as well.
         hf["model_type"] = f"prunekit-pruned-{hf.get('model_type')}"
-        for key in HF_WIDTH_KEYS:
+        aliases = getattr(model.config, "attribute_map", None) or {}
+        for key in (*HF_WIDTH_KEYS, *(aliases[k] for k in HF_WIDTH_KEYS if k in aliases)):
             if key in hf:
                 hf[key] = NOT_EXPRESSIBLE
         hf["prunekit_note"] = NOT_EXPRESSIBLE

@@ -4,15 +4,24 @@ We use the graph for one thing: which entries of which parameters are coupled to
 (a conv's rows, its BatchNorm entries, the next layer's input columns, every layer joined by a residual
 add). The coupled entries become prunekit ``ParamSlice``s; surgery, masking and size counting then work
 from the slices alone, so what the estimators see is exactly what surgery removes.
+
+Where torch-pruning 1.6.1 alone gets it wrong, we do our own part: the trace starts from every
+output of a model (a tuple, a dict), not the first; the walk over the graph keeps every path's root
+channels (a block used twice, both inputs of a product); a Linear reshaped into channels gets an
+index mapping; nn.LSTM / GRU / RNN are one opaque node whose hidden units are cut across all gates
+and layers; a grouped conv loses whole groups (ties, merged in :mod:`.merge`).
 """
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
-from ..batch import Inputs, logits_of
-from .group import ParamSlice
+import torch
+from torch import Tensor, nn
+
+from ..batch import Inputs
+from .merge import merge_units
 from .timeout import call_with_timeout
 
 
@@ -20,8 +29,58 @@ class UnsupportedLayer(Exception):
     """A group couples to a layer whose parameters prunekit cannot slice."""
 
 
-def _item_slices(tp, dg, module, handler, name: str) -> list[tuple[str, int]]:
-    """(parameter or buffer name, dim) cut by ``handler`` on ``module``; [] for parameter-free ops."""
+# A cut: (parameter or buffer name, dim, expand) where expand(i) lists the entries along dim that
+# torch-pruning's channel index i owns (a recurrent layer's channel is one row per gate).
+Cut = tuple[str, int, Callable[[int], tuple[int, ...]] | None]
+# A tie: channels with equal tokens must go together (the channels of one group of a grouped conv).
+Tie = Callable[[int], tuple]
+
+
+def _gates(module: nn.RNNBase) -> int:
+    return {"LSTM": 4, "GRU": 3}.get(module.mode, 1)
+
+
+def _recurrent_cuts(module: nn.RNNBase, name: str, out: bool) -> list[Cut]:
+    """Hidden unit h of every layer at once (nn.LSTM / GRU / RNN keep one hidden_size for all layers):
+    its row in each gate of weight_ih / weight_hh / biases, its weight_hh column, the next layer's
+    input column. The input side is weight_ih_l0's columns."""
+    if not out:  # every direction reads the input
+        return [(f"{name}.weight_ih_l0{s}", 1, None) for s in ("", "_reverse")[: 1 + module.bidirectional]]
+    if module.bidirectional or getattr(module, "proj_size", 0):
+        raise UnsupportedLayer(f"{name} ({type(module).__name__} bidirectional or with proj_size)")
+    hidden, gates = module.hidden_size, _gates(module)
+
+    def rows(h: int) -> tuple[int, ...]:
+        return tuple(g * hidden + h for g in range(gates))
+
+    cuts: list[Cut] = []
+    for layer in range(module.num_layers):
+        cuts += [(f"{name}.weight_ih_l{layer}", 0, rows), (f"{name}.weight_hh_l{layer}", 0, rows)]
+        cuts.append((f"{name}.weight_hh_l{layer}", 1, None))
+        if layer > 0:
+            cuts.append((f"{name}.weight_ih_l{layer}", 1, None))
+        if module.bias:
+            cuts += [(f"{name}.bias_ih_l{layer}", 0, rows), (f"{name}.bias_hh_l{layer}", 0, rows)]
+    return cuts
+
+
+def _grouped_conv_cuts(module: nn.modules.conv._ConvNd, name: str, out: bool) -> tuple[list[Cut], Tie]:
+    """A grouped (not depthwise) conv loses whole groups, so that its groups stay equal: an output
+    channel takes its weight row and bias; an input channel takes nothing of its own (a group's
+    weight keeps its width); both tie the channel to its conv group."""
+    if module.transposed:
+        raise UnsupportedLayer(f"{name} (grouped transposed conv, groups={module.groups})")
+    per_group = (module.out_channels if out else module.in_channels) // module.groups
+    cuts: list[Cut] = []
+    if out:
+        cuts = [(f"{name}.weight", 0, None)] + (
+            [(f"{name}.bias", 0, None)] if module.bias is not None else []
+        )
+    return cuts, lambda i: (name, i // per_group)
+
+
+def _item_slices(tp, dg, module, handler, name: str) -> tuple[list[Cut], list[Tie]]:
+    """The cuts made by ``handler`` on ``module`` ([] for parameter-free ops), and any ties."""
     fn = tp.pruner.function
     pruner = getattr(handler, "__self__", None)
     out = getattr(handler, "__name__", "") == "prune_out_channels"
@@ -32,18 +91,31 @@ def _item_slices(tp, dg, module, handler, name: str) -> list[tuple[str, int]]:
             raise UnsupportedLayer(
                 f"{name} (a {tuple(module.shape)} parameter used outside a standard layer)"
             )
-        return [(dg._param_to_name[module], dg.module2node[module].pruning_dim)]
+        return [(dg._param_to_name[module], dg.module2node[module].pruning_dim, None)], []
+    if isinstance(pruner, _RecurrentPruner):
+        return _recurrent_cuts(module, name, out), []
     if isinstance(pruner, fn.DepthwiseConvPruner):
         if module.in_channels != module.out_channels:
             raise UnsupportedLayer(f"{name} (depthwise conv with channel multiplier)")
-        return [(f"{name}.weight", 0)] + ([(f"{name}.bias", 0)] if module.bias is not None else [])
+        return _plain(
+            [(f"{name}.weight", 0)] + ([(f"{name}.bias", 0)] if module.bias is not None else [])
+        ), []
     if isinstance(pruner, fn.ConvPruner):
-        if module.groups > 1:  # channels must stay divisible by the groups: not a per-channel cut
-            raise UnsupportedLayer(f"{name} (grouped conv, groups={module.groups})")
+        if module.groups > 1:
+            cuts, tie = _grouped_conv_cuts(module, name, out)
+            return cuts, [tie]
         if out:
             bias = [(f"{name}.bias", 0)] if module.bias is not None else []
-            return [(f"{name}.weight", 1 if module.transposed else 0)] + bias
-        return [(f"{name}.weight", 0 if module.transposed else 1)]
+            return _plain([(f"{name}.weight", 1 if module.transposed else 0)] + bias), []
+        return _plain([(f"{name}.weight", 0 if module.transposed else 1)]), []
+    return _plain(_standard_slices(fn, module, pruner, out, name)), []
+
+
+def _plain(keys: list[tuple[str, int]]) -> list[Cut]:
+    return [(p, d, None) for p, d in keys]
+
+
+def _standard_slices(fn, module, pruner, out: bool, name: str) -> list[tuple[str, int]]:
     if isinstance(pruner, fn.LinearPruner):
         if out:
             return [(f"{name}.weight", 0)] + ([(f"{name}.bias", 0)] if module.bias is not None else [])
@@ -70,72 +142,224 @@ def _item_slices(tp, dg, module, handler, name: str) -> list[tuple[str, int]]:
     return []  # element-wise add, concat, reshape, ...: no parameters
 
 
-def _raw_group(tp, dg, model_names, root_name: str, root: nn.Module, group) -> dict:
+def _coupled(dg, root: nn.Module, fn, n: int) -> list[tuple]:
+    """``(node, handler, [(idx, root idx)])`` of every pruning op that cutting the root's channels
+    triggers, following torch-pruning's dependencies and index mappings.
+
+    Our own walk rather than ``get_pruning_group``: that one stops at an op it has already seen with
+    the same indices, so a module used twice (both halves of a split through one block) or both
+    inputs of a product keep only the first path's root indices and a consumer's slice goes missing."""
+    from torch_pruning._helpers import _HybridIndex
+
+    start = (dg.module2node[root], fn, [_HybridIndex(idx=i, root_idx=i) for i in range(n)])
+    stack, seen, items = [start], set(), []
+    while stack:
+        node, handler, idxs = stack.pop()
+        fresh = [i for i in idxs if (node, handler, i.idx, i.root_idx) not in seen]
+        if not fresh:
+            continue
+        seen.update((node, handler, i.idx, i.root_idx) for i in fresh)
+        items.append((node, handler, fresh))
+        for dep in node.dependencies:
+            if dep.is_triggered_by(handler):
+                mapped = fresh
+                for mapping in dep.index_mapping:
+                    if mapping is not None:
+                        mapped = mapping(mapped)
+                if mapped:
+                    stack.append((dep.target, dep.handler, mapped))
+    return items
+
+
+def _raw_group(tp, dg, model_names, root_name: str, root: nn.Module, items: list[tuple]) -> dict:
+    """The coupled ops of one root as a raw prunekit group, one unit per root channel (merged later)."""
     per_key: dict[tuple[str, int], list[list[int]]] = {}
     members: list[str] = []
     unsupported: list[str] = []
     n = dg.get_pruner_of_module(root).get_out_channels(root)
+    ties: list[set] = [set() for _ in range(n)]
     sink = False
-    for item in group.items:
-        dep, idxs = item.dep, item.idxs
-        node, module = dep.target, dep.target.module
-        if node.type == tp.ops.OPTYPE.OUTPUT or (
-            not node.outputs and dg.is_out_channel_pruning_fn(dep.handler)
-        ):
+    for node, handler, idxs in items:
+        module = node.module
+        if node.type == tp.ops.OPTYPE.OUTPUT or (not node.outputs and dg.is_out_channel_pruning_fn(handler)):
             sink = True  # this group changes the shape of what the model returns (the classifier)
         name = model_names.get(module) if isinstance(module, nn.Module) else dg._param_to_name.get(module)
-        if isinstance(module, nn.Module) and name is not None and dg.is_out_channel_pruning_fn(dep.handler):
+        if isinstance(module, nn.Module) and name is not None and dg.is_out_channel_pruning_fn(handler):
             members.append(name)
         try:
-            keys = _item_slices(tp, dg, module, dep.handler, name or "?")
+            cuts, item_ties = _item_slices(tp, dg, module, handler, name or "?")
         except UnsupportedLayer as exc:
             unsupported.append(str(exc))
             continue
-        for key in keys:
-            units = per_key.setdefault(key, [[] for _ in range(n)])
-            for i, r in zip(idxs, item.root_idxs, strict=True):
-                units[r].append(int(i))
-    slices = tuple(
-        ParamSlice(p, d, tuple(tuple(sorted(set(u))) for u in units)) for (p, d), units in per_key.items()
-    )
+        for param, dim, expand in cuts:
+            units = per_key.setdefault((param, dim), [[] for _ in range(n)])
+            for i in idxs:
+                units[i.root_idx].extend(expand(int(i.idx)) if expand else (int(i.idx),))
+        for tie in item_ties:
+            for i in idxs:
+                ties[i.root_idx].add(tie(int(i.idx)))
     kind = "channel" if isinstance(root, nn.modules.conv._ConvNd) else "neuron"
     return dict(
         name=f"{root_name}:out",
         kind=kind,
         layer=root_name,
         num_units=n,
-        slices=slices,
+        per_key=per_key,
+        ties=ties,
         members=tuple(dict.fromkeys(members)),
         unsupported=tuple(unsupported),
         sink=sink,
     )
 
 
+def _unflatten_mappings(tp, dg) -> None:
+    """Index mappings for reshapes torch-pruning leaves without one (it maps only 1-D and 4-D
+    inputs): a Linear's 128 outputs viewed as 8 channels of 4x4 map output i to channel i // 16."""
+    from torch_pruning.dependency import shape_infer
+    from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
+
+    def channels(nodes, infer) -> int | None:
+        for other in nodes:
+            found = infer(dg, other, [0])
+            if found is not None:
+                return found
+        return None
+
+    for node in list(dg.module2node.values()):
+        if node.type != tp.ops.OPTYPE.RESHAPE:
+            continue
+        deps = list(node.dependencies) + [
+            d for o in node.inputs + node.outputs for d in o.dependencies if d.target is node
+        ]
+        if any(m is not None for d in deps for m in d.index_mapping):
+            continue  # torch-pruning mapped it
+        cin = channels(node.inputs, shape_infer.infer_out_channels_recursively)
+        cout = channels(node.outputs, shape_infer.infer_in_channels_recursively)
+        if not cin or not cout or cin == cout or max(cin, cout) % min(cin, cout):
+            continue
+        stride = max(cin, cout) // min(cin, cout)
+        # the wide side's index i is the narrow side's i // stride
+        wide, narrow = (node.inputs, node.outputs) if cin > cout else (node.outputs, node.inputs)
+        for other in wide + narrow:
+            for dep in node.dependencies:
+                if dep.target is other:
+                    dep.index_mapping[0] = _FlattenIndexMapping(stride=stride, reverse=other in wide)
+            for dep in other.dependencies:
+                if dep.target is node:
+                    dep.index_mapping[0] = _FlattenIndexMapping(stride=stride, reverse=other in narrow)
+
+
+class _RecurrentPruner:
+    """Tells torch-pruning the channel counts of an nn.LSTM / GRU / RNN (it never prunes with it)."""
+
+    def get_out_channels(self, layer: nn.RNNBase) -> int:
+        return layer.hidden_size
+
+    def get_in_channels(self, layer: nn.RNNBase) -> int:
+        return layer.input_size
+
+    def get_out_channel_groups(self, layer: nn.RNNBase) -> int:
+        return 1
+
+    def get_in_channel_groups(self, layer: nn.RNNBase) -> int:
+        return 1
+
+    def prune_out_channels(self, layer: nn.RNNBase, idxs: list) -> nn.Module:
+        raise NotImplementedError("prunekit cuts recurrent layers from its own slices")
+
+    def prune_in_channels(self, layer: nn.RNNBase, idxs: list) -> nn.Module:
+        raise NotImplementedError("prunekit cuts recurrent layers from its own slices")
+
+
+class _Through(torch.autograd.Function):
+    """``value`` as a single autograd step from ``source``: the trace sees a recurrent layer as one
+    node from its input to its outputs instead of its unrolled gates (whose chunking torch-pruning
+    mis-indexes: a bare IndexError on a 2-layer GRU)."""
+
+    @staticmethod
+    def forward(ctx, source: Tensor, value: Tensor) -> Tensor:
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, None]:
+        return None, None
+
+
+@contextmanager
+def _opaque_recurrent(model: nn.Module) -> Iterator[None]:
+    patched = []
+    for m in model.modules():
+        if isinstance(m, nn.RNNBase):
+            patched.append(m)
+
+            def forward(x, hx=None, _orig=m.forward):
+                out, state = _orig(x, hx)
+                if not isinstance(out, Tensor):  # a PackedSequence: traced as it is
+                    return out, state
+                out = _Through.apply(x, out.detach())
+                states = state if isinstance(state, tuple) else (state,)
+                states = tuple(_Through.apply(out, s.detach()) for s in states)
+                return out, states if isinstance(state, tuple) else states[0]
+
+            m.forward = forward
+    try:
+        yield
+    finally:
+        for m in patched:
+            del m.forward
+
+
+def _all_outputs(model: nn.Module, inputs: Inputs) -> Tensor | list[Tensor]:
+    """What the trace starts from: every tensor a plain model returns (a tuple, a dict, nested), so
+    that no output's consumers are missed; the logits of an HF model (its caches are not outputs)."""
+    out = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+    for attr in ("logits", "last_hidden_state"):
+        if hasattr(out, attr) and isinstance(getattr(out, attr), Tensor):
+            return getattr(out, attr)
+    tensors, stack = [], [out]
+    while stack:
+        o = stack.pop(0)
+        if isinstance(o, Tensor):
+            tensors.append(o)
+        elif isinstance(o, (tuple, list)):
+            stack[:0] = list(o)
+        elif isinstance(o, Mapping):
+            stack[:0] = list(o.values())
+    if not tensors:
+        raise TypeError(f"{type(model).__name__} returns no tensor ({type(out).__name__}) to trace from")
+    return tensors
+
+
 def graph_groups(model: nn.Module, example_inputs: Inputs, timeout_s: float) -> list[dict]:
-    """Raw groups rooted at each Conv / Linear output, in model order, one per coupled set."""
+    """Raw groups rooted at each Conv / Linear / recurrent output, in model order, one per coupled set."""
     import torch_pruning as tp
 
     names = {m: n for n, m in model.named_modules()}
+    roots = (nn.modules.conv._ConvNd, nn.Linear, nn.RNNBase)
+    recurrent = {type(m): _RecurrentPruner() for m in model.modules() if isinstance(m, nn.RNNBase)}
 
     def build() -> list[dict]:
-        with torch.enable_grad():  # the trace follows autograd; the caller may be under no_grad
+        with torch.enable_grad(), _opaque_recurrent(model):  # the trace follows autograd
             dg = tp.DependencyGraph().build_dependency(
-                model, example_inputs=example_inputs, forward_fn=logits_of, verbose=False
+                model,
+                example_inputs=example_inputs,
+                forward_fn=_all_outputs,
+                customized_pruners=recurrent,
+                verbose=False,
             )
+        _unflatten_mappings(tp, dg)
         raw, visited = [], set()
         for name, module in model.named_modules():
-            if module in visited or module not in dg.module2node:
-                continue
-            if not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+            if module in visited or module not in dg.module2node or not isinstance(module, roots):
                 continue
             pruner = dg.get_pruner_of_module(module)
             n = pruner.get_out_channels(module)
-            group = dg.get_pruning_group(module, pruner.prune_out_channels, list(range(n)))
-            for item in group.items:
-                if dg.is_out_channel_pruning_fn(item.dep.handler):
-                    visited.add(item.dep.target.module)
-            raw.append(_raw_group(tp, dg, names, name, module, group))
-        return raw
+            items = _coupled(dg, module, pruner.prune_out_channels, n)
+            for node, handler, _ in items:
+                if dg.is_out_channel_pruning_fn(handler):
+                    visited.add(node.module)
+            raw.append(_raw_group(tp, dg, names, name, module, items))
+        return merge_units(raw)
 
     was_training = model.training
     hooks_before = {id(m): set(m._forward_hooks) for m in model.modules()}

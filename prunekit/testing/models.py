@@ -86,7 +86,7 @@ class TinyMobile(nn.Module):
 
 
 class TinyGroupedConv(nn.Module):
-    """A conv feeding a grouped conv (groups=2), which channel pruning cannot cut: for error paths."""
+    """A conv feeding a grouped conv (groups=2), which loses whole groups when pruned."""
 
     def __init__(self, num_classes: int = 4):
         super().__init__()
@@ -125,7 +125,7 @@ def tiny_mobile(num_classes: int = 5, seed: int = 0) -> TinyMobile:
 
 
 def tiny_grouped_conv(num_classes: int = 4, seed: int = 0) -> TinyGroupedConv:
-    """Conv -> grouped conv -> linear; input (3, 8, 8). Its conv groups are not prunable."""
+    """Conv -> grouped conv -> linear; input (3, 8, 8). Its grouped conv is pruned by whole groups."""
     _seeded(seed)
     return TinyGroupedConv(num_classes).eval()
 
