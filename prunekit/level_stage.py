@@ -91,12 +91,14 @@ def scheduled_level(
     accelerator: Any,
     start: float | None = None,
     reference: float | None = None,
+    base_units: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Prune ``model`` to ``level`` by ``task.cfg.prune.schedule``; fine-tuning included.
 
     ``start``: the size ``level`` is relative to (the dense model's when ``model`` is a chained level's
     starting point; default ``model``'s own); ``reference``: the predicted gap a chained level holds
-    (the first level's reference, i.e. the dense model's). Returns ``{"model", "plan" (``model`` -> final), "steps",
+    (the first level's reference, i.e. the dense model's); ``base_units``: the dense model's group widths
+    (default: ``model``'s), which every step's per-layer limits stay fractions of. Returns ``{"model", "plan" (``model`` -> final), "steps",
     "status", "note", "history", ...}``; the caller measures and saves as for a one-shot level.
     """
     from prunekit.metrics import count_macs, count_params
@@ -111,9 +113,15 @@ def scheduled_level(
     histories: list[dict[str, Any]] = []
     before: list[float] = []  # test accuracy before each step's fine-tune, as one-shot levels report it
     cal = _calibration(task)
+    if base_units is None:
+        from prunekit.structure import find_groups
+
+        base_units = {g.name: g.num_units for g in find_groups(model, task.example, ignore=cfg.prune.ignore)}
 
     def plan_fn(m: nn.Module, saved: float, i: int):
-        return make_level_plan(task, m, max(0.0, saved), seed + 100 * i, accelerator=accelerator)
+        return make_level_plan(
+            task, m, max(0.0, saved), seed + 100 * i, accelerator=accelerator, base_units=base_units
+        )
 
     def apply_fn(m: nn.Module, plan: Plan, groups: Any) -> None:
         apply_plan_(m, plan, task.example, groups=groups)
@@ -164,6 +172,17 @@ def scheduled_level(
     }
 
 
+def _dense_units(task: Any, prior: Plan | None) -> dict[str, int] | None:
+    """The run's dense group widths, from a chained start's plan (relative to the base) and the base's
+    own plan (a run that starts from a pruned checkpoint); None when the start holds no plan."""
+    if prior is None:
+        return None
+    base = task.base_plan
+    if base is None:  # the run's dense model is the base
+        return dict(prior.num_units)
+    return {g: len(base.keep[g]) if g in base.keep else n for g, n in base.num_units.items()}
+
+
 def scheduled_stage(
     task: Any,
     state: Any,
@@ -195,12 +214,14 @@ def scheduled_stage(
     log = logging.getLogger("prunekit")
     source = state.folder / (start_from or "dense")
     model, meta = load(source, trust_remote_code=task.cfg.model.trust_remote_code)
-    size0, reference = None, None
+    size0, reference, units = None, None, None
+    prior = PlanType.from_dict(meta["plan"]) if start_from is not None and meta.get("plan") else None
     if start_from is not None:
         size0 = dense["params"] if task.cfg.prune.metric == "params" else dense["macs"]
         reference = (previous or {}).get("schedule_reference_gap")
+        units = _dense_units(task, prior)
         log.info("%s: continues from %s (chain_levels)", name, start_from)
-    s = scheduled_level(task, model, level, seed, accelerator, start=size0, reference=reference)
+    s = scheduled_level(task, model, level, seed, accelerator, size0, reference, units)
     model, plan = s["model"], s["plan"]
     if s["note"]:
         log.warning("%s: %s", name, s["note"])
@@ -225,7 +246,6 @@ def scheduled_stage(
     if estimate is not None or result["predicted_gap"] is not None:
         result.update(task.generalization(model, accelerator, m["accuracy"]))
     if start_from is not None:  # the start's plan is relative to the base already
-        prior = PlanType.from_dict(meta["plan"]) if meta.get("plan") else None
         from_base = compose_plans(prior, plan) if prior is not None else plan
     else:
         from_base = task.plan_from_base(plan)

@@ -153,8 +153,19 @@ class Task:
             ) from None
 
 
-def make_level_plan(task: Task, model: nn.Module, level: float, seed: int, accelerator: Any = None):
+def make_level_plan(
+    task: Task,
+    model: nn.Module,
+    level: float,
+    seed: int,
+    accelerator: Any = None,
+    base_units: dict[str, int] | None = None,
+):
     """The plan for one level (groups → scores → allocation), at fixed weights; changes nothing.
+
+    ``base_units``: each group's width in the run's dense model when ``model`` is already pruned (a
+    schedule's later step, a chained level): the per-layer limits (``min_keep_fraction``, ``layers``)
+    then stay fractions of the dense widths instead of compounding step after step.
 
     With several processes the plan is made once, on rank 0, and broadcast (as JSON) to the others, so
     that every rank applies the identical surgery even where planning is not bit-reproducible across
@@ -166,11 +177,11 @@ def make_level_plan(task: Task, model: nn.Module, level: float, seed: int, accel
     groups = find_groups(model, task.example, ignore=p.ignore)
     world = 1 if accelerator is None else int(accelerator.num_processes)
     if world == 1:
-        return _plan(task, model, groups, level, seed), groups
+        return _plan(task, model, groups, level, seed, base_units), groups
     payload: dict[str, Any] = {}
     if accelerator.is_main_process:
         try:
-            payload = {"plan": _plan(task, model, groups, level, seed).to_dict()}
+            payload = {"plan": _plan(task, model, groups, level, seed, base_units).to_dict()}
         except Exception as err:  # re-raised below on every rank, after the others heard of it
             payload = {"error": str(err), "user": isinstance(err, (UserError, ValueError)), "exc": err}
     sent = _broadcast_json({k: v for k, v in payload.items() if k != "exc"}, accelerator)
@@ -185,17 +196,22 @@ def make_level_plan(task: Task, model: nn.Module, level: float, seed: int, accel
     return Plan.from_dict(sent["plan"]), groups
 
 
-def _plan(task: Task, model: nn.Module, groups: Any, level: float, seed: int) -> Plan:
+def _plan(
+    task: Task, model: nn.Module, groups: Any, level: float, seed: int, base_units: dict[str, int] | None
+) -> Plan:
     from prunekit.planner import Target, from_prune_config, make_plan
 
     p = task.cfg.prune
+    config = from_prune_config(p, seed)
+    if base_units:
+        config = limits_of_the_base(config, groups, base_units)
     loader = task.loader("train", task.cfg.finetune.batch_size, shuffle=True, seed=seed)
     batches = list(itertools.islice(loader, p.importance_batches))
     plan = make_plan(
         model,
         groups,
         Target(metric=p.metric, saved=level),
-        config=from_prune_config(p, seed),
+        config=config,
         batches=batches,
         example_inputs=task.example,
         data=task.splits,  # planners that estimate build their probe set from the train split
@@ -203,6 +219,23 @@ def _plan(task: Task, model: nn.Module, groups: Any, level: float, seed: int) ->
     )
     plan.extra["ignore"] = list(p.ignore)  # so that a checkpoint rebuild finds the same groups
     return plan
+
+
+def limits_of_the_base(config: Any, groups: Any, base_units: dict[str, int]) -> Any:
+    """``config`` with its per-layer keep limits rescaled from fractions of the dense widths
+    (``base_units``) to fractions of the groups' current widths: one exact rule per group."""
+    import dataclasses
+
+    from prunekit.planner import LayerLimit
+
+    rules = []
+    for g in groups:
+        scale = base_units.get(g.name, g.num_units) / g.num_units
+        matching = [r for r in config.layers if r.matches(g.layer, g.name)]
+        low = max([config.min_keep_fraction] + [r.min_keep for r in matching])
+        high = min([1.0] + [r.max_keep for r in matching])
+        rules.append(LayerLimit(g.name, min(1.0, low * scale), min(1.0, high * scale)))
+    return dataclasses.replace(config, min_keep_fraction=0.0, layers=tuple(rules))
 
 
 def _broadcast_json(obj: dict[str, Any], accelerator: Any) -> dict[str, Any]:

@@ -304,14 +304,17 @@ def test_scheduled_run_reports_each_step_within_the_one_shot_budget(
 
 
 def test_chained_levels_build_on_each_other(tmp_path: Path) -> None:
+    import math
+
     import prunekit
 
     out = tmp_path / "chained"
     sched = ["prune.schedule.name=linear", "prune.schedule.steps=2", "prune.schedule.chain_levels=true"]
-    # lamp ranks units globally: it lands within 1 % where the chained 70 % step, planned on the 50 %
-    # model's 8/16/16 channels, is too coarse for uniform widths
-    lamp = ["prune.planner=lamp", "prune.planner_options={}", "prune.importance=null"]
-    finish(run_cli(out, *lamp, *sched, "estimate.enabled=false"))
+    # a global ranking (fine steps: it lands within 1 % on the 50 % model's few channels), and a floor on
+    # the first conv, which that ranking thins most: 70 % of the dense width, at every step of every level
+    planner = ["prune.planner=global_magnitude", "prune.planner_options={}", "prune.importance=null"]
+    floor = "prune.layers=[{pattern: features.0, min_keep: 0.7}]"
+    finish(run_cli(out, *planner, *sched, floor, "estimate.enabled=false"))
     report = json.loads((out / "report.json").read_text())
     first, second = report["levels"]
     assert first["starts_from"] == "dense" and second["starts_from"] == "level-50"
@@ -329,5 +332,10 @@ def test_chained_levels_build_on_each_other(tmp_path: Path) -> None:
     assert meta70["plan"]["num_units"] == meta50["plan"]["num_units"]  # both sized on the base model
     assert all(set(keep70[g]) <= set(keep50[g]) for g in keep50)
     assert any(len(keep70[g]) < len(keep50[g]) for g in keep50)
+    # the floor did not compound over the steps and levels (0.7 of 0.7 of the dense width ...)
+    first_conv = next(g for g in keep70 if g.startswith("features.0:"))
+    dense_width = meta70["plan"]["num_units"][first_conv]
+    for keep in (keep50, keep70):
+        assert len(keep[first_conv]) >= math.ceil(0.7 * dense_width)
     assert sum(p.numel() for p in m70.parameters()) == second["params"]
     assert "level-70: continues from level-50" in (out / "run.log").read_text()

@@ -178,3 +178,32 @@ def test_run_refuses_a_chained_latency_target_with_exit_2(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "chain_levels" in proc.stderr
     assert not out.exists()  # nothing written
+
+
+def test_per_layer_limits_stay_fractions_of_the_dense_widths_on_a_pruned_model():
+    from prunekit.planner import LayerLimit, planner_config
+    from prunekit.planner.allocate import ceiling_counts, floor_counts
+    from prunekit.task import limits_of_the_base
+
+    x, _ = _data(8)
+    dense = _model()
+    dense_groups = find_groups(dense, x[:2])
+    base_units = {g.name: g.num_units for g in dense_groups}  # 48 and 48
+    half = make_plan(dense, dense_groups, Target("params", 0.6), "uniform", example_inputs=x[:2])
+    pruned = apply_plan_(copy.deepcopy(dense), half, x[:2])
+    groups = find_groups(pruned, x[:2])
+    first = dense_groups[0].layer
+    cfg = planner_config("uniform", min_keep_fraction=0.2, layers=(LayerLimit(first, 0.0, 0.5),))
+    rescaled = limits_of_the_base(cfg, groups, base_units)
+    floors = floor_counts(groups, rescaled.min_keep_fraction, rescaled.min_units, 1, rescaled.layers)
+    ceilings = ceiling_counts(groups, rescaled.layers, 1, floors)
+    for g in groups:
+        assert g.num_units < base_units[g.name]  # the model is pruned
+        assert floors[g.name] == 10  # ceil(0.2 * 48): 20 % of the dense width, not of the current one
+    by_layer = {g.layer: g.name for g in groups}
+    assert ceilings[by_layer[first]] == min(24, next(g.num_units for g in groups if g.layer == first))
+    # the limits of the unpruned model itself are unchanged
+    same = limits_of_the_base(cfg, dense_groups, base_units)
+    assert floor_counts(dense_groups, same.min_keep_fraction, same.min_units, 1, same.layers) == floor_counts(
+        dense_groups, cfg.min_keep_fraction, cfg.min_units, 1, cfg.layers
+    )
