@@ -102,6 +102,14 @@ _BART_HEADS = (
     ("*encoder*", "encoder_attention_heads"),
     ("*decoder*", "decoder_attention_heads"),
 )
+_BART = dict(  # XGLM reshapes by embed_dim (the attention width)
+    q="q_proj", k="k_proj", v="v_proj", o="out_proj", head_dim="head_dim", config_heads=_BART_HEADS,
+    width_attrs=("embed_dim",),
+)  # fmt: skip
+_SELF = (("is_cross_attention", False),)
+_BIGCODE = dict(  # splits c_attn's output by (embed_dim, kv_dim, kv_dim)
+    qkv="c_attn", o="c_proj", head_dim="head_dim", kv_attrs=("kv_heads",), width_attrs=("embed_dim",)
+)
 _T5 = dict(q="q", k="k", v="v", o="o", head_dim="key_value_proj_dim", stack=r"\.block\.\d+\.")
 _T5_CONFIG = dict(config_heads=(("*", "num_heads"),), config_head_dim="d_kv")
 _FALCON = dict(  # with ALiBi every head has a slope set by its index and the head count: not cut
@@ -118,18 +126,18 @@ ATTENTION_LAYOUTS: tuple[AttentionLayout, ...] = (
                     extras=_NORMS, **_LLAMA_CONFIG),
     AttentionLayout("phi3", qkv="qkv_proj", packing="split", o="o_proj", head_dim="head_dim",
                     config_reads=("num_attention_heads",), **_LLAMA_CONFIG),
-    AttentionLayout("bart", q="q_proj", k="k_proj", v="v_proj", o="out_proj", head_dim="head_dim",
-                    named="*encoder_attn", role="cross", config_heads=_BART_HEADS),
-    AttentionLayout("bart", q="q_proj", k="k_proj", v="v_proj", o="out_proj", head_dim="head_dim",
-                    config_heads=_BART_HEADS),  # OPT too
+    AttentionLayout("bart", named="*encoder_attn", role="cross", **_BART),
+    AttentionLayout("bart", **_BART),  # OPT, BioGPT, XGLM, mBART, Pegasus, GPT-J
     AttentionLayout("distilbert", q="q_lin", k="k_lin", v="v_lin", o="out_lin",
                     head_dim="attention_head_size", config_heads=(("*", "n_heads"),)),
     AttentionLayout("bert", q="self.query", k="self.key", v="self.value", o="output.dense",
                     head_dim="self.attention_head_size", counts_on="self"),
     AttentionLayout("bert", q="attention.query", k="attention.key", v="attention.value",
                     o="output.dense", head_dim="attention.attention_head_size", counts_on="attention"),
-    AttentionLayout("gpt2", qkv="c_attn", packing="split", o="c_proj", head_dim="head_dim",
-                    when=(("is_cross_attention", False),)),
+    AttentionLayout("gpt_bigcode", packing="split", gqa="kv_heads", when=(("multi_query", True), *_SELF),
+                    **_BIGCODE),
+    AttentionLayout("gpt_bigcode", packing="interleaved", when=(("multi_query", False), *_SELF), **_BIGCODE),
+    AttentionLayout("gpt2", qkv="c_attn", packing="split", o="c_proj", head_dim="head_dim", when=_SELF),
     AttentionLayout("gpt_neox", qkv="query_key_value", packing="interleaved", o="dense",
                     head_dim="head_size"),
     AttentionLayout("falcon", packing="grouped", gqa="num_kv_heads",
@@ -148,7 +156,8 @@ FFN_LAYOUTS: tuple[FFNLayout, ...] = (
     FFNLayout("fc", ("fc1",), "fc2", config=(("*", "intermediate_size"), *_BART_FFN)),  # Phi, OPT, BART, ViT
     FFNLayout("distilbert", ("lin1",), "lin2", config=(("*", "hidden_dim"),)),
     FFNLayout("bert", ("intermediate.dense",), "output.dense", name="intermediate"),
-    FFNLayout("gpt2", ("c_fc",), "c_proj", config=(("*", "n_inner"),)),
+    FFNLayout("gpt2", ("c_fc",), "c_proj", config=(("*", "n_inner"),)),  # GPT-BigCode too
+    FFNLayout("gptj", ("fc_in",), "fc_out", config=(("*", "n_inner"),)),
     FFNLayout("gpt_neox", ("dense_h_to_4h",), "dense_4h_to_h",
               config=(("*", "ffn_hidden_size"), ("*", "intermediate_size"))),
     FFNLayout("t5", ("wi_0", "wi_1"), "wo", config=(("*", "d_ff"),)),

@@ -49,7 +49,11 @@ def _build(config: str, auto: str, seed: int, **fields: object) -> nn.Module:
     torch.manual_seed(seed)
     cfg = getattr(transformers, config)(**fields)
     cfg._attn_implementation = "eager"  # every family; sdpa hides nothing but differs by ~1e-7
-    model = getattr(transformers, auto).from_config(cfg, attn_implementation="eager")
+    cls = getattr(transformers, auto)
+    if auto.startswith("Auto"):
+        model = cls.from_config(cfg, attn_implementation="eager")
+    else:  # some Auto classes fail on configs built in code (transformers 5: architectures None)
+        model = cls(cfg)
     return randomise_norms(model.eval(), seed)
 
 
@@ -195,11 +199,103 @@ def beit(seed: int = 0):
     return _build("BeitConfig", "AutoModelForImageClassification", seed, **fields), _pixels(seed)
 
 
+# look-alikes of the families above, for the coverage matrix
+def gemma(seed: int = 0):
+    return _lm("GemmaConfig", seed, **_DECODER, num_key_value_heads=2, head_dim=8)
+
+
+def gemma2(seed: int = 0):
+    return _lm("Gemma2Config", seed, **_DECODER, num_key_value_heads=2, head_dim=8)
+
+
+def granite(seed: int = 0):
+    return _lm("GraniteConfig", seed, **_DECODER, num_key_value_heads=2)
+
+
+def qwen3(seed: int = 0):  # one q/k norm of head_dim shared by every head
+    return _lm("Qwen3Config", seed, **_DECODER, num_key_value_heads=2, head_dim=8)
+
+
+def olmo(seed: int = 0):
+    return _lm("OlmoConfig", seed, **_DECODER, num_key_value_heads=4)
+
+
+def starcoder2(seed: int = 0):
+    return _lm("Starcoder2Config", seed, **_DECODER, num_key_value_heads=2)
+
+
+def gptj(seed: int = 0):
+    return _lm("GPTJConfig", seed, n_embd=32, n_layer=2, n_head=4, n_inner=48, rotary_dim=4, n_positions=32)
+
+
+def gpt_bigcode(seed: int = 0):  # multi-query, fused c_attn (Linear)
+    return _lm("GPTBigCodeConfig", seed, n_embd=32, n_layer=2, n_head=4, n_inner=48, n_positions=32)
+
+
+def biogpt(seed: int = 0):
+    return _lm("BioGptConfig", seed, **_DECODER, max_position_embeddings=32)
+
+
+def xglm(seed: int = 0):
+    fields = dict(d_model=32, ffn_dim=48, num_layers=2, attention_heads=4, max_position_embeddings=32)
+    return _lm("XGLMConfig", seed, **fields)
+
+
+def electra(seed: int = 0):
+    fields = dict(vocab_size=VOCAB, embedding_size=32, max_position_embeddings=32, **_ENCODER)
+    return _build("ElectraConfig", "AutoModelForSequenceClassification", seed, **fields), _tokens(seed)
+
+
+def xlm_roberta(seed: int = 0):
+    fields = dict(vocab_size=VOCAB, max_position_embeddings=40, pad_token_id=1, **_ENCODER)
+    return _build("XLMRobertaConfig", "AutoModelForSequenceClassification", seed, **fields), _tokens(seed)
+
+
+def deit(seed: int = 0):
+    fields = dict(image_size=32, patch_size=8, num_labels=3, **_ENCODER)
+    return _build("DeiTConfig", "DeiTForImageClassification", seed, **fields), _pixels(seed)
+
+
+def dinov2(seed: int = 0):  # layer scale over the hidden size
+    fields = dict(image_size=32, patch_size=8, num_labels=3, hidden_size=32, num_hidden_layers=2)
+    fields.update(num_attention_heads=4, mlp_ratio=2)
+    return _build("Dinov2Config", "Dinov2ForImageClassification", seed, **fields), _pixels(seed)
+
+
+def _bart_like(config: str, cls: str, seed: int, **extra: object):
+    fields = dict(d_model=32, encoder_layers=2, decoder_layers=2, max_position_embeddings=32, **extra)
+    fields.update(
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48
+    )
+    return _build(config, cls, seed, vocab_size=VOCAB, **fields), _tokens(seed, seq2seq=True)
+
+
+def mbart(seed: int = 0):
+    return _bart_like("MBartConfig", "MBartForConditionalGeneration", seed)
+
+
+def pegasus(seed: int = 0):
+    return _bart_like("PegasusConfig", "PegasusForConditionalGeneration", seed, decoder_start_token_id=0)
+
+
+def marian(seed: int = 0):
+    return _bart_like("MarianConfig", "MarianMTModel", seed, decoder_start_token_id=0, pad_token_id=VOCAB - 1)
+
+
+def mt5(seed: int = 0):
+    fields = dict(d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2, num_heads=4)
+    fields.update(relative_attention_num_buckets=8, decoder_start_token_id=0)
+    model = _build("MT5Config", "MT5ForConditionalGeneration", seed, vocab_size=VOCAB, **fields)
+    return model, _tokens(seed, seq2seq=True)
+
+
 BUILDERS: dict[str, Callable[..., tuple[nn.Module, dict[str, Tensor]]]] = {
     f.__name__: f
     for f in (
         llama, mistral, qwen2, bert, roberta, distilbert, vit, gpt2, gpt_neox, falcon, falcon_gqa, phi,
         phi3, opt, bart, t5, t5_gated, stablelm, stablelm_qknorm, olmo2, cohere_qknorm, swin, beit,
+        gemma, gemma2, granite, qwen3, olmo, starcoder2, gptj, gpt_bigcode, biogpt, xglm, electra,
+        xlm_roberta, deit, dinov2, mbart, pegasus, marian, mt5,
     )
 }  # fmt: skip
 
@@ -231,6 +327,24 @@ SUPPORTED: dict[str, dict[str, bool]] = {
     "cohere_qknorm": {"heads": True, "from_pretrained": True},
     "swin": {"heads": True, "from_pretrained": False},
     "beit": {"heads": True, "from_pretrained": True},
+    "gemma": {"heads": True, "from_pretrained": True},
+    "gemma2": {"heads": True, "from_pretrained": True},
+    "granite": {"heads": True, "from_pretrained": True},
+    "qwen3": {"heads": True, "from_pretrained": True},
+    "olmo": {"heads": True, "from_pretrained": True},
+    "starcoder2": {"heads": True, "from_pretrained": False},
+    "gptj": {"heads": True, "from_pretrained": False},
+    "gpt_bigcode": {"heads": True, "from_pretrained": False},
+    "biogpt": {"heads": True, "from_pretrained": False},
+    "xglm": {"heads": True, "from_pretrained": False},
+    "electra": {"heads": True, "from_pretrained": False},
+    "xlm_roberta": {"heads": True, "from_pretrained": False},
+    "deit": {"heads": True, "from_pretrained": True},
+    "dinov2": {"heads": True, "from_pretrained": False},
+    "mbart": {"heads": True, "from_pretrained": False},
+    "pegasus": {"heads": True, "from_pretrained": False},
+    "marian": {"heads": True, "from_pretrained": False},
+    "mt5": {"heads": True, "from_pretrained": True},
 }
 
 
