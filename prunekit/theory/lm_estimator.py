@@ -13,6 +13,7 @@ the Lanczos top eigenvalue; T_opt is the Gauss-Newton part, as in the classifier
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -31,6 +32,7 @@ DEFAULT_SKETCH_DIM = (
     16  # relative SE at most sqrt(2/16) = 0.35 (the worst case, rank-1 outputs); see lm_sketch
 )
 DEFAULT_SKETCH = "rademacher"
+log = logging.getLogger("prunekit.theory")
 
 
 class LMBranch:
@@ -69,6 +71,7 @@ class LMBranch:
         self.sketch_kind = sketch
         self.sketch = projection(vocab, sketch_dim if sketch != "exact" else vocab, sketch, seed)
         self.exact = sketch == "exact"
+        self._note_cost(model)
         layer = cfg.id_representation
         id_inputs, id_labels, _, _ = lm_probe.sequences(data, cfg.id_samples, seed + 1, n or 1)
         id_seq, id_pos = lm_probe.positions(id_labels, cfg.id_samples, seed + 1)
@@ -80,6 +83,20 @@ class LMBranch:
             if layer == "inputs"
             else f"{layer} at sampled positions"
         )
+
+    def _note_cost(self, model: nn.Module) -> None:
+        # every parameter block re-runs the model on the whole probe (forward + 2k backward passes), and the
+        # blocks number rows·P / jacobian_elements: the cost grows as (positions · k)², so say so up front
+        params = sum(p.numel() for p in trainable_parameters(model).values())
+        rows = self.probe_samples * 2 * int(self.sketch.shape[0])
+        passes = -(-rows * params // self.cfg.jacobian_elements)
+        if passes > 16:
+            msg = (
+                f"the sketched Jacobian has {rows} rows x {params:,} params: {passes} passes over the probe per "
+                "estimate; lower estimate.probe_samples or sketch_dim, or raise jacobian_elements, to cut it"
+            )
+            self.notes.append(msg)
+            log.warning(msg)
 
     @property
     def probe_samples(self) -> int:
