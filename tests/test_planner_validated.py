@@ -178,10 +178,20 @@ def test_the_option_flows_from_yaml_and_the_committed_files_read(tmp_path):
 
     cfg = from_prune_config(load_config(tmp_path / "run.yaml").prune)
     assert (cfg.quantity, cfg.predictor_file) == ("validated", str(COMMITTED[0]))
-    assert planner_config("theory").quantity == "synflow"  # no file: the best validated (theory.py)
+    assert planner_config("theory").quantity is None  # no file: chosen at plan time (theory.py)
 
 
 def test_the_planner_directions_are_the_studys():
     from prunekit.studies.predictors import DIRECTIONS
 
     assert {k: DIRECTIONS[k] for k in PREDICTORS} == PREDICTORS
+
+
+def test_without_a_file_the_default_is_synflow_on_real_inputs(redundant):
+    model, x, groups, batches = redundant
+    cfg = planner_config("theory", fractions=(0.5,), min_keep_fraction=0.1)
+    plan = make_plan(model, groups, Target("params", 0.2), cfg, batches=batches, example_inputs=x)
+    assert plan.extra["quantity"] == "synflow" and plan.extra["quantity_chosen_by"].startswith("default")
+    explicit = planner_config("theory", quantity="risk", fractions=(0.5,), min_keep_fraction=0.1)
+    plan = make_plan(model, groups, Target("params", 0.2), explicit, batches=batches, example_inputs=x)
+    assert plan.extra["quantity"] == "risk" and "quantity_chosen_by" not in plan.extra

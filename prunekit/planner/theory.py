@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
+
 from prunekit.planner.allocate import keep_indices, layer_normalised
 from prunekit.planner.importance import get_criterion, unit_scores
 from prunekit.planner.masked import adapted_bn, loss_fn, probe
@@ -48,7 +50,10 @@ QUANTITIES = (*THEORY_QUANTITIES, "validated", *NAMED)
 # there) and +0.29 on Fashion-MNIST (second to removed weight mass, +0.54; over both tasks synflow
 # 0.39, removed weight mass 0.35). On the benchmark it ties risk at a third of the planning time and,
 # like risk, stays below uniform and LAMP (results/benchmark.md). A predictor_file overrides it.
+# synflow needs real-valued tensor inputs (an all-ones input): for token ids / dict inputs the default
+# falls back to the theory's risk, and the plan records which one it used (plan.extra["quantity"]).
 DEFAULT_QUANTITY = "synflow"
+FALLBACK_QUANTITY = "risk"
 
 
 @dataclass(frozen=True)
@@ -117,9 +122,9 @@ class GapSensitivityConfig(SensitivityConfig):
 @dataclass(frozen=True)
 class TheoryConfig(SensitivityConfig):
     """``quantity``: ``validated`` (the default when ``predictor_file`` is given: the predictor of the
-    validity study's ``best_predictor.json``), a predictor by name (:data:`NAMED`; ``synflow`` is the
-    default without a file, see :data:`DEFAULT_QUANTITY`), ``risk``, ``bound`` or ``calibrated`` (needs
-    ``calibration``, a JSON file written by ``prunekit.theory.calibrate(...).to_json()``)."""
+    validity study's ``best_predictor.json``), a predictor by name (:data:`NAMED`; without a file the
+    default is ``synflow``, ``risk`` for token inputs: :data:`DEFAULT_QUANTITY`), ``risk``, ``bound``
+    or ``calibrated`` (needs ``calibration``, a JSON file from ``prunekit.theory.calibrate().to_json()``)."""
 
     quantity: str | None = None
     calibration: str | None = None
@@ -128,9 +133,11 @@ class TheoryConfig(SensitivityConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         q = self.quantity
-        if q is None:
-            q = "validated" if self.predictor_file else DEFAULT_QUANTITY
+        if q is None and self.predictor_file:
+            q = "validated"
             object.__setattr__(self, "quantity", q)
+        if q is None:  # the default, chosen at plan time by the model's inputs (default_quantity)
+            return
         if q not in QUANTITIES:
             raise ValueError(f"unknown quantity '{q}'; choose one of {', '.join(QUANTITIES)}")
         if q == "calibrated" and not self.calibration:
@@ -344,8 +351,21 @@ def _plan_by_curves(ctx: PlanContext, quantity: str) -> tuple[dict[str, list[int
     return keep, note
 
 
+def default_quantity(ctx: PlanContext) -> str:
+    """synflow where it is defined (real-valued tensor inputs), else risk."""
+    inputs = probe(ctx, 1)[0][0]
+    real = isinstance(inputs, torch.Tensor) and inputs.is_floating_point()
+    return DEFAULT_QUANTITY if real else FALLBACK_QUANTITY
+
+
 def theory(ctx: PlanContext) -> tuple[dict[str, list[int]], dict[str, Any]]:
-    return _plan_by_curves(ctx, ctx.config.quantity)  # type: ignore[attr-defined]
+    quantity = ctx.config.quantity  # type: ignore[attr-defined]
+    if quantity is not None:
+        return _plan_by_curves(ctx, quantity)
+    quantity = default_quantity(ctx)
+    keep, note = _plan_by_curves(ctx, quantity)
+    why = "real-valued inputs" if quantity == DEFAULT_QUANTITY else "synflow needs real-valued inputs"
+    return keep, note | {"quantity_chosen_by": f"default ({why})"}
 
 
 def loss_sensitivity(ctx: PlanContext) -> tuple[dict[str, list[int]], dict[str, Any]]:
