@@ -29,6 +29,7 @@ CORE = [
     "opt",
 ]
 CORE += ["bart", "t5", "t5_gated", "stablelm_qknorm", "olmo2", "cohere_qknorm", "swin", "beit", "gpt_bigcode"]
+CORE += ["mixtral", "qwen2_moe"]
 EXACT = [n for n in CORE if n != "olmo2"]  # OLMo2 normalises q/k over all heads: see below
 
 

@@ -97,7 +97,9 @@ def _key(cfg, rules: Rules, name: str) -> str | None:
     return next((k for pattern, k in rules if fnmatch.fnmatchcase(name, pattern) and hasattr(cfg, k)), None)
 
 
-def _config_values(cfg, attentions: list[AttentionSpec], ffns: list, model: nn.Module) -> tuple[dict, bool]:
+def _config_values(
+    cfg, attentions: list[AttentionSpec], ffns: list[tuple[str, int, Rules]]
+) -> tuple[dict, bool]:
     """The config fields that express the pruned widths, and whether they can express all of them.
     Head fields are set all together or not at all (a config with new kv heads but old heads would
     describe neither model)."""
@@ -117,12 +119,12 @@ def _config_values(cfg, attentions: list[AttentionSpec], ffns: list, model: nn.M
                 heads.setdefault(kv_key, set()).add(a.num_kv_heads)
         else:
             fixed.setdefault(heads_key, set()).add(a.num_heads)
-    for f in ffns:
-        key = _key(cfg, f.layout.config, f.name)
+    for name, width, rules in ffns:
+        key = _key(cfg, rules, name)
         if key is None:
             exact = False
         else:
-            ffn.setdefault(key, set()).add(in_features(model.get_submodule(f.out)))
+            ffn.setdefault(key, set()).add(width)
     new = {k: v.pop() for k, v in ffn.items() if len(v) == 1}
     exact = exact and len(new) == len(ffn)
     if all(len(v) == 1 for v in heads.values()):
@@ -131,6 +133,22 @@ def _config_values(cfg, attentions: list[AttentionSpec], ffns: list, model: nn.M
         exact = False
     exact = exact and all(len(v) == 1 and getattr(cfg, k) in v for k, v in fixed.items())
     return new, exact
+
+
+_EXPERT_CONFIG: Rules = (("*", "moe_intermediate_size"), ("*", "intermediate_size"))  # Qwen2-MoE; Mixtral
+
+
+def _patch_fused_experts(model: nn.Module) -> list[tuple[str, int]]:
+    """(name, width) of every fused-experts module (structure/moe.py: one weight of shape (experts,
+    hidden, width) holds every expert's down projection), with its ``intermediate_dim`` set."""
+    out = []
+    for name, m in model.named_modules():
+        down = getattr(m, "down_proj", None)
+        if isinstance(down, nn.Parameter) and down.dim() == 3 and hasattr(m, "intermediate_dim"):
+            width = int(down.shape[1] if getattr(m, "is_transposed", False) else down.shape[-1])
+            m.intermediate_dim = width
+            out.append((name, width))
+    return out
 
 
 def _rebuilds(model: nn.Module, cfg) -> bool:
@@ -152,15 +170,20 @@ def patch_transformer(model: nn.Module) -> dict[str, dict[str, int]]:
     widths: dict[str, dict[str, int]] = {}
     for a in attentions:
         widths.setdefault(a.name.rsplit(".", 1)[0], {}).update(patch_attention(model, a))
+    ffn_widths = []
     for f in ffns:
         width = in_features(model.get_submodule(f.out))
         _set_ints(model.get_submodule(f.name), f.layout.width_attrs, width)
         widths.setdefault(f.layer or f.name.rsplit(".", 1)[0], {})["neurons"] = width
+        ffn_widths.append((f.name, width, f.layout.config))
+    for name, width in _patch_fused_experts(model):
+        widths.setdefault(name.rsplit(".", 2)[0], {})["expert_neurons"] = width
+        ffn_widths.append((name, width, _EXPERT_CONFIG))
 
     _own_configs(model)  # the caller's config object (HF shares it) must never change
     top = getattr(model, "config", None)
     for cfg in _configs(model):
-        new, exact = _config_values(cfg, attentions, ffns, model)
+        new, exact = _config_values(cfg, attentions, ffn_widths)
         exact = _set_valid(cfg, new) and exact
         cfg.prunekit_layer_widths = widths
         cfg.prunekit_config_exact = exact

@@ -149,9 +149,14 @@ ATTENTION_LAYOUTS: tuple[AttentionLayout, ...] = (
     AttentionLayout("t5", extras=(Extra("relative_attention_bias.weight", "q", dim=1),), **_T5, **_T5_CONFIG),
 )  # fmt: skip
 
+_GATED = (  # Qwen2-MoE: a shared expert, experts in a ModuleList (older layouts), dense layers
+    ("*shared_expert", "shared_expert_intermediate_size"),
+    ("*.experts.*", "moe_intermediate_size"),
+    ("*", "intermediate_size"),
+)
 _BART_FFN = (("*encoder*", "encoder_ffn_dim"), ("*decoder*", "decoder_ffn_dim"), ("*", "ffn_dim"))
 FFN_LAYOUTS: tuple[FFNLayout, ...] = (
-    FFNLayout("llama", ("gate_proj", "up_proj"), "down_proj"),
+    FFNLayout("llama", ("gate_proj", "up_proj"), "down_proj", config=_GATED),
     FFNLayout("phi3", ("gate_up_proj",), "down_proj", fused=True),
     FFNLayout("fc", ("fc1",), "fc2", config=(("*", "intermediate_size"), *_BART_FFN)),  # Phi, OPT, BART, ViT
     FFNLayout("distilbert", ("lin1",), "lin2", config=(("*", "hidden_dim"),)),

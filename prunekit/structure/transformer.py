@@ -12,6 +12,7 @@ from torch import nn
 from .blocks import AttentionSpec, FFNSpec, attribute, find_blocks, join, out_dim
 from .group import ParamSlice
 from .heads import extra_entries, head_units, unit_slices
+from .moe import moe_groups
 
 log = logging.getLogger(__name__)
 
@@ -109,4 +110,6 @@ def transformer_groups(model: nn.Module) -> list[dict] | None:
     for members in stacks.values():
         keyed += [(order[members[0].name], r) for r in _head_groups(model, members, modules, tensors)]
     keyed += [(order[f.out], r) for f in ffns for r in ffn_groups(model, f)]
+    known = {r["name"] for _, r in keyed}  # a shared expert the FFN layouts already grouped
+    keyed += [(order.get(r["layer"], len(order)), r) for r in moe_groups(model, known=known)]  # moe.py
     return [r for _, r in sorted(keyed, key=lambda kr: kr[0])]

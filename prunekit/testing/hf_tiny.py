@@ -289,62 +289,78 @@ def mt5(seed: int = 0):
     return model, _tokens(seed, seq2seq=True)
 
 
+def mixtral(seed: int = 0):  # fused experts (structure/moe.py)
+    return _lm(
+        "MixtralConfig", seed, **_DECODER, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2
+    )
+
+
+def qwen2_moe(seed: int = 0):  # fused experts and a shared expert
+    fields = dict(
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24, shared_expert_intermediate_size=40
+    )
+    return _lm("Qwen2MoeConfig", seed, **_DECODER, num_key_value_heads=2, **fields)
+
+
 BUILDERS: dict[str, Callable[..., tuple[nn.Module, dict[str, Tensor]]]] = {
     f.__name__: f
     for f in (
         llama, mistral, qwen2, bert, roberta, distilbert, vit, gpt2, gpt_neox, falcon, falcon_gqa, phi,
         phi3, opt, bart, t5, t5_gated, stablelm, stablelm_qknorm, olmo2, cohere_qknorm, swin, beit,
         gemma, gemma2, granite, qwen3, olmo, starcoder2, gptj, gpt_bigcode, biogpt, xglm, electra,
-        xlm_roberta, deit, dinov2, mbart, pegasus, marian, mt5,
+        xlm_roberta, deit, dinov2, mbart, pegasus, marian, mt5, mixtral, qwen2_moe,
     )
 }  # fmt: skip
 
 # what find_groups covers: head groups offered, and whether a uniform prune of every group is
 # expressible in config.json (save_pretrained + from_pretrained rebuild the pruned model). False where
 # the family computes the head size as hidden / heads (BERT, GPT-2, GPT-NeoX, Falcon, OPT, BART,
-# StableLM) or sets widths per stage (Swin)
+# StableLM) or sets widths per stage (Swin). "exact": False where the documented difference applies:
+# OLMo2's q/k RMSNorm runs over all heads, so after a head prune it averages over the kept ones only
 SUPPORTED: dict[str, dict[str, bool]] = {
-    "llama": {"heads": True, "from_pretrained": True},
-    "mistral": {"heads": True, "from_pretrained": True},
-    "qwen2": {"heads": True, "from_pretrained": True},
-    "bert": {"heads": True, "from_pretrained": False},
-    "roberta": {"heads": True, "from_pretrained": False},
-    "distilbert": {"heads": True, "from_pretrained": False},
-    "vit": {"heads": True, "from_pretrained": True},
-    "gpt2": {"heads": True, "from_pretrained": False},
-    "gpt_neox": {"heads": True, "from_pretrained": False},
-    "falcon": {"heads": True, "from_pretrained": False},
-    "falcon_gqa": {"heads": True, "from_pretrained": False},
-    "phi": {"heads": True, "from_pretrained": True},
-    "phi3": {"heads": True, "from_pretrained": True},
-    "opt": {"heads": True, "from_pretrained": False},
-    "bart": {"heads": True, "from_pretrained": False},
-    "t5": {"heads": True, "from_pretrained": True},
-    "t5_gated": {"heads": True, "from_pretrained": True},
-    "stablelm": {"heads": True, "from_pretrained": False},
-    "stablelm_qknorm": {"heads": True, "from_pretrained": False},
-    "olmo2": {"heads": True, "from_pretrained": True},
-    "cohere_qknorm": {"heads": True, "from_pretrained": True},
-    "swin": {"heads": True, "from_pretrained": False},
-    "beit": {"heads": True, "from_pretrained": True},
-    "gemma": {"heads": True, "from_pretrained": True},
-    "gemma2": {"heads": True, "from_pretrained": True},
-    "granite": {"heads": True, "from_pretrained": True},
-    "qwen3": {"heads": True, "from_pretrained": True},
-    "olmo": {"heads": True, "from_pretrained": True},
-    "starcoder2": {"heads": True, "from_pretrained": False},
-    "gptj": {"heads": True, "from_pretrained": False},
-    "gpt_bigcode": {"heads": True, "from_pretrained": False},
-    "biogpt": {"heads": True, "from_pretrained": False},
-    "xglm": {"heads": True, "from_pretrained": False},
-    "electra": {"heads": True, "from_pretrained": False},
-    "xlm_roberta": {"heads": True, "from_pretrained": False},
-    "deit": {"heads": True, "from_pretrained": True},
-    "dinov2": {"heads": True, "from_pretrained": False},
-    "mbart": {"heads": True, "from_pretrained": False},
-    "pegasus": {"heads": True, "from_pretrained": False},
-    "marian": {"heads": True, "from_pretrained": False},
-    "mt5": {"heads": True, "from_pretrained": True},
+    "llama": {"heads": True, "exact": True, "from_pretrained": True},
+    "mistral": {"heads": True, "exact": True, "from_pretrained": True},
+    "qwen2": {"heads": True, "exact": True, "from_pretrained": True},
+    "bert": {"heads": True, "exact": True, "from_pretrained": False},
+    "roberta": {"heads": True, "exact": True, "from_pretrained": False},
+    "distilbert": {"heads": True, "exact": True, "from_pretrained": False},
+    "vit": {"heads": True, "exact": True, "from_pretrained": True},
+    "gpt2": {"heads": True, "exact": True, "from_pretrained": False},
+    "gpt_neox": {"heads": True, "exact": True, "from_pretrained": False},
+    "falcon": {"heads": True, "exact": True, "from_pretrained": False},
+    "falcon_gqa": {"heads": True, "exact": True, "from_pretrained": False},
+    "phi": {"heads": True, "exact": True, "from_pretrained": True},
+    "phi3": {"heads": True, "exact": True, "from_pretrained": True},
+    "opt": {"heads": True, "exact": True, "from_pretrained": False},
+    "bart": {"heads": True, "exact": True, "from_pretrained": False},
+    "t5": {"heads": True, "exact": True, "from_pretrained": True},
+    "t5_gated": {"heads": True, "exact": True, "from_pretrained": True},
+    "stablelm": {"heads": True, "exact": True, "from_pretrained": False},
+    "stablelm_qknorm": {"heads": True, "exact": True, "from_pretrained": False},
+    "olmo2": {"heads": True, "exact": False, "from_pretrained": True},
+    "cohere_qknorm": {"heads": True, "exact": True, "from_pretrained": True},
+    "swin": {"heads": True, "exact": True, "from_pretrained": False},
+    "beit": {"heads": True, "exact": True, "from_pretrained": True},
+    "gemma": {"heads": True, "exact": True, "from_pretrained": True},
+    "gemma2": {"heads": True, "exact": True, "from_pretrained": True},
+    "granite": {"heads": True, "exact": True, "from_pretrained": True},
+    "qwen3": {"heads": True, "exact": True, "from_pretrained": True},
+    "olmo": {"heads": True, "exact": True, "from_pretrained": True},
+    "starcoder2": {"heads": True, "exact": True, "from_pretrained": False},
+    "gptj": {"heads": True, "exact": True, "from_pretrained": False},
+    "gpt_bigcode": {"heads": True, "exact": True, "from_pretrained": False},
+    "biogpt": {"heads": True, "exact": True, "from_pretrained": False},
+    "xglm": {"heads": True, "exact": True, "from_pretrained": False},
+    "electra": {"heads": True, "exact": True, "from_pretrained": False},
+    "xlm_roberta": {"heads": True, "exact": True, "from_pretrained": False},
+    "deit": {"heads": True, "exact": True, "from_pretrained": True},
+    "dinov2": {"heads": True, "exact": True, "from_pretrained": False},
+    "mbart": {"heads": True, "exact": True, "from_pretrained": False},
+    "pegasus": {"heads": True, "exact": True, "from_pretrained": False},
+    "marian": {"heads": True, "exact": True, "from_pretrained": False},
+    "mt5": {"heads": True, "exact": True, "from_pretrained": True},
+    "mixtral": {"heads": True, "exact": True, "from_pretrained": True},
+    "qwen2_moe": {"heads": True, "exact": True, "from_pretrained": True},
 }
 
 
