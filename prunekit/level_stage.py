@@ -9,6 +9,7 @@ composed with this level's).
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any
 
@@ -118,6 +119,8 @@ def scheduled_level(
 
         base_units = {g.name: g.num_units for g in find_groups(model, task.example, ignore=cfg.prune.ignore)}
 
+    bn_batches = list(itertools.islice(loader, cfg.prune.importance_batches))
+
     def plan_fn(m: nn.Module, saved: float, i: int):
         return make_level_plan(
             task, m, max(0.0, saved), seed + 100 * i, accelerator=accelerator, base_units=base_units
@@ -129,14 +132,23 @@ def scheduled_level(
     def gap_fn(m: nn.Module, groups: Any):
         if not (cfg.estimate.enabled or sched.name == "constant_gap"):
             return lambda plan: None
-        from prunekit.structure import find_groups
+        from prunekit.planner.masked import adapted_bn
+        from prunekit.structure import find_groups, mask_groups
         from prunekit.theory.estimator import Estimator
 
         gs = find_groups(m, task.example, ignore=cfg.prune.ignore)
         est = Estimator(m, task.splits, cfg.estimate, groups=gs, accelerator=accelerator, seed=seed)
 
         def predict(plan: Plan | None) -> dict[str, float | None]:
-            p = est.predict(plan)
+            if plan is None:
+                p = est.predict(None)
+            else:  # the planned model masked at fixed weights, its BatchNorm statistics re-estimated on
+                # the probe batches as the curve planners do: stale statistics make a thinned model look
+                # broken where fine-tuning would not find it so (quickstart, 6 % saved: 0.048 -> 0.030)
+                removed = {g: sorted(set(range(plan.num_units[g])) - set(k)) for g, k in plan.keep.items()}
+                removed = {g: units for g, units in removed.items() if units}
+                with mask_groups(m, gs, removed), adapted_bn(m, bn_batches, True):
+                    p = est.predict(removed)
             return {"stated": p.bound, "calibrated": _calibrated(cal, p)}
 
         return predict
