@@ -66,6 +66,9 @@ def sketch_vs_exact(seeds: int) -> dict:
     from prunekit.theory.lm_sketch import projection
 
     exact_est = Estimator(model, blocks, cfg, groups, lm_options={"sketch": "exact"})
+    # a masked variant (layer 1's first quarter of FFN neurons): the planner compares such variants
+    ffn = next(g for g in groups if g.name.endswith("layers.1.mlp:neurons"))
+    removed = {ffn.name: list(range(ffn.num_units // 4))}
     sketched = Estimator(model, blocks, cfg, groups, lm_options={"sketch_dim": 2})
 
     def quantities(sketch: str, k: int, seed: int) -> tuple[dict, float]:
@@ -76,7 +79,10 @@ def sketch_vs_exact(seeds: int) -> dict:
         e = est.estimates()
         sec = time.process_time() - t0
         groups_ntk = {g: v["ntk_trace"] for g, v in e.groups.items()}
+        masked = est.predict(removed)
         return {
+            "delta_ntk_trace": masked.ntk_trace - e.ntk["trace"],
+            "delta_T": masked.T_opt - e.T_opt,
             "ntk_trace": e.ntk["trace"],
             "ntk_trace_se": e.ntk["trace_se"],
             "gn_trace": e.hessian["trace"],
@@ -97,6 +103,16 @@ def sketch_vs_exact(seeds: int) -> dict:
             key: [(d[key] - exact[key]) / exact[key] for d in draws]
             for key in ("ntk_trace", "gn_trace", "T", "C_arch")
         }
+        # the error of a difference between two variants, on the scale of the dense value (comparable
+        # with the value's own error) and relative to the difference itself
+        delta = {
+            key: [(d[f"delta_{key}"] - exact[f"delta_{key}"]) / exact[key] for d in draws]
+            for key in ("ntk_trace", "T")
+        }
+        delta_rel = {
+            key: [(d[f"delta_{key}"] - exact[f"delta_{key}"]) / abs(exact[f"delta_{key}"]) for d in draws]
+            for key in ("ntk_trace", "T")
+        }
         group_rel = [
             max(abs(d["groups"][g] / exact["groups"][g] - 1) for g in exact["groups"]) for d in draws
         ]
@@ -108,6 +124,14 @@ def sketch_vs_exact(seeds: int) -> dict:
                 **{f"{key}_rms_rel_error": float(np.sqrt(np.mean(np.square(v)))) for key, v in rel.items()},
                 **{f"{key}_mean_rel_error": float(np.mean(v)) for key, v in rel.items()},
                 "groups_max_rel_error_median": float(np.median(group_rel)),
+                **{
+                    f"delta_{key}_rms_error_over_value": float(np.sqrt(np.mean(np.square(v))))
+                    for key, v in delta.items()
+                },
+                **{
+                    f"delta_{key}_rms_rel_error": float(np.sqrt(np.mean(np.square(v))))
+                    for key, v in delta_rel.items()
+                },
                 "stated_worst_rel_se": math.sqrt(2 / k),
                 "estimated_rel_se_median": float(np.median(se_rel)) if se_rel and k > 1 else None,
                 "within_4se": int(
@@ -126,6 +150,7 @@ def sketch_vs_exact(seeds: int) -> dict:
         "sketch": "rademacher",
         "exact": {k: v for k, v in exact.items() if k != "groups"},
         "exact_estimate_seconds": exact_sec,
+        "masked_variant": {g: len(u) for g, u in removed.items()},
         "rows": rows,
     }
 
@@ -238,6 +263,22 @@ def write(result: dict, out: Path) -> None:
             f"({r['C_arch_mean_rel_error']:+.3f}) | {r['groups_max_rel_error_median']:.3f} | "
             f"{r['estimate_seconds_median']:.2f} |"
         )
+    if "delta_T_rms_rel_error" in s["rows"][0]:
+        ((g, count),) = s["masked_variant"].items()
+        lines += [
+            "",
+            f"Differences between the dense model and a masked variant ({count} units of `{g}` removed at fixed "
+            f"weights; exact: Δ NTK trace {s['exact']['delta_ntk_trace']:.4g}, Δ T {s['exact']['delta_T']:.4g}), "
+            "the same S for both (as Estimator.predict does):",
+            "",
+            "| k | Δ NTK trace RMS error / NTK trace | Δ NTK trace RMS rel. error | Δ T RMS error / T | Δ T RMS rel. error |",
+            "|---|---|---|---|---|",
+        ]
+        for r in s["rows"]:
+            lines.append(
+                f"| {r['k']} | {r['delta_ntk_trace_rms_error_over_value']:.4f} | {r['delta_ntk_trace_rms_rel_error']:.3f} "
+                f"| {r['delta_T_rms_error_over_value']:.4f} | {r['delta_T_rms_rel_error']:.3f} |"
+            )
     c = result.get("cost")
     lines += ["", "## Cost on the offline tiny LLaMA", ""]
     if c is None:
@@ -259,6 +300,8 @@ def write(result: dict, out: Path) -> None:
             "",
             f"One masked evaluation costs {c['masked_prediction_over_recovery_step']:.0f} recovery steps.",
         ]
+        if "measured_by" in c:
+            lines += ["", f"(This part was measured by `{c['measured_by']}`, kept with `--keep-cost`.)"]
     r16 = next((r for r in s["rows"] if r["k"] == 16), None)
     if r16 is not None:
         lines += [
@@ -274,8 +317,16 @@ def write(result: dict, out: Path) -> None:
             "'within 4 SE' column; with k = 4 rows the SE estimate itself is noisy).",
             "- Per-group traces are noisier than the totals (each group's output kernel has a lower effective "
             "rank): the largest per-group error is the one to watch when the planner compares groups. Masked "
-            "variants share S (common random numbers), which should make their differences less noisy than "
-            "either value; that is not measured here.",
+            "variants share S (common random numbers): the table of differences above gives the error of a "
+            "difference on the scale of the value (compare with the value's own error) and relative to the "
+            "difference itself."
+            + (
+                f" At k = 16 a difference's error is {r16['delta_T_rms_error_over_value'] / r16['T_rms_rel_error']:.2f} "
+                f"of T's own error and {r16['delta_ntk_trace_rms_error_over_value'] / r16['ntk_trace_rms_rel_error']:.2f} "
+                "of the NTK trace's: the shared S cancels most of the sketch's noise between variants."
+                if "delta_T_rms_error_over_value" in r16
+                else ""
+            ),
             "- C_arch (d_λ of the normalised sketched Gram) is nonlinear in the Gram: a small bias at small k "
             "(the mean column), vanishing as k grows.",
             f"- Cost grows with the outputs per position (2k); the exact quantity has 2V: on the tiny model "
@@ -294,6 +345,7 @@ def main() -> None:
     ap.add_argument("--probe", type=int, default=16)
     ap.add_argument("--jacobian-elements", type=int, default=2**28)
     ap.add_argument("--out", default=str(ROOT / "results" / "lm_estimator.md"))
+    ap.add_argument("--keep-cost", action="store_true", help="rerun part 1 only; keep part 2 from the .json")
     ap.add_argument("--from-json", action="store_true", help="rewrite the .md from the existing .json")
     args = ap.parse_args()
     if args.from_json:
@@ -303,13 +355,18 @@ def main() -> None:
     import subprocess
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    previous = Path(args.out).with_suffix(".json")
     result = {
         "command": " ".join(["python experiments/lm_estimator_cost.py", *sys.argv[1:]]),
         "commit": commit.stdout.strip(),
         "threads": torch.get_num_threads(),
         "sketch_vs_exact": sketch_vs_exact(args.seeds),
     }
-    result["cost"] = cost(args.repeats, args.k, args.probe, args.jacobian_elements)
+    if args.keep_cost and previous.is_file():  # the slow part, measured before, kept with its command
+        old = json.loads(previous.read_text())
+        result["cost"] = old["cost"] | {"measured_by": old["command"] + f" at {old['commit']}"}
+    else:
+        result["cost"] = cost(args.repeats, args.k, args.probe, args.jacobian_elements)
     write(result, Path(args.out))
     print(Path(args.out).with_suffix(".md").read_text())
 
