@@ -163,6 +163,7 @@ FFN_LAYOUTS: tuple[FFNLayout, ...] = (
     FFNLayout("bert", ("intermediate.dense",), "output.dense", name="intermediate"),
     FFNLayout("gpt2", ("c_fc",), "c_proj", config=(("*", "n_inner"),)),  # GPT-BigCode too
     FFNLayout("gptj", ("fc_in",), "fc_out", config=(("*", "n_inner"),)),
+    FFNLayout("wav2vec2", ("intermediate_dense",), "output_dense"),
     FFNLayout("gpt_neox", ("dense_h_to_4h",), "dense_4h_to_h",
               config=(("*", "ffn_hidden_size"), ("*", "intermediate_size"))),
     FFNLayout("t5", ("wi_0", "wi_1"), "wo", config=(("*", "d_ff"),)),

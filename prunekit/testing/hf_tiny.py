@@ -302,6 +302,40 @@ def qwen2_moe(seed: int = 0):  # fused experts and a shared expert
     return _lm("Qwen2MoeConfig", seed, **_DECODER, num_key_value_heads=2, **fields)
 
 
+def _two_towers(config: str, cls: str, seed: int):  # CLIP / SigLIP: the image classifier on the vision tower
+    tower = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4)
+    text = dict(vocab_size=VOCAB, max_position_embeddings=16, **tower)
+    fields = dict(text_config=text, vision_config=dict(image_size=32, patch_size=8, **tower))
+    return _build(config, cls, seed, **fields), _pixels(seed)
+
+
+def clip(seed: int = 0):
+    return _two_towers("CLIPConfig", "CLIPForImageClassification", seed)
+
+
+def siglip(seed: int = 0):
+    return _two_towers("SiglipConfig", "SiglipForImageClassification", seed)
+
+
+def whisper(seed: int = 0):  # log-mel input (8 bins, 32 frames)
+    model, _ = _bart_like("WhisperConfig", "WhisperForConditionalGeneration", seed, num_mel_bins=8,
+                          max_source_positions=16, max_target_positions=16, decoder_start_token_id=0,
+                          pad_token_id=0, bos_token_id=1, eos_token_id=2)  # fmt: skip
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(2, 8, 32, generator=g)
+    return model, {
+        "input_features": features,
+        "decoder_input_ids": torch.randint(1, VOCAB, (2, 5), generator=g),
+    }
+
+
+def wav2vec2(seed: int = 0):  # raw audio; the convolutional feature encoder is not grouped
+    fields = dict(conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=16)
+    fields.update(num_conv_pos_embedding_groups=4, num_labels=3, **_ENCODER)
+    model = _build("Wav2Vec2Config", "Wav2Vec2ForSequenceClassification", seed, **fields)
+    return model, {"input_values": torch.randn(2, 400, generator=torch.Generator().manual_seed(seed))}
+
+
 BUILDERS: dict[str, Callable[..., tuple[nn.Module, dict[str, Tensor]]]] = {
     f.__name__: f
     for f in (
@@ -309,6 +343,7 @@ BUILDERS: dict[str, Callable[..., tuple[nn.Module, dict[str, Tensor]]]] = {
         phi3, opt, bart, t5, t5_gated, stablelm, stablelm_qknorm, olmo2, cohere_qknorm, swin, beit,
         gemma, gemma2, granite, qwen3, olmo, starcoder2, gptj, gpt_bigcode, biogpt, xglm, electra,
         xlm_roberta, deit, dinov2, mbart, pegasus, marian, mt5, mixtral, qwen2_moe,
+        clip, siglip, whisper, wav2vec2,
     )
 }  # fmt: skip
 
@@ -317,50 +352,15 @@ BUILDERS: dict[str, Callable[..., tuple[nn.Module, dict[str, Tensor]]]] = {
 # the family computes the head size as hidden / heads (BERT, GPT-2, GPT-NeoX, Falcon, OPT, BART,
 # StableLM) or sets widths per stage (Swin). "exact": False where the documented difference applies:
 # OLMo2's q/k RMSNorm runs over all heads, so after a head prune it averages over the kept ones only
+_NO_CONFIG = {  # uniform prunes that config.json cannot express
+    "bert", "roberta", "distilbert", "gpt2", "gpt_neox", "falcon", "falcon_gqa", "opt", "bart",
+    "stablelm", "stablelm_qknorm", "swin", "starcoder2", "gptj", "gpt_bigcode", "biogpt", "xglm",
+    "electra", "xlm_roberta", "dinov2", "mbart", "pegasus", "marian", "clip", "siglip", "whisper",
+    "wav2vec2",
+}  # fmt: skip
 SUPPORTED: dict[str, dict[str, bool]] = {
-    "llama": {"heads": True, "exact": True, "from_pretrained": True},
-    "mistral": {"heads": True, "exact": True, "from_pretrained": True},
-    "qwen2": {"heads": True, "exact": True, "from_pretrained": True},
-    "bert": {"heads": True, "exact": True, "from_pretrained": False},
-    "roberta": {"heads": True, "exact": True, "from_pretrained": False},
-    "distilbert": {"heads": True, "exact": True, "from_pretrained": False},
-    "vit": {"heads": True, "exact": True, "from_pretrained": True},
-    "gpt2": {"heads": True, "exact": True, "from_pretrained": False},
-    "gpt_neox": {"heads": True, "exact": True, "from_pretrained": False},
-    "falcon": {"heads": True, "exact": True, "from_pretrained": False},
-    "falcon_gqa": {"heads": True, "exact": True, "from_pretrained": False},
-    "phi": {"heads": True, "exact": True, "from_pretrained": True},
-    "phi3": {"heads": True, "exact": True, "from_pretrained": True},
-    "opt": {"heads": True, "exact": True, "from_pretrained": False},
-    "bart": {"heads": True, "exact": True, "from_pretrained": False},
-    "t5": {"heads": True, "exact": True, "from_pretrained": True},
-    "t5_gated": {"heads": True, "exact": True, "from_pretrained": True},
-    "stablelm": {"heads": True, "exact": True, "from_pretrained": False},
-    "stablelm_qknorm": {"heads": True, "exact": True, "from_pretrained": False},
-    "olmo2": {"heads": True, "exact": False, "from_pretrained": True},
-    "cohere_qknorm": {"heads": True, "exact": True, "from_pretrained": True},
-    "swin": {"heads": True, "exact": True, "from_pretrained": False},
-    "beit": {"heads": True, "exact": True, "from_pretrained": True},
-    "gemma": {"heads": True, "exact": True, "from_pretrained": True},
-    "gemma2": {"heads": True, "exact": True, "from_pretrained": True},
-    "granite": {"heads": True, "exact": True, "from_pretrained": True},
-    "qwen3": {"heads": True, "exact": True, "from_pretrained": True},
-    "olmo": {"heads": True, "exact": True, "from_pretrained": True},
-    "starcoder2": {"heads": True, "exact": True, "from_pretrained": False},
-    "gptj": {"heads": True, "exact": True, "from_pretrained": False},
-    "gpt_bigcode": {"heads": True, "exact": True, "from_pretrained": False},
-    "biogpt": {"heads": True, "exact": True, "from_pretrained": False},
-    "xglm": {"heads": True, "exact": True, "from_pretrained": False},
-    "electra": {"heads": True, "exact": True, "from_pretrained": False},
-    "xlm_roberta": {"heads": True, "exact": True, "from_pretrained": False},
-    "deit": {"heads": True, "exact": True, "from_pretrained": True},
-    "dinov2": {"heads": True, "exact": True, "from_pretrained": False},
-    "mbart": {"heads": True, "exact": True, "from_pretrained": False},
-    "pegasus": {"heads": True, "exact": True, "from_pretrained": False},
-    "marian": {"heads": True, "exact": True, "from_pretrained": False},
-    "mt5": {"heads": True, "exact": True, "from_pretrained": True},
-    "mixtral": {"heads": True, "exact": True, "from_pretrained": True},
-    "qwen2_moe": {"heads": True, "exact": True, "from_pretrained": True},
+    name: {"heads": True, "exact": name != "olmo2", "from_pretrained": name not in _NO_CONFIG}
+    for name in BUILDERS
 }
 
 
