@@ -202,6 +202,20 @@ class EvaluateConfig(_Strict):
     latency_threads: int = Field(1, gt=0, le=1024)
 
 
+class LoRAConfig(_Strict):
+    # LoRA adapters for causal-LM recovery (prunekit/train/lora.py), merged into the pruned weights
+    r: int = Field(8, gt=0, le=4096)
+    alpha: float = Field(16.0, gt=0.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # 0: every process trains the same adapters
+    target_modules: str | list[str] = "all-linear"  # module-name suffixes (q_proj, ...) or all-linear
+
+
+class RecoveryConfig(_Strict):
+    # how the causal-LM task recovers each prune with the finetune recipe: the whole model, or LoRA
+    method: Literal["full", "lora"] = "full"
+    lora: LoRAConfig = Field(default_factory=LoRAConfig)
+
+
 class RunConfig(_Strict):
     # modules (names or .py paths) imported before the rest is checked, so that the planners, criteria,
     # models and datasets they register can be used below (prunekit.plugins); first, so it runs first
@@ -221,6 +235,7 @@ class RunConfig(_Strict):
     prune: PruneConfig = Field(default_factory=PruneConfig)
     estimate: EstimateConfig = Field(default_factory=EstimateConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)  # causal-LM task only
 
     @field_validator("name")
     @classmethod
@@ -239,6 +254,14 @@ class RunConfig(_Strict):
             raise ValueError("a seed is an integer with 0 <= seed < 2**32")
         return v
 
+    @field_validator("recovery")
+    @classmethod
+    def _lora_is_for_lms(cls, v: RecoveryConfig, info: Any) -> RecoveryConfig:
+        data = info.data.get("data")  # validated first (declared first); absent if it was invalid
+        if v.method == "lora" and data is not None and data.name != "lm_text":
+            raise ValueError("method lora is for the causal-LM task (data.name lm_text): use method full")
+        return v
+
     @field_validator("imports")
     @classmethod
     def _import_plugins(cls, v: list[str]) -> list[str]:
@@ -252,6 +275,8 @@ class RunConfig(_Strict):
         d.pop("output_dir", None)
         if not d["imports"]:  # runs made before the key existed keep their fingerprint
             d.pop("imports")
+        if d["recovery"] == RecoveryConfig().model_dump(mode="json"):  # the same for recovery
+            d.pop("recovery")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -12,6 +12,9 @@ Config mapping (no LM-only keys, so one schema serves both tasks):
   from scratch here (a BPE tokenizer of ``kwargs.vocab_size`` trained on the train split).
 - ``train`` (dense pre-training, when ``max_steps`` is set) and ``finetune`` (recovery after each prune):
   ``max_steps``, global ``batch_size``, ``lr``, ``weight_decay``, ``warmup_fraction``, ``max_grad_norm``.
+- ``recovery``: ``method: full`` (the whole model) or ``lora`` (peft adapters of ``recovery.lora``'s
+  rank / alpha / dropout / target_modules, trained with the finetune recipe, merged into the pruned
+  weights before the level is measured and saved).
 - ``prune``: planner, importance (``l1``, ``l2``, ``lm_taylor``, ``wanda``, ...), levels, ignore
   (e.g. ``model.layers.0.*`` protects the first layer), importance_batches (calibration batches).
 """
@@ -53,6 +56,24 @@ def _recipe(t: TrainConfig, processes: int) -> Any:
         warmup_steps=round(t.warmup_fraction * t.max_steps),
         max_grad_norm=t.max_grad_norm or 1e9,
     )
+
+
+def _lora_spec(cfg: RunConfig) -> Any:
+    from prunekit.train.lora import LoRASpec
+
+    lo = cfg.recovery.lora
+    return LoRASpec(r=lo.r, alpha=lo.alpha, dropout=lo.dropout, target_modules=lo.target_modules)
+
+
+def _recover(model: nn.Module, cfg: RunConfig, data: Any, acc: Any, seed: int) -> dict[str, Any]:
+    """The level's recovery, in place: full fine-tuning, or LoRA merged back into the pruned weights."""
+    from prunekit.train.lm import train_lm
+    from prunekit.train.lora import train_lm_lora
+
+    recipe = _recipe(cfg.finetune, acc.num_processes)
+    if cfg.recovery.method == "lora":
+        return train_lm_lora(model, data.train, recipe, _lora_spec(cfg), seed, acc, log=log.info)
+    return train_lm(model, data.train, recipe, seed, acc, log=log.info)
 
 
 def _data(cfg: RunConfig) -> Any:
@@ -150,7 +171,6 @@ def _level(
     from prunekit.planner import Target, from_prune_config, make_plan
     from prunekit.pruning import apply_plan_, load, save
     from prunekit.structure import find_groups
-    from prunekit.train.lm import train_lm
 
     name = naming(level)
     if state.is_done(name):
@@ -165,7 +185,7 @@ def _level(
     plan.extra["ignore"] = list(p.ignore)
     apply_plan_(model, plan, example, groups)
     before = perplexity(model, data.test.batches(cfg.data.batch_size))["perplexity"]
-    history = train_lm(model, data.train, _recipe(cfg.finetune, acc.num_processes), seed, acc, log=log.info)
+    history = _recover(model, cfg, data, acc, seed)
     m = _measure(model, data, cfg)
     result = {
         "target": level,
@@ -175,6 +195,7 @@ def _level(
         "params_saved": 1 - m["params"] / dense["params"],
         "macs_saved": 1 - m["macs_per_token"] / dense["macs_per_token"],
         "recovery_steps": history["steps"],
+        "recovery_method": cfg.recovery.method,
         "seconds": round(time.perf_counter() - t0, 2),
     }
     if acc.is_main_process:
@@ -230,7 +251,7 @@ def run_lm(
     from prunekit.models import describe
     from prunekit.planner import from_prune_config
     from prunekit.pruning import save
-    from prunekit.report.lm import write_lm_report
+    from prunekit.report.lm import build_lm_report, write_lm_report
     from prunekit.task import seed_everything
     from prunekit.train import make_accelerator
     from prunekit.train.lm import train_lm
@@ -244,6 +265,10 @@ def run_lm(
     seed_everything(cfg.seed)
     data = _data(cfg)
     model = _dense_model(cfg, data)
+    if cfg.recovery.method == "lora":
+        from prunekit.train.lora import check_targets
+
+        check_targets(model, _lora_spec(cfg))
     _check_hardest_level(cfg, data, model)
     state = RunState.open(folder, cfg.fingerprint(), cfg.model_dump(mode="json"), overwrite=overwrite)
     if acc.is_main_process:
@@ -281,17 +306,15 @@ def run_lm(
     unigram = unigram_perplexity(
         data.train.input_ids, data.train.labels, data.test.labels, len(data.tokenizer)
     )
-    report = {
-        "name": cfg.name,
-        "task": "causal_lm",
-        "planner": cfg.prune.planner + (f" ({cfg.prune.importance})" if cfg.prune.importance else ""),
-        "data": data.info,
-        "unigram_perplexity": unigram["perplexity"],
-        "dense": dense,
-        "levels": levels,
-        "latency_threads": cfg.evaluate.latency_threads,
-        "num_processes": acc.num_processes,
-    }
+    report = build_lm_report(
+        cfg,
+        dense,
+        levels,
+        data=data.info,
+        unigram_perplexity=unigram["perplexity"],
+        latency_threads=cfg.evaluate.latency_threads,
+        num_processes=acc.num_processes,
+    )
     if acc.is_main_process:
         write_lm_report(folder, report)
     acc.wait_for_everyone()

@@ -1,5 +1,9 @@
 """The causal-LM run's report: report.json, report.md (perplexity, params, MACs/token, CPU latency/token)
-and perplexity_vs_params.png (one line per planner; dotted: before recovery)."""
+and perplexity_vs_params.png (one line per planner; dotted: before recovery).
+
+The run's identity (task, model, planner, seed, version, config fingerprint) comes from the classifier
+report's :func:`~prunekit.report.build.build_report`, so both reports carry the same header; the rows
+are the LM's own (perplexity in place of accuracy)."""
 
 from __future__ import annotations
 
@@ -7,8 +11,30 @@ from pathlib import Path
 from typing import Any
 
 from prunekit.atomic import write_json, write_text
+from prunekit.config import RunConfig
+from prunekit.report.build import build_report
 
 PLOT = "perplexity_vs_params.png"
+VOLATILE = ["prefill_ms_per_token", "decode_ms_per_token", "seconds"]  # wall times on a shared machine
+
+
+def build_lm_report(
+    cfg: RunConfig, dense: dict[str, Any], levels: list[dict[str, Any]], **extra: Any
+) -> dict:
+    """The report dict: the shared header, the dense row, the level rows and ``extra`` (data, baselines)."""
+    header = build_report(cfg, {}, [])
+    for key in ("dense", "levels", "volatile_fields", "schedule"):  # classifier rows and options
+        header.pop(key)
+    planner = cfg.prune.planner + (f" ({cfg.prune.importance})" if cfg.prune.importance else "")
+    return header | {
+        "task": "causal_lm",
+        "planner": planner,
+        "recovery": cfg.recovery.model_dump(mode="json"),
+        **extra,
+        "dense": dense,
+        "levels": levels,
+        "volatile_fields": VOLATILE,
+    }
 
 
 def to_markdown(report: dict[str, Any]) -> str:
@@ -67,8 +93,10 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    tmp = path.with_name(f".{path.name}.tmp.png")  # a reader never sees half a file
+    fig.savefig(tmp, dpi=120)
     plt.close(fig)
+    tmp.replace(path)
 
 
 def write_lm_report(folder: str | Path, report: dict[str, Any]) -> None:

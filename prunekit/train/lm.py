@@ -3,8 +3,10 @@
 One loop for both (nanoGPT style): AdamW, linear warmup then cosine decay to ``min_lr_fraction`` of
 ``lr``, gradient clipping, weight decay on matrices only, the HF causal-LM loss (mean over the batch's
 predicted tokens). Steps, not epochs, set the budget, so a run's cost does not depend on the split size.
-The loader is sharded by ``accelerator.prepare`` (DDP over processes like the classifiers); the shuffle
-order is drawn from ``seed``.
+The loader is sharded by accelerate (DDP over processes like the classifiers: with a per-process batch
+of B / N, the N processes' step-k batches are the 1-process step-k batch of B); the shuffle order is
+drawn from ``seed``. The prepare / clean-up around the loop, the optimizer step and the all-process
+loss are the classifier loop's (:mod:`prunekit.train.loop`); only the loop body differs.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from prunekit.data.lm_text import LMBlocks
+from prunekit.train.loop import check_finite, global_mean, optimizer_step, set_lr, training_session
+from prunekit.train.optim import decay_groups
+
+LOG_EVERY = 50  # steps per logged (all-process mean) training loss
 
 
 @dataclass(frozen=True)
@@ -66,15 +72,6 @@ def lr_at(step: int, cfg: LMTrainConfig) -> float:
     return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _optimizer(model: nn.Module, cfg: LMTrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},  # norm scales are not decayed
-    ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.95))
-
-
 def train_lm(
     model: nn.Module,
     train: LMBlocks,
@@ -84,46 +81,50 @@ def train_lm(
     validation: LMBlocks | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train ``model`` in place for ``cfg.steps`` steps; returns the history (losses, val perplexities)."""
+    """Train ``model`` in place for ``cfg.steps`` steps; returns the history (losses, val perplexities).
+    A mean loss that turns inf / NaN raises :class:`~prunekit.train.TrainingDiverged` on every rank."""
     from prunekit.metrics.perplexity import perplexity
-    from prunekit.train.accel import make_accelerator
+    from prunekit.train.accel import check_launch, make_accelerator
 
     accelerator = accelerator or make_accelerator(seed=seed)
+    check_launch(accelerator)
     gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(
-        _Blocks(train), batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=True
+    loader = accelerator.prepare_data_loader(
+        DataLoader(_Blocks(train), batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=True)
     )
     model.to(accelerator.device)
-    optimizer = _optimizer(model, cfg)
-    wrapped, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    optimizer = torch.optim.AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
+    params = [p for p in model.parameters() if p.requires_grad]
     history: dict[str, Any] = {"train_loss": [], "val": []}
-    step, start, running = 0, time.perf_counter(), 0.0
-    wrapped.train()
-    while step < cfg.steps:
-        for batch in loader:
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, cfg)
-            loss = wrapped(**batch).loss
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            running += float(loss.detach())
-            step += 1
-            if step % 50 == 0 or step == cfg.steps:
-                n = 50 if step % 50 == 0 else step % 50
-                history["train_loss"].append((step, running / n))
-                log(f"step {step}/{cfg.steps} loss {running / n:.4f} ({time.perf_counter() - start:.0f} s)")
-                running = 0.0
-            if validation is not None and cfg.eval_every and step % cfg.eval_every == 0:
-                sub = validation.subset(torch.arange(min(cfg.eval_blocks, len(validation))).numpy())
-                ppl = perplexity(accelerator.unwrap_model(wrapped), sub.batches(64))["perplexity"]
-                history["val"].append((step, ppl))
-                log(f"step {step} validation perplexity {ppl:.2f}")
-                wrapped.train()
-            if step >= cfg.steps:
-                break
-    accelerator.free_memory(wrapped, optimizer, loader)
+    step, start, running, lr = 0, time.perf_counter(), 0.0, cfg.lr
+    with training_session(model, optimizer, accelerator, loader) as (wrapped, optimizer):
+        wrapped.train()
+        while step < cfg.steps:
+            for batch in loader:
+                lr = lr_at(step, cfg)
+                set_lr(optimizer, lr)
+                loss = wrapped(**batch).loss
+                accelerator.backward(loss)
+                optimizer_step(accelerator, optimizer, params, cfg.max_grad_norm)
+                running += float(loss.detach())
+                step += 1
+                if step % LOG_EVERY == 0 or step == cfg.steps:
+                    n = LOG_EVERY if step % LOG_EVERY == 0 else step % LOG_EVERY
+                    mean = global_mean(
+                        accelerator, torch.tensor(running, dtype=torch.float64), n
+                    )  # over all processes
+                    check_finite(mean, "causal-LM training", f"over steps {step - n + 1}-{step}", lr)
+                    history["train_loss"].append((step, mean))
+                    log(f"step {step}/{cfg.steps} loss {mean:.4f} ({time.perf_counter() - start:.0f} s)")
+                    running = 0.0
+                if validation is not None and cfg.eval_every and step % cfg.eval_every == 0:
+                    sub = validation.subset(torch.arange(min(cfg.eval_blocks, len(validation))).numpy())
+                    ppl = perplexity(accelerator.unwrap_model(wrapped), sub.batches(64))["perplexity"]
+                    history["val"].append((step, ppl))
+                    log(f"step {step} validation perplexity {ppl:.2f}")
+                    wrapped.train()
+                if step >= cfg.steps:
+                    break
     model.eval()
     history.update(steps=step, seconds=time.perf_counter() - start, num_processes=accelerator.num_processes)
     return history

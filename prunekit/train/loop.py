@@ -18,7 +18,8 @@ import gc
 import math
 import time
 import warnings
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -162,6 +163,65 @@ def total_optimizer_steps(cfg: TrainConfig, micro_batches_per_epoch: int, accum:
     return math.ceil(cfg.epochs * micro_batches_per_epoch / accum)
 
 
+@contextmanager
+def training_session(
+    model: nn.Module, optimizer: torch.optim.Optimizer, accelerator: Accelerator, loader: Any
+) -> Iterator[tuple[nn.Module, torch.optim.Optimizer]]:
+    """``model`` and ``optimizer`` prepared for one training call (DDP when several processes run),
+    and undone on the way out, on success and failure alike: the prepared ``loader`` told its pass
+    ended, gradients dropped, the mixed-precision forward patch removed, and the accelerator's
+    registries cleared of these objects only, so a pruned-away model can be freed. Shared by the
+    classifier loop (:func:`finetune`) and the causal-LM loop (:func:`prunekit.train.lm.train_lm`)."""
+    had_forward = "forward" in model.__dict__
+    try:
+        wrapped, optimizer = accelerator.prepare(model, optimizer)
+    except BaseException:
+        _release(accelerator, loader)  # the accelerator must not keep the loader (and its data) alive
+        raise
+    try:
+        yield wrapped, optimizer
+    finally:
+        loader.end()  # a pass cut short (fractional epochs, max_steps) never tells accelerate it ended
+        optimizer.zero_grad(set_to_none=True)
+        _strip_forward_patch(model, had_forward)
+        _release(accelerator, wrapped, optimizer, loader)
+        del wrapped, optimizer
+        gc.collect()  # drop the DDP reducer (and its autograd hooks) before the next prune + train
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def optimizer_step(
+    accelerator: Accelerator, optimizer: torch.optim.Optimizer, params: list, max_grad_norm: float | None
+) -> float:
+    """Clip (when ``max_grad_norm`` is set), step, zero the gradients; returns the pre-clip norm."""
+    grad_norm = float("nan")
+    if max_grad_norm is not None:
+        grad_norm = float(accelerator.clip_grad_norm_(params, max_grad_norm))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def global_mean(accelerator: Accelerator, total: torch.Tensor, count: float) -> float:
+    """sum(total) / sum(count) over all processes (every rank gets the same number)."""
+    n = torch.tensor(float(count), device=accelerator.device, dtype=torch.float64)
+    totals = accelerator.reduce(torch.stack([total.double().to(n.device), n]), reduction="sum")
+    return float(totals[0] / totals[1].clamp(min=1))
+
+
+def check_finite(loss: float, desc: str, where: str, lr: float) -> None:
+    """Raise :class:`TrainingDiverged` for an inf / NaN loss; called on an all-reduced loss, so every
+    rank stops at the same point (a rank that stopped alone would leave the others waiting)."""
+    if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"{desc}: mean training loss {loss} {where} (lr {lr:.3g})", f"loss {loss} {where}"
+        )
+
+
 def finetune(
     model: nn.Module,
     train_loader: DataLoader,
@@ -198,7 +258,6 @@ def finetune(
     set_seed(seed)
     _reseed_loader(train_loader, seed)
     was_training = model.training
-    had_forward = "forward" in model.__dict__
 
     # Fresh every call: the model's parameters may have been replaced since the last one.
     model.to(accelerator.device)
@@ -206,9 +265,8 @@ def finetune(
     loader = _prepare_loader(accelerator, train_loader)
     try:
         micro_per_epoch = _num_batches(loader)
-        wrapped, optimizer = accelerator.prepare(model, optimizer)
     except BaseException:
-        _release(accelerator, loader)  # the accelerator must not keep the loader (and its data) alive
+        _release(accelerator, loader)
         raise
     total_steps = total_optimizer_steps(cfg, micro_per_epoch, accum)
     total_micro = total_steps * accum
@@ -223,63 +281,45 @@ def finetune(
     lr = lr_at(0, max(total_steps, 1), cfg)
     grad_norm = float("nan")
     try:
-        while micro < total_micro:
-            wrapped.train()
-            # Sample-weighted sum of this epoch's losses, and the number of samples, on this process.
-            epoch_loss = torch.zeros((), device=accelerator.device, dtype=torch.float64)
-            epoch_samples = 0
-            for inputs, labels in loader:
-                if micro % accum == 0:  # first micro-batch of an optimizer step: set its learning rate
-                    lr = lr_at(step, total_steps, cfg)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                last_micro = (micro + 1) % accum == 0
-                # Skip the gradient all-reduce on all but the last micro-batch of an accumulation.
-                with nullcontext() if last_micro else accelerator.no_sync(wrapped):
-                    with accelerator.autocast():
-                        logits = logits_of(wrapped, inputs)
-                    loss = F.cross_entropy(logits.float(), labels)
-                    accelerator.backward(loss)
-                n = batch_size_of(inputs)
-                epoch_loss += loss.detach().double() * n
-                epoch_samples += n
-                micro += 1
-                if last_micro:
-                    if cfg.max_grad_norm is not None:
-                        grad_norm = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", refresh=False)
-                if micro >= total_micro:
-                    break
-            epoch += 1
-            count = torch.tensor(float(epoch_samples), device=accelerator.device, dtype=torch.float64)
-            totals = accelerator.reduce(torch.stack([epoch_loss, count]), reduction="sum")
-            history["train_loss"].append(float(totals[0] / totals[1].clamp(min=1)))
-            # Checked on the all-reduced loss, so every rank stops at the same pass (a rank that
-            # stopped alone would leave the others waiting in their next all-reduce).
-            if not math.isfinite(history["train_loss"][-1]):
-                raise TrainingDiverged(
-                    f"{desc}: mean training loss {history['train_loss'][-1]} in pass {epoch} "
-                    f"(step {step}, lr {lr:.3g})",
-                    detail=f"loss {history['train_loss'][-1]} in pass {epoch}, step {step}",
-                )
-            if val_loader is not None:
-                _sync_buffers(model, accelerator)  # every rank evaluates the same model
-                metrics = evaluate(model, val_loader, accelerator)
-                history["val_loss"].append(metrics["loss"])
-                history["val_accuracy"].append(metrics["accuracy"])
+        with training_session(model, optimizer, accelerator, loader) as (wrapped, optimizer):
+            while micro < total_micro:
+                wrapped.train()
+                # Sample-weighted sum of this epoch's losses, and the number of samples, on this process.
+                epoch_loss = torch.zeros((), device=accelerator.device, dtype=torch.float64)
+                epoch_samples = 0
+                for inputs, labels in loader:
+                    if micro % accum == 0:  # first micro-batch of an optimizer step: set its learning rate
+                        lr = lr_at(step, total_steps, cfg)
+                        set_lr(optimizer, lr)
+                    last_micro = (micro + 1) % accum == 0
+                    # Skip the gradient all-reduce on all but the last micro-batch of an accumulation.
+                    with nullcontext() if last_micro else accelerator.no_sync(wrapped):
+                        with accelerator.autocast():
+                            logits = logits_of(wrapped, inputs)
+                        loss = F.cross_entropy(logits.float(), labels)
+                        accelerator.backward(loss)
+                    n = batch_size_of(inputs)
+                    epoch_loss += loss.detach().double() * n
+                    epoch_samples += n
+                    micro += 1
+                    if last_micro:
+                        grad_norm = optimizer_step(accelerator, optimizer, params, cfg.max_grad_norm)
+                        step += 1
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", refresh=False)
+                    if micro >= total_micro:
+                        break
+                epoch += 1
+                history["train_loss"].append(global_mean(accelerator, epoch_loss, epoch_samples))
+                check_finite(history["train_loss"][-1], desc, f"in pass {epoch} (step {step})", lr)
+                if val_loader is not None:
+                    _sync_buffers(model, accelerator)  # every rank evaluates the same model
+                    metrics = evaluate(model, val_loader, accelerator)
+                    history["val_loss"].append(metrics["loss"])
+                    history["val_accuracy"].append(metrics["accuracy"])
     finally:
         bar.close()
-        loader.end()  # an epoch cut short (fractional epochs, max_steps) never tells accelerate it ended
         accelerator.gradient_accumulation_steps = saved_accum
-        optimizer.zero_grad(set_to_none=True)
-        _strip_forward_patch(model, had_forward)
-        _release(accelerator, wrapped, optimizer, loader)
-        del wrapped, optimizer, loader
-        gc.collect()  # drop the DDP reducer (and its autograd hooks) before the next prune + finetune
         model.train(was_training)
 
     _sync_buffers(model, accelerator)

@@ -23,8 +23,8 @@ def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """A fresh optimizer over the trainable parameters of ``model``.
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """The trainable parameters of ``model`` in two optimizer groups: decayed and not.
 
     Weight decay goes to matrices and conv kernels only (ndim >= 2), not to biases and norm scales,
     as in nanoGPT: decaying a BatchNorm/LayerNorm scale towards 0 fights the normalisation.
@@ -34,13 +34,16 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         raise ValueError(
             "the model has no trainable parameters (all have requires_grad=False): unfreeze some to fine-tune"
         )
-    decay = [p for _, p in named if p.ndim >= 2]
-    no_decay = [p for _, p in named if p.ndim < 2]
     groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": [p for _, p in named if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0},
     ]
-    groups = [g for g in groups if g["params"]]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """A fresh optimizer over the trainable parameters of ``model`` (:func:`decay_groups`)."""
+    groups = decay_groups(model, cfg.weight_decay)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
     if cfg.optimizer == "adam":
