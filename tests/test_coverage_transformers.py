@@ -235,3 +235,18 @@ def test_uniform_gives_identical_layers_identical_widths_and_from_pretrained_loa
     again = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
     with torch.no_grad():
         assert torch.allclose(again(**x).logits, model(**x).logits, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name", ["gpt2", "gpt_neox", "falcon", "falcon_gqa", "gpt_bigcode", "phi3", "t5", "mixtral"]
+)
+def test_predicted_size_equals_the_pruned_models_params_and_macs(name):
+    from prunekit.metrics import count_macs
+    from prunekit.structure import remaining_size
+
+    model, x = BUILDERS[name]()
+    groups = find_groups(model, x)
+    plan = _random_plan(groups, 0.5)
+    predicted = remaining_size(model, groups, {k: len(v) for k, v in plan.keep.items()}, x)
+    apply_plan_(model, plan, x, groups=groups)
+    assert predicted == (sum(p.numel() for p in model.parameters()), count_macs(model, x))

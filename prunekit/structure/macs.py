@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from ..batch import Inputs, batch_size_of, move_to
-from .blocks import is_attention
+from .blocks import find_blocks, is_attention, out_dim
 
 _Q_NAMES = ("query", "q_proj", "q_lin", "q")
 _HEADS = ("num_attention_heads", "num_heads", "n_head")
@@ -206,12 +206,16 @@ def _terms(
     batch: int,
 ) -> list[MacTerm]:
     canonical = {id(p): n for n, p in model.named_parameters()}
+    outputs = {a.name: modules[a.o] for a in find_blocks(model)[0]}  # o's inputs: the query heads
     terms = []
     for key, count in counts.items():
         if key.endswith(":attention"):
             width, q = attention[modules[key.removesuffix(":attention")]]
-            param = canonical.get(id(q.weight)) if q is not None else None
-            terms.append(MacTerm(key, param, (0,), count, width, batch))
+            param, dims = (canonical.get(id(q.weight)) if q is not None else None), (0,)
+            o = outputs.get(key.removesuffix(":attention"))
+            if q is None and o is not None:  # fused q/k/v (GPT-2, Falcon): scale by the kept query heads
+                param, dims = canonical.get(id(o.weight)), (1 - out_dim(o),)
+            terms.append(MacTerm(key, param, dims, count, width, batch))
         elif isinstance(modules[key], nn.MultiheadAttention):
             terms.append(MacTerm(key, None, (), count, 1, batch))
         else:
