@@ -250,3 +250,21 @@ def test_predicted_size_equals_the_pruned_models_params_and_macs(name):
     predicted = remaining_size(model, groups, {k: len(v) for k, v in plan.keep.items()}, x)
     apply_plan_(model, plan, x, groups=groups)
     assert predicted == (sum(p.numel() for p in model.parameters()), count_macs(model, x))
+
+
+@pytest.mark.parametrize("name", ["stablelm_qknorm", "t5", "phi3", "falcon_gqa", "gpt2"])
+def test_a_second_round_keeps_group_names_and_equals_the_composed_plan(name):
+    from prunekit.pruning import compose_plans
+
+    model, x = BUILDERS[name]()
+    first_groups = find_groups(model, x)
+    first = _random_plan(first_groups, 0.3, seed=1)
+    apply_plan_(model, first, x, groups=first_groups)
+    groups = find_groups(model, x)
+    assert [g.name for g in groups] == [g.name for g in first_groups]
+    second = _random_plan(groups, 0.3, seed=2)
+    apply_plan_(model, second, x, groups=groups)
+    fresh, _ = BUILDERS[name]()
+    apply_plan_(fresh, compose_plans(first, second), x)
+    with torch.no_grad():
+        assert torch.allclose(logits_of(fresh, x), logits_of(model, x), atol=1e-6)
