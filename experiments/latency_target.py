@@ -122,7 +122,12 @@ def main() -> None:
         "--epochs", type=float, default=None, help="dense training epochs (default: the config's)"
     )
     ap.add_argument("--out", default="results/latency_target")
+    ap.add_argument("--report-only", action="store_true", help="rewrite the .md from the .json")
     args = ap.parse_args()
+    if args.report_only:
+        out = json.loads((ROOT / f"{args.out}.json").read_text())
+        (ROOT / f"{args.out}.md").write_text(report(out))
+        return
     sets = (
         [
             "prune.metric=latency",
@@ -209,6 +214,17 @@ def report(out: dict) -> str:
             f"{c['dense_median_ms']:.3f} | {c['pruned_median_ms']:.3f} | {spread} | {r['macs_saved']:.3f} | "
             f"{r['params_saved']:.3f} | {tries} |"
         )
+    rows = out["rows"]
+    done = [r for r in rows if "check" in r]
+    loads = [a["load"] for r in rows for a in r["attempts"]]
+    lines += [
+        "",
+        f"**Summary.** {len(done)} of {len(rows)} targets planned; "
+        f"{sum(1 for r in done if r['plan_within_tolerance'])} within 5 % by the plan's own re-measurement, "
+        f"{sum(1 for r in done if r['check_within_5pct'])} within 5 % by the independent check; "
+        f"{len(rows) - len(done)} refused (latency not measurable stably, or unreachable). "
+        f"Load average over the tries: {min(loads):.1f} to {max(loads):.1f} on {out['machine']['cpus']} cores.",
+    ]
     if out["batch_1"] is not None:
         b = out["batch_1"]
         what = b["attempts"][-1].get("error", "planned") if b["attempts"] else "not run"
