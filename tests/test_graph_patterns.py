@@ -91,3 +91,26 @@ def test_a_grouped_conv_loses_whole_groups_and_keeps_them_equal():
     )
     conv = pruned.grouped[0][0]
     assert (conv.groups, conv.in_channels, conv.out_channels) == (3, 12, 12)
+
+
+def test_plain_torch_attention_is_refused_in_one_line_and_the_rest_prunes_exactly():
+    from prunekit.testing.hf_tiny import zero_masked
+
+    model, x = PATTERNS["plain_attention"]()
+    with pytest.raises(
+        ValueError, match=r"^group qkv:out couples to qkv \(its output features are reshaped.*add 'qkv'"
+    ):
+        find_groups(model, x)
+    groups = find_groups(model, x, ignore=["qkv"])
+    assert [g.name for g in groups] == ["embed:out", "fc1:out"]
+    stream = Plan(keep={"embed:out": list(range(16))}, num_units={"embed:out": 32})
+    with pytest.raises(
+        RuntimeError, match="the model was restored"
+    ):  # its forward derives heads from the width
+        apply_plan_(model, stream, x, groups=groups)
+    groups = [g for g in groups if g.name == "fc1:out"]
+    keep = {g.name: list(range(0, g.num_units, 2)) for g in groups}
+    with torch.no_grad():
+        reference = zero_masked(model, groups, keep)(x)
+        apply_plan_(model, Plan(keep=keep, num_units={g.name: g.num_units for g in groups}), x, groups=groups)
+        assert torch.allclose(model(x), reference, atol=1e-6, rtol=1e-5)

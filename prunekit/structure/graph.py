@@ -7,8 +7,8 @@ from the slices alone, so what the estimators see is exactly what surgery remove
 
 Where torch-pruning 1.6.1 alone gets it wrong, we do our own part: the trace starts from every
 output of a model (a tuple, a dict), not the first; the walk over the graph keeps every path's root
-channels (a block used twice, both inputs of a product); a Linear reshaped into channels gets an
-index mapping; nn.LSTM / GRU / RNN are one opaque node whose hidden units are cut across all gates
+channels (a block used twice, both inputs of a product: a Linear reshaped into channels is one of
+them); nn.LSTM / GRU / RNN are one opaque node whose hidden units are cut across all gates
 and layers; a grouped conv loses whole groups (ties, merged in :mod:`.merge`).
 """
 
@@ -212,41 +212,24 @@ def _raw_group(tp, dg, model_names, root_name: str, root: nn.Module, items: list
     )
 
 
-def _unflatten_mappings(tp, dg) -> None:
-    """Index mappings for reshapes torch-pruning leaves without one (it maps only 1-D and 4-D
-    inputs): a Linear's 128 outputs viewed as 8 channels of 4x4 map output i to channel i // 16."""
+def _split_features(tp, dg, names: dict) -> set[str]:
+    """Linears whose (batch, tokens, features) output is viewed with its features split (a plain-torch
+    attention's qkv into heads): torch-pruning maps such a view as if nothing changed, so their
+    neurons are not independent units; their groups are refused instead of cut wrongly."""
     from torch_pruning.dependency import shape_infer
-    from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
 
-    def channels(nodes, infer) -> int | None:
-        for other in nodes:
-            found = infer(dg, other, [0])
-            if found is not None:
-                return found
-        return None
-
+    found = set()
     for node in list(dg.module2node.values()):
-        if node.type != tp.ops.OPTYPE.RESHAPE:
+        grad_fn = node.grad_fn
+        sizes = getattr(grad_fn, "_saved_self_sizes", getattr(grad_fn, "_saved_self_sym_sizes", None))
+        if node.type != tp.ops.OPTYPE.RESHAPE or sizes is None or len(sizes) < 3:
             continue
-        deps = list(node.dependencies) + [
-            d for o in node.inputs + node.outputs for d in o.dependencies if d.target is node
-        ]
-        if any(m is not None for d in deps for m in d.index_mapping):
-            continue  # torch-pruning mapped it
-        cin = channels(node.inputs, shape_infer.infer_out_channels_recursively)
-        cout = channels(node.outputs, shape_infer.infer_in_channels_recursively)
-        if not cin or not cout or cin == cout or max(cin, cout) % min(cin, cout):
-            continue
-        stride = max(cin, cout) // min(cin, cout)
-        # the wide side's index i is the narrow side's i // stride
-        wide, narrow = (node.inputs, node.outputs) if cin > cout else (node.outputs, node.inputs)
-        for other in wide + narrow:
-            for dep in node.dependencies:
-                if dep.target is other:
-                    dep.index_mapping[0] = _FlattenIndexMapping(stride=stride, reverse=other in wide)
-            for dep in other.dependencies:
-                if dep.target is node:
-                    dep.index_mapping[0] = _FlattenIndexMapping(stride=stride, reverse=other in narrow)
+        for source in node.inputs:
+            if isinstance(source.module, nn.Linear) and source.module.out_features == int(sizes[-1]):
+                couts = {shape_infer.infer_in_channels_recursively(dg, out, [0]) for out in node.outputs}
+                if couts != {source.module.out_features}:
+                    found.add(names[source.module])
+    return found
 
 
 class _RecurrentPruner:
@@ -347,7 +330,6 @@ def graph_groups(model: nn.Module, example_inputs: Inputs, timeout_s: float) -> 
                 customized_pruners=recurrent,
                 verbose=False,
             )
-        _unflatten_mappings(tp, dg)
         raw, visited = [], set()
         for name, module in model.named_modules():
             if module in visited or module not in dg.module2node or not isinstance(module, roots):
@@ -359,6 +341,14 @@ def graph_groups(model: nn.Module, example_inputs: Inputs, timeout_s: float) -> 
                 if dg.is_out_channel_pruning_fn(handler):
                     visited.add(node.module)
             raw.append(_raw_group(tp, dg, names, name, module, items))
+        split = _split_features(tp, dg, names)
+        for r in raw:
+            why = [
+                f"{m} (its output features are reshaped, e.g. into attention heads)"
+                for m in r["members"]
+                if m in split
+            ]
+            r["unsupported"] = tuple(why) + r["unsupported"]
         return merge_units(raw)
 
     was_training = model.training

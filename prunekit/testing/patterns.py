@@ -142,6 +142,31 @@ class TransposedConv(nn.Module):
         return self.fc(self.refine(self.up(self.down(x))).mean((2, 3)))
 
 
+class PlainAttention(nn.Module):
+    """Tokens -> Linear -> self-attention written in plain torch (qkv viewed as heads) -> MLP -> mean
+    -> Linear: prunekit refuses the qkv group in one line (its neurons are not independent) and prunes
+    the rest with that group ignored."""
+
+    def __init__(self, features: int = 12, dim: int = 32, heads: int = 4):
+        super().__init__()
+        self.heads = heads
+        self.embed, self.qkv, self.proj = (
+            nn.Linear(features, dim),
+            nn.Linear(dim, 3 * dim),
+            nn.Linear(dim, dim),
+        )
+        self.fc1, self.fc2, self.head = nn.Linear(dim, 48), nn.Linear(48, dim), nn.Linear(dim, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.embed(x)
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        a = ((q @ k.transpose(-1, -2)) / (c // self.heads) ** 0.5).softmax(-1) @ v
+        x = x + self.proj(a.transpose(1, 2).reshape(b, t, c))
+        x = x + self.fc2(torch.relu(self.fc1(x)))
+        return self.head(x.mean(1))
+
+
 class GroupedTransposed(nn.Module):
     """A conv feeding a grouped transposed conv, which prunekit refuses (a grouped conv loses whole
     groups; its transposed twin is not supported): the error paths of find_groups and apply_plan_."""
@@ -184,6 +209,7 @@ _SPECS: dict[str, tuple[type[nn.Module], dict, Callable[[int], Tensor]]] = {
     "concat_split": (ConcatSplit, {}, _images),
     "transposed_conv": (TransposedConv, {}, _images),
     "grouped_transposed": (GroupedTransposed, {}, _images),  # refused in one line
+    "plain_attention": (PlainAttention, {}, lambda s: _vectors(s, 5, 12)),  # qkv refused in one line
 }
 
 
