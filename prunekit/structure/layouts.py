@@ -67,6 +67,7 @@ class AttentionLayout:
     config_kv: Rules = ()
     config_head_dim: str = ""  # config key of an explicit head size ("": head size = hidden / heads)
     config_reads: tuple[str, ...] = ()  # config keys the forward reads (Phi-3): per-layer copies if needed
+    independent: tuple[str, ...] = ()  # children whose parameters do not depend on the heads (ALBERT's norm)
 
     @property
     def projections(self) -> tuple[str, ...]:
@@ -140,6 +141,13 @@ ATTENTION_LAYOUTS: tuple[AttentionLayout, ...] = (
     AttentionLayout("gpt2", qkv="c_attn", packing="split", o="c_proj", head_dim="head_dim", when=_SELF),
     AttentionLayout("gpt_neox", qkv="query_key_value", packing="interleaved", o="dense",
                     head_dim="head_size"),
+    # Persimmon: matched by its qk_layernorm flag (either value), so that Bloom (ALiBi) is not
+    AttentionLayout("persimmon", qkv="query_key_value", packing="interleaved", o="dense", head_dim="head_dim",
+                    when=(("qk_layernorm", True),)),
+    AttentionLayout("persimmon", qkv="query_key_value", packing="interleaved", o="dense", head_dim="head_dim",
+                    when=(("qk_layernorm", False),)),
+    AttentionLayout("albert", q="query", k="key", v="value", o="dense", head_dim="attention_head_size",
+                    independent=("LayerNorm",)),
     AttentionLayout("falcon", packing="grouped", gqa="num_kv_heads",
                     when=(("new_decoder_architecture", True),), **_FALCON),
     AttentionLayout("falcon", packing="split", gqa="num_kv_heads", when=(("multi_query", True),), **_FALCON),
@@ -163,6 +171,7 @@ FFN_LAYOUTS: tuple[FFNLayout, ...] = (
     FFNLayout("bert", ("intermediate.dense",), "output.dense", name="intermediate"),
     FFNLayout("gpt2", ("c_fc",), "c_proj", config=(("*", "n_inner"),)),  # GPT-BigCode too
     FFNLayout("gptj", ("fc_in",), "fc_out", config=(("*", "n_inner"),)),
+    FFNLayout("albert", ("ffn",), "ffn_output"),
     FFNLayout("wav2vec2", ("intermediate_dense",), "output_dense"),
     FFNLayout("gpt_neox", ("dense_h_to_4h",), "dense_4h_to_h",
               config=(("*", "ffn_hidden_size"), ("*", "intermediate_size"))),

@@ -47,7 +47,7 @@ def head_blocker(model: nn.Module, a: AttentionSpec, extras: list | str) -> str 
         if attribute(module, attr) == value:
             return f"{attr} is {value}"
     owner = a.q.rsplit(".", 1)[0]
-    covered = {a.q, a.k, a.v, a.o}
+    covered = {a.q, a.k, a.v, a.o, *(join(a.name, c) for c in a.layout.independent if a.layout is not None)}
     sliced = {e[0] for e in extras}
     for name, p in model.get_submodule(owner).named_parameters():
         full = join(owner, name)

@@ -336,6 +336,15 @@ def wav2vec2(seed: int = 0):  # raw audio; the convolutional feature encoder is 
     return model, {"input_values": torch.randn(2, 400, generator=torch.Generator().manual_seed(seed))}
 
 
+def persimmon(seed: int = 0):  # fused, interleaved, q/k LayerNorm of head_dim shared by the heads
+    return _lm("PersimmonConfig", seed, **_DECODER, qk_layernorm=True)
+
+
+def albert(seed: int = 0):  # one layer shared by every depth: its groups prune all of them
+    fields = dict(vocab_size=VOCAB, embedding_size=16, max_position_embeddings=32, **_ENCODER)
+    return _build("AlbertConfig", "AlbertForSequenceClassification", seed, **fields), _tokens(seed)
+
+
 BUILDERS: dict[str, Callable[..., tuple[nn.Module, dict[str, Tensor]]]] = {
     f.__name__: f
     for f in (
@@ -343,7 +352,7 @@ BUILDERS: dict[str, Callable[..., tuple[nn.Module, dict[str, Tensor]]]] = {
         phi3, opt, bart, t5, t5_gated, stablelm, stablelm_qknorm, olmo2, cohere_qknorm, swin, beit,
         gemma, gemma2, granite, qwen3, olmo, starcoder2, gptj, gpt_bigcode, biogpt, xglm, electra,
         xlm_roberta, deit, dinov2, mbart, pegasus, marian, mt5, mixtral, qwen2_moe,
-        clip, siglip, whisper, wav2vec2,
+        clip, siglip, whisper, wav2vec2, persimmon, albert,
     )
 }  # fmt: skip
 
@@ -356,7 +365,7 @@ _NO_CONFIG = {  # uniform prunes that config.json cannot express
     "bert", "roberta", "distilbert", "gpt2", "gpt_neox", "falcon", "falcon_gqa", "opt", "bart",
     "stablelm", "stablelm_qknorm", "swin", "starcoder2", "gptj", "gpt_bigcode", "biogpt", "xglm",
     "electra", "xlm_roberta", "dinov2", "mbart", "pegasus", "marian", "clip", "siglip", "whisper",
-    "wav2vec2",
+    "wav2vec2", "persimmon", "albert",
 }  # fmt: skip
 SUPPORTED: dict[str, dict[str, bool]] = {
     name: {"heads": True, "exact": name != "olmo2", "from_pretrained": name not in _NO_CONFIG}
