@@ -117,6 +117,22 @@ CASES: list[Case] = [
     _h6("bart", HEADS),  # encoder-decoder, cross-attention
     _h6("t5", HEADS),  # relative attention bias
     _h6("t5_gated", HEADS),
+    _h6("mt5", HEADS),
+    _h6("mbart", HEADS),
+    _h6("marian", HEADS),
+    _h6("pegasus", HEADS),
+    _h6("biogpt", HEADS),
+    _h6("xglm", HEADS),
+    _h6("gptj", HEADS),
+    _h6("gpt_bigcode", GQA),  # multi-query, fused c_attn
+    _h6("starcoder2", GQA),
+    _h6("gemma2", GQA),
+    _h6("deit", HEADS),  # its auto class maps to two classes: the checkpoint records which
+    _h6("dinov2", HEADS),
+    _h6("clip", HEADS),
+    _h6("siglip", HEADS),
+    _h6("whisper", HEADS),  # AutoModelForSpeechSeq2Seq
+    _h6("wav2vec2", HEADS),
     Case("llama_sdpa", _sdpa("llama"), GQA),
     Case("bert_sdpa", _sdpa("bert"), HEADS),
     Case("gemma", _auto(_LM, "ids", model_type="gemma", head_dim=8, num_key_value_heads=2, **_DEC), GQA),

@@ -202,6 +202,9 @@ AUTO_CLASSES = (
     "AutoModelForTokenClassification",
     "AutoModelForQuestionAnswering",
     "AutoModelForMultipleChoice",
+    "AutoModelForCTC",
+    "AutoModelForSpeechSeq2Seq",
+    "AutoModelForAudioClassification",
     "AutoModel",
 )
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa")

@@ -91,6 +91,10 @@ def save(
         from prunekit.models.hf import recorded_class
 
         base = dict(base) | recorded_class(model)  # so that load rebuilds this head and attention
+        if not base["hf_config"].get("architectures") and "hf_class" in base:
+            # an auto class that maps a config to several classes (DeiT: with and without a teacher)
+            # picks by architectures; transformers fails on a config without them
+            base["hf_config"] = dict(base["hf_config"], architectures=[base["hf_class"]])
 
     def fill(tmp: Path) -> None:
         save_model(model, str(tmp / WEIGHTS))
