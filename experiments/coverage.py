@@ -71,7 +71,8 @@ def write(results: list[dict], seconds: float, out: Path) -> None:
         "zeroed (tests/coverage_cases.py). Reload: prunekit.save + prunekit.load of the 50 % prune, "
         "state and outputs bit-identical, same class. from_pretrained: `type(model).from_pretrained(folder)` "
         "gives the same outputs (exact), or refuses because config.json cannot express the prune (refused: "
-        "per-layer widths differ at random counts, or the family derives its head size from hidden / heads). "
+        "the family derives a width from others, e.g. BERT's head size = hidden / heads, or the config has no "
+        "field for a pruned width; groups of one size keep one count, so layers stay identical). "
         "Seconds: find_groups once, one CPU thread, on a shared 2-core machine.",
         "",
         "| architecture | groups found | exact (30 % / 50 % rel. err.) | reload | from_pretrained | find s |",

@@ -1,0 +1,79 @@
+"""Mixture-of-experts groups (structure/moe.py): fused experts of transformers 5 and experts in a
+ModuleList; both prune exactly against the zero-masked reference (the router is untouched)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from coverage_cases import BY_NAME, outputs, rel_err
+from torch import nn
+
+from prunekit.pruning import apply_plan_
+from prunekit.structure import Plan, find_groups
+from prunekit.structure.moe import moe_groups
+from prunekit.testing.hf_tiny import zero_masked
+
+
+def test_fused_experts_units_are_blocks_of_neurons_shared_by_every_expert():
+    model, x = BY_NAME["mixtral"].build()
+    (g,) = [g for g in find_groups(model, x) if g.name == "model.layers.0.mlp.experts:neurons"]
+    experts = model.model.layers[0].mlp.experts
+    width = experts.down_proj.shape[2]
+    assert g.num_units == width // 4  # 16-byte blocks of float32 neurons
+    rows = {(s.param, s.dim): s.index for s in g.slices}
+    assert rows[("model.layers.0.mlp.experts.gate_up_proj", 1)][1] == (
+        4,
+        width + 4,
+        5,
+        width + 5,
+        6,
+        width + 6,
+        7,
+        width + 7,
+    )
+    assert rows[("model.layers.0.mlp.experts.down_proj", 2)][1] == (4, 5, 6, 7)
+    pruned = copy.deepcopy(model)
+    apply_plan_(pruned, Plan(keep={g.name: [0, 2]}, num_units={g.name: g.num_units}), x, groups=[g])
+    assert pruned.model.layers[0].mlp.experts.down_proj.shape[2] == 8
+
+
+class _Expert(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.w1, self.w3, self.w2 = nn.Linear(8, width), nn.Linear(8, width), nn.Linear(width, 8)
+
+    def forward(self, x):
+        return self.w2(torch.nn.functional.silu(self.w1(x)) * self.w3(x))
+
+
+class _ListMoE(nn.Module):
+    """Top-1 routing over experts kept in a ModuleList (the pre-transformers-5 Mixtral layout)."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = nn.Linear(8, 3, bias=False)
+        self.experts = nn.ModuleList(_Expert(6) for _ in range(3))
+
+    def forward(self, x):
+        choice = self.gate(x).argmax(-1)
+        out = torch.zeros_like(x)
+        for i, expert in enumerate(self.experts):
+            out[choice == i] = expert(x[choice == i])
+        return out
+
+
+def test_experts_in_a_module_list_are_one_group_each_and_prune_exactly():
+    torch.manual_seed(0)
+    model, x = _ListMoE().eval(), torch.randn(16, 8)
+    raws = moe_groups(model)
+    assert [r["name"] for r in raws] == ["experts.0:neurons", "experts.1:neurons", "experts.2:neurons"]
+    from prunekit.structure.group import Group
+
+    groups = [Group(r["name"], r["kind"], r["layer"], r["num_units"], r["slices"], 0, 0) for r in raws]
+    keep = {"experts.0:neurons": [0, 1, 5], "experts.2:neurons": [3]}
+    reference = outputs(zero_masked(model, groups, keep), x)
+    plan = Plan(keep=keep, num_units={g.name: 6 for g in groups})
+    apply_plan_(model, plan, x, groups=groups)
+    assert [e.w2.in_features for e in model.experts] == [3, 6, 1]
+    assert rel_err(outputs(model, x), reference) < 1e-6
