@@ -62,9 +62,9 @@ Extra = tuple[str, str, int, str, int]  # (parameter, role, dim, per, head)
 
 def extra_entries(a: AttentionSpec, modules: dict, tensors: dict) -> list[Extra] | str:
     """The layout's head-indexed parameters present in this module: (name, role "q" | "kv", dim, per,
-    head) with per "head" (one entry per head), "rows" (head_dim entries per head) or "whole" (every
-    entry of the parameter of the per-head module of ``head``). A string says why the heads cannot be
-    cut (a size that fits neither)."""
+    head) with per "head" (one entry per head) or "whole" (every entry of the parameter of the
+    per-head module of ``head``). A string says why the heads cannot be cut: a size that fits neither,
+    or a norm over all heads' rows (OLMo2), whose statistics a head prune would change."""
     out = []
     for e in a.layout.extras if a.layout is not None else ():
         full = join(a.name, e.path)
@@ -86,8 +86,8 @@ def extra_entries(a: AttentionSpec, modules: dict, tensors: dict) -> list[Extra]
             continue  # one norm of head_dim shared by every head (Qwen3): stays whole
         if size == count and size != count * a.head_dim:
             out.append((full, e.role, e.dim, "head", -1))
-        elif size == count * a.head_dim and count > 1:
-            out.append((full, e.role, e.dim, "rows", -1))
+        elif size == count * a.head_dim and count > 1:  # OLMo2: one norm over every head's rows
+            return f"{full} normalises over all heads together, so cutting heads would change it"
         else:
             return f"{full} {tuple(t.shape)} depends on the heads"
     return out
@@ -116,10 +116,8 @@ def unit_slices(
         if per == "whole":
             size = model.get_parameter(name).shape[0]
             index = tuple(tuple(range(size)) if head in hs else () for hs in heads)
-        elif per == "head":
+        else:  # one entry per head
             index = tuple(tuple(hs) for hs in heads)
-        else:
-            index = tuple(tuple(i for h in hs for i in _block(h, a.head_dim)) for hs in heads)
         if any(index):
             slices.append(ParamSlice(name, dim, index))
     return slices

@@ -31,9 +31,10 @@ Rules = tuple[tuple[str, str], ...]  # (fnmatch pattern on a module name, config
 class Extra:
     """A parameter (or a ModuleList of per-head modules) indexed by the query or key-value heads.
 
-    Along ``dim`` it has one entry per head (a bias-table column, a ``(heads, head_dim)`` norm), or
-    ``head_dim`` entries per head (a norm over all heads); which of the two is read off its size. Of
-    size ``head_dim`` it is shared by every head and stays whole. Missing paths are skipped."""
+    Along ``dim`` it has one entry per head (a bias-table column, a ``(heads, head_dim)`` norm); of
+    size ``head_dim`` it is shared by every head and stays whole; of size ``heads x head_dim`` it is a
+    norm over all heads together (OLMo2), which a head prune would change, so the heads are not
+    offered. Which case applies is read off its size. Missing paths are skipped."""
 
     path: str
     role: str = "q"  # "q": indexed by query heads, "kv": by key-value heads

@@ -359,8 +359,8 @@ BUILDERS: dict[str, Callable[..., tuple[nn.Module, dict[str, Tensor]]]] = {
 # what find_groups covers: head groups offered, and whether a uniform prune of every group is
 # expressible in config.json (save_pretrained + from_pretrained rebuild the pruned model). False where
 # the family computes the head size as hidden / heads (BERT, GPT-2, GPT-NeoX, Falcon, OPT, BART,
-# StableLM) or sets widths per stage (Swin). "exact": False where the documented difference applies:
-# OLMo2's q/k RMSNorm runs over all heads, so after a head prune it averages over the kept ones only
+# StableLM) or sets widths per stage (Swin). OLMo2 offers no head groups (its q/k RMSNorm runs over all
+# heads together: a head prune would change it), only its FFN neurons
 _NO_CONFIG = {  # uniform prunes that config.json cannot express
     "bert", "roberta", "distilbert", "gpt2", "gpt_neox", "falcon", "falcon_gqa", "opt", "bart",
     "stablelm", "stablelm_qknorm", "swin", "starcoder2", "gptj", "gpt_bigcode", "biogpt", "xglm",
@@ -368,7 +368,7 @@ _NO_CONFIG = {  # uniform prunes that config.json cannot express
     "wav2vec2", "persimmon", "albert",
 }  # fmt: skip
 SUPPORTED: dict[str, dict[str, bool]] = {
-    name: {"heads": True, "exact": name != "olmo2", "from_pretrained": name not in _NO_CONFIG}
+    name: {"heads": name != "olmo2", "exact": True, "from_pretrained": name not in _NO_CONFIG}
     for name in BUILDERS
 }
 
