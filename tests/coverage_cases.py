@@ -158,6 +158,7 @@ CASES: list[Case] = [
     _pattern("concat_split", CHANNELS),
     _pattern("transposed_conv", CHANNELS),
     _pattern("grouped_transposed", refusal="group stem:out couples to grouped (grouped transposed conv"),
+    _pattern("torch_transformer", refusal="group embed:out couples to layer.self_attn (MultiheadAttention)"),
     _pattern("plain_attention", refusal="group qkv:out couples to qkv (its output features are reshaped"),
 ]  # fmt: skip
 BY_NAME = {c.name: c for c in CASES}

@@ -114,3 +114,11 @@ def test_plain_torch_attention_is_refused_in_one_line_and_the_rest_prunes_exactl
         reference = zero_masked(model, groups, keep)(x)
         apply_plan_(model, Plan(keep=keep, num_units={g.name: g.num_units for g in groups}), x, groups=groups)
         assert torch.allclose(model(x), reference, atol=1e-6, rtol=1e-5)
+
+
+def test_multihead_attention_refuses_the_stream_and_its_ffn_prunes():
+    model, x = PATTERNS["torch_transformer"]()
+    with pytest.raises(ValueError, match=r"couples to layer.self_attn \(MultiheadAttention\).*add 'embed'"):
+        find_groups(model, x)
+    (g,) = find_groups(model, x, ignore=["embed"])
+    assert (g.name, g.num_units) == ("layer.linear1:out", 48)

@@ -167,6 +167,20 @@ class PlainAttention(nn.Module):
         return self.head(x.mean(1))
 
 
+class TorchTransformer(nn.Module):
+    """Tokens -> Linear -> nn.TransformerEncoderLayer (nn.MultiheadAttention: its head size is fixed
+    by the residual width, so neither heads nor the stream can be cut; its FFN can) -> mean -> Linear."""
+
+    def __init__(self, features: int = 12, dim: int = 32):
+        super().__init__()
+        self.embed = nn.Linear(features, dim)
+        self.layer = nn.TransformerEncoderLayer(dim, 4, 48, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.layer(self.embed(x)).mean(1))
+
+
 class GroupedTransposed(nn.Module):
     """A conv feeding a grouped transposed conv, which prunekit refuses (a grouped conv loses whole
     groups; its transposed twin is not supported): the error paths of find_groups and apply_plan_."""
@@ -210,6 +224,7 @@ _SPECS: dict[str, tuple[type[nn.Module], dict, Callable[[int], Tensor]]] = {
     "transposed_conv": (TransposedConv, {}, _images),
     "grouped_transposed": (GroupedTransposed, {}, _images),  # refused in one line
     "plain_attention": (PlainAttention, {}, lambda s: _vectors(s, 5, 12)),  # qkv refused in one line
+    "torch_transformer": (TorchTransformer, {}, lambda s: _vectors(s, 5, 12)),  # stream refused
 }
 
 
