@@ -255,16 +255,22 @@ def check(case: Case, seed: int = 0, fractions: tuple[float, ...] = FRACTIONS) -
         "exact": {},
     }
     base = _base(case, model, x)
+    dense = outputs(model, x)
+    caller_config = getattr(model, "config", None)
+    config_before = caller_config.to_dict() if hasattr(caller_config, "to_dict") else None
     for i, fraction in enumerate(fractions):
         from prunekit.pruning import apply_plan_
 
-        pruned = copy.deepcopy(model)
+        last = i == len(fractions) - 1
+        pruned = model if last else copy.deepcopy(model)  # the last prune is in place: the caller's config
         plan = random_plan(groups, fraction, seed + i)
         reference = outputs(zero_masked(model, groups, plan.keep), x)
         apply_plan_(pruned, plan, x, groups=groups)
         out["exact"][str(fraction)] = rel_err(outputs(pruned, x), reference)
-        out.setdefault("changed", rel_err(outputs(pruned, x), outputs(model, x)))
-        if i == len(fractions) - 1:
+        out.setdefault("changed", rel_err(outputs(pruned, x), dense))
+        if last:
             with tempfile.TemporaryDirectory() as tmp:
                 out |= _reload(case, pruned, plan, base, x, Path(tmp) / "ckpt")
+    # HF shares one config object with whoever built the model: a prune must never change it
+    out["config_untouched"] = None if config_before is None else caller_config.to_dict() == config_before
     return out

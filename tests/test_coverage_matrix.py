@@ -27,6 +27,9 @@ def test_architecture(case):
         assert err < EXACT_TOL, f"{case.name}: {fraction} prune is {err:.2e} off the zero-masked reference"
     assert result["changed"] > 1e-3  # negative control: the prune changed the output
     assert result["reload"], f"{case.name}: reload is not bit-identical ({result['reload_class']})"
+    assert result["config_untouched"] is not False, (
+        f"{case.name}: the prune changed the caller's config object"
+    )
     if case.hf:  # "refused" only where config.json cannot express the prune (coverage_cases._reload)
         assert result["from_pretrained"] in ("exact", "refused"), result["from_pretrained"]
     else:
