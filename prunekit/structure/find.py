@@ -59,11 +59,12 @@ def find_groups(
 ) -> list[Group]:
     """All prunable groups of ``model``, in model order.
 
-    Transformer models (BERT, ViT, LLaMA families; see blocks.py) get one ``:heads`` group per
-    attention module (plus ``:kv_heads`` for LLaMA-family attention) and one ``:neurons`` group per
-    feed-forward block. Other models are traced with torch-pruning under a ``timeout_s`` limit: one
-    ``"<layer>:out"`` group per set of coupled Conv / Linear outputs (a residual add couples all the
-    layers that feed it), never the classifier output. ``ignore`` holds fnmatch patterns of layer or
+    Transformer models (the families of layouts.py) get one ``:heads`` group per attention module
+    (plus ``:kv_heads`` for grouped-query attention), one ``:neurons`` group per feed-forward block and
+    per mixture-of-experts block (moe.py). Other models are traced with torch-pruning under a
+    ``timeout_s`` limit (graph.py): one ``"<layer>:out"`` group per set of coupled Conv / Linear /
+    LSTM / GRU / RNN outputs (a residual add couples all the layers that feed it; a grouped conv
+    loses whole groups), never a model output. ``ignore`` holds fnmatch patterns of layer or
     group names not to prune. ``macs_per_unit`` is per example of ``example_inputs``. A group that
     couples to a layer prunekit cannot cut raises ValueError naming it (``strict=False``: left out).
     """
@@ -80,14 +81,14 @@ def find_groups(
         if unknown is not None:
             raise ValueError(
                 f"prunekit has no adapter for the attention module {unknown}: tracing cannot split it into "
-                f"heads (supported: BERT-, DistilBERT-, ViT- and LLaMA-style attention); add "
+                f"heads (supported: the families of prunekit/structure/layouts.py); add "
                 f"'{unknown.split(' ')[0]}' to ignore (or '*.{unknown.split(' ')[0].rsplit('.', 1)[-1]}' "
                 f"for every layer) to prune the rest"
             )
         if unrecognised_attention(model) is not None:  # all ignored: tracing HF code around them fails
             raise ValueError(
                 f"{type(model).__name__}: its attention modules are ignored, but prunekit finds no feed-forward "
-                "block it can group without them (e.g. GPT-2 Conv1D c_fc/c_proj is not supported yet)"
+                "block it can group without them (HF code is not traced): describe its layout in structure/layouts.py"
             )
         raws = [r for r in graph_groups(model, example_inputs, timeout_s) if not r["sink"]]
     raws = [r for r in raws if not _ignored(r, patterns) and r["num_units"] > 0]
