@@ -133,8 +133,8 @@ CASES: list[Case] = [
     _h6("siglip", HEADS),
     _h6("whisper", HEADS),  # AutoModelForSpeechSeq2Seq
     _h6("wav2vec2", HEADS),
-    _h6("albert", HEADS),  # one layer's weights shared by every layer
-    _h6("persimmon", HEADS),  # fused qkv with per-head q/k LayerNorms
+    _h6("albert", HEADS),  # factorised embeddings, layers sharing weights
+    _h6("persimmon", HEADS),  # fused qkv, q/k LayerNorms over head_dim
     Case("llama_sdpa", _sdpa("llama"), GQA),
     Case("bert_sdpa", _sdpa("bert"), HEADS),
     Case("gemma", _auto(_LM, "ids", model_type="gemma", head_dim=8, num_key_value_heads=2, **_DEC), GQA),
