@@ -106,24 +106,15 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_estimate(args: argparse.Namespace) -> int:
-    from prunekit.commands.checkpoint import config_for_checkpoint
-    from prunekit.commands.estimate import run_estimate_command
-    from prunekit.config import load_config
+    from prunekit.commands.estimate import estimate_command
 
-    out = Path(args.output) if args.output else None
-    source = Path(args.config)
-    if source.is_dir():  # a checkpoint folder: estimate that model, on its run's data
-        from prunekit.pruning.checkpoint import verify_checkpoint
-
-        if args.sha256 is not None:
-            verify_checkpoint(source, args.sha256)
-        cfg = config_for_checkpoint(
-            source, overrides=args.overrides, trust_remote_code=args.trust_remote_code
-        )
-        out = out or source.parent / f"estimate-{source.name}.json"
-    else:
-        cfg = load_config(source, args.overrides)
-    run_estimate_command(cfg, out)
+    estimate_command(
+        args.config,
+        overrides=args.overrides,
+        output=args.output,
+        expected_sha256=args.sha256,
+        trust_remote_code=args.trust_remote_code,
+    )
     return 0
 
 

@@ -73,6 +73,34 @@ def run_estimate_command(cfg: Any, output: Any | None = None) -> dict[str, Any]:
         return _run(cfg, output, accelerator)
 
 
+def estimate_command(
+    source: str,
+    overrides: list[str] | None = None,
+    output: str | None = None,
+    expected_sha256: str | None = None,
+    trust_remote_code: bool = False,
+) -> dict[str, Any]:
+    """``prunekit estimate SOURCE``: SOURCE is a run config, or a checkpoint folder (then that model is
+    estimated on its run's data, and the JSON goes next to the folder unless ``output`` says otherwise)."""
+    from pathlib import Path
+
+    from prunekit.commands.checkpoint import config_for_checkpoint
+    from prunekit.config import load_config
+
+    out = Path(output) if output else None
+    path = Path(source)
+    if path.is_dir():
+        from prunekit.pruning.checkpoint import verify_checkpoint
+
+        if expected_sha256 is not None:
+            verify_checkpoint(path, expected_sha256)
+        cfg = config_for_checkpoint(path, overrides=overrides, trust_remote_code=trust_remote_code)
+        out = out or path.parent / f"estimate-{path.name}.json"
+    else:
+        cfg = load_config(path, overrides)
+    return run_estimate_command(cfg, out)
+
+
 @contextmanager
 def _progress_lines(main: bool) -> Iterator[None]:
     """One ``[prunekit]`` line per estimator on stderr (main process), for this command only.
