@@ -56,6 +56,8 @@ def write(results: list[dict], seconds: float, out: Path) -> None:
     versions = _versions()
     hf = [r for r in results if r["hf"]]
     exact = [r for r in results if not r.get("refused") and not r.get("error")]
+    sdpa = sum(r["name"].endswith("_sdpa") for r in hf)
+    fp = [r.get("from_pretrained") for r in hf]
     n_exact = sum(all(e < EXACT_TOL for e in r["exact"].values()) for r in exact)
     lines = [
         "# Coverage matrix (issue 12)",
@@ -64,8 +66,9 @@ def write(results: list[dict], seconds: float, out: Path) -> None:
         + ", ".join(f"{k} {v}" for k, v in versions.items())
         + ".",
         "",
-        f"{len(results)} cases ({len(hf)} HF architectures from tiny configs with random weights and randomised "
-        f"norms, {len(results) - len(hf)} non-HF patterns). Groups found for {len(exact)}; "
+        f"{len(results)} cases ({len(hf) - sdpa} HF architectures from tiny configs with random weights and "
+        f"randomised norms, {sdpa} of them once more with the default sdpa attention, "
+        f"{len(results) - len(hf)} non-HF patterns). Groups found for {len(exact)}; "
         f"{n_exact} of them prune exactly (max relative error over all outputs < {EXACT_TOL:g}) at both 30 % and "
         "50 % of every group's units removed at random, against the dense model whose removed units are "
         "zeroed (tests/coverage_cases.py). Reload: prunekit.save + prunekit.load of the 50 % prune, "
@@ -73,7 +76,10 @@ def write(results: list[dict], seconds: float, out: Path) -> None:
         "gives the same outputs (exact), or refuses because config.json cannot express the prune (refused: "
         "the family derives a width from others, e.g. BERT's head size = hidden / heads, or the config has no "
         "field for a pruned width; groups of one size keep one count, so layers stay identical). "
-        "Seconds: find_groups once, one CPU thread, on a shared 2-core machine.",
+        "Seconds: find_groups once, one CPU thread, on a shared 2-core machine. "
+        f"from_pretrained exact for {fp.count('exact')} HF cases, refused (loudly) for {fp.count('refused')}; "
+        f"the caller's HF config object unchanged by an in-place prune in "
+        f"{sum(r.get('config_untouched') is True for r in hf)} of {sum(not r.get('refused') for r in hf)}.",
         "",
         "| architecture | groups found | exact (30 % / 50 % rel. err.) | reload | from_pretrained | find s |",
         "|---|---|---|---|---|---|",
