@@ -209,6 +209,15 @@ class LoRAConfig(_Strict):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # 0: every process trains the same adapters
     target_modules: str | list[str] = "all-linear"  # module-name suffixes (q_proj, ...) or all-linear
 
+    @field_validator("target_modules")
+    @classmethod
+    def _names_or_all(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, str) and v != "all-linear":  # peft would read it as a regex over full names
+            raise ValueError("give a list of module names (e.g. [q_proj, v_proj]) or all-linear")
+        if isinstance(v, list) and not v:
+            raise ValueError("empty: give a list of module names (e.g. [q_proj, v_proj]) or all-linear")
+        return v
+
 
 class RecoveryConfig(_Strict):
     # how the causal-LM task recovers each prune with the finetune recipe: the whole model, or LoRA

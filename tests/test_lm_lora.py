@@ -98,7 +98,6 @@ def _write(tmp_path, cfg):
     return path
 
 
-@pytest.mark.slow
 def test_lm_run_with_lora_recovery_saves_plain_pruned_weights(tmp_path):
     cfg = {
         **CFG,
@@ -132,5 +131,9 @@ def test_bad_lora_options_fail_before_any_work(tmp_path):
         config_from_dict({**CFG, "recovery": {"method": "lora", "lora": {"rank": 4}}})
     with pytest.raises(ConfigError, match="method lora is for the causal-LM task"):
         config_from_dict({"recovery": {"method": "lora"}})
+    with pytest.raises(ConfigError, match="recovery.lora.target_modules"):
+        config_from_dict({**CFG, "recovery": {"method": "lora", "lora": {"target_modules": "q_proj"}}})
     with pytest.raises(ValueError, match="lora r=0"):
         LoRASpec(r=0)
+    with pytest.raises(ValueError, match="give a list of names"):
+        LoRASpec(target_modules="q_proj")

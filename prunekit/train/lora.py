@@ -42,6 +42,11 @@ class LoRASpec:
             raise ValueError(f"lora alpha={self.alpha} must be positive")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"lora dropout={self.dropout} must be in [0, 1)")
+        if isinstance(self.target_modules, str) and self.target_modules != ALL_LINEAR:
+            # peft would read any other string as a regular expression over full module names
+            raise ValueError(
+                f"lora target_modules={self.target_modules!r}: give a list of names (e.g. ['q_proj']) or 'all-linear'"
+            )
         if not isinstance(self.target_modules, str):
             object.__setattr__(self, "target_modules", tuple(self.target_modules))
             if not self.target_modules:
