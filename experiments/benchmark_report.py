@@ -26,6 +26,7 @@ def _table(runs: Runs) -> dict[tuple[str, str, float], list[dict[str, Any]]]:
 
 
 def _verdicts(task: str, cells, methods: list[str], levels: list[float], dense: float | None) -> list[str]:
+    """The issue's goals for every variant of the theory planner that ran on this task."""
     out = []
     for lv in levels:
         scored = {
@@ -33,23 +34,22 @@ def _verdicts(task: str, cells, methods: list[str], levels: list[float], dense: 
             for m in methods
             if cells.get((task, m, lv))
         }
-        if "theory" not in scored:
-            continue
-        best_m = max(scored, key=lambda m: scored[m][0])
-        mean, std = scored["theory"]
-        b_mean, b_std = scored[best_m]
-        ok = best_m == "theory" or mean >= b_mean - max(std, b_std)
-        out.append(
-            f"- {lv:.0%} saved: theory {100 * mean:.2f} ± {100 * std:.2f}, best {best_m} "
-            f"{100 * b_mean:.2f} ± {100 * b_std:.2f} → {'MET' if ok else 'NOT MET'} (best or within 1 std)"
-        )
-        if dense is not None and "uniform" in scored and dense - scored["uniform"][0] >= 0.02:
-            loss = dense - scored["uniform"][0]
-            recovered = (mean - scored["uniform"][0]) / loss
+        best_m = max(scored, key=lambda m: scored[m][0], default=None)
+        for variant in (m for m in scored if m.startswith("theory")):
+            mean, std = scored[variant]
+            b_mean, b_std = scored[best_m]
+            ok = best_m == variant or mean >= b_mean - max(std, b_std)
             out.append(
-                f"  uniform loses {100 * loss:.2f} points here; theory recovers {100 * recovered:.0f} % of it "
-                f"({'MET' if recovered >= 0.5 else 'NOT MET'}: goal ≥ 50 %)"
+                f"- {lv:.0%} saved: {variant} {100 * mean:.2f} ± {100 * std:.2f}, best {best_m} "
+                f"{100 * b_mean:.2f} ± {100 * b_std:.2f} → {'MET' if ok else 'NOT MET'} (best or within 1 std)"
             )
+            if dense is not None and "uniform" in scored and dense - scored["uniform"][0] >= 0.02:
+                loss = dense - scored["uniform"][0]
+                recovered = (mean - scored["uniform"][0]) / loss
+                out.append(
+                    f"  uniform loses {100 * loss:.2f} points here; {variant} recovers {100 * recovered:.0f} % of "
+                    f"it ({'MET' if recovered >= 0.5 else 'NOT MET'}: goal ≥ 50 %)"
+                )
     return out
 
 
@@ -120,11 +120,13 @@ def write_report(runs: Runs, md: Path, png: Path) -> None:
             "",
         ]
         lines += _verdicts(task, cells, methods, levels, dense)
-        if task.startswith("mnist1d") and cells.get((task, "theory", 0.93)):
-            mean = _stats([r["accuracy"] for r in cells[(task, "theory", 0.93)]])[0]
-            lines.append(
-                f"- ≥ 96.0 % at 93 % params saved: theory {100 * mean:.2f} % → {'MET' if mean >= 0.96 else 'NOT MET'}"
-            )
+        for variant in (m for m in methods if m.startswith("theory")):
+            if task == "mnist1d" and cells.get(
+                (task, variant, 0.93)
+            ):  # the issue's goal on MNIST-1D standard
+                mean = _stats([r["accuracy"] for r in cells[(task, variant, 0.93)]])[0]
+                verdict = "MET" if mean >= 0.96 else "NOT MET"
+                lines.append(f"- ≥ 96.0 % at 93 % params saved: {variant} {100 * mean:.2f} % → {verdict}")
         lines.append("")
     md.write_text("\n".join(lines) + "\n")
     _plot(runs, cells, tasks, png)
