@@ -1,4 +1,4 @@
-"""`accelerate launch -m prunekit run` over two real gloo DDP ranks on CPU."""
+"""`accelerate launch -m prunekit run` over two real gloo DDP ranks on CPU : one- and two-process runs compared."""
 
 from __future__ import annotations
 
@@ -11,37 +11,6 @@ import pytest
 from prunekit.testing import cpu_ddp_launch
 
 ROOT = Path(__file__).parent.parent
-SMALL = [
-    "model.kwargs.width=16",
-    "data.max_train_samples=1200",
-    "train.epochs=3",
-    "finetune.epochs=1",
-    "prune.levels=[0.5]",
-    "evaluate.latency_repeats=5",
-]
-
-
-@pytest.mark.multiprocess
-@pytest.mark.slow
-def test_two_process_pipeline_run(tmp_path: Path) -> None:
-    out = tmp_path / "dp"
-    launch, env = cpu_ddp_launch(2)
-    args = launch + ["-m", "prunekit", "run", "configs/quickstart.yaml", "--output", str(out)]
-    for s in SMALL:
-        args += ["--set", s]
-    env["HF_HUB_OFFLINE"] = "1"
-    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "2 process(es)" in (out / "run.log").read_text()
-    report = json.loads((out / "report.json").read_text())
-    (level,) = report["levels"]
-    assert abs(level["params_saved"] - 0.5) <= 0.01
-    assert report["dense"]["accuracy"] > 0.2  # learned something with the doubled global batch
-    import prunekit
-
-    model, _ = prunekit.load(out / "level-50")
-    assert sum(p.numel() for p in model.parameters()) == level["params"]
-
 
 # A curve planner whose plan comes from Estimator predictions (the theory's risk), kept cheap.
 THEORY = [
@@ -83,6 +52,7 @@ def test_two_processes_make_the_one_process_plan_and_accuracy(tmp_path: Path) ->
     # the same dense weights on two ranks: the plan depends on nothing else
     two = _run(tmp_path / "two", 2, "train.epochs=0", f"model.checkpoint={tmp_path / 'one' / 'dense'}")
     log = (tmp_path / "two" / "run.log").read_text()
+    assert "2 process(es)" in log
     assert log.count("plan made on rank 0 and broadcast to 2 processes") == 2  # one per level
     plans = [
         json.loads((tmp_path / k / "level-50" / "prunekit.json").read_text())["plan"] for k in ("one", "two")
@@ -97,3 +67,9 @@ def test_two_processes_make_the_one_process_plan_and_accuracy(tmp_path: Path) ->
     a, b = one["levels"][1], two["levels"][1]
     assert a["starts_from"] == b["starts_from"] == "level-50"
     assert abs(a["params_saved"] - b["params_saved"]) <= 0.01 and abs(a["accuracy"] - b["accuracy"]) <= 0.05
+    # what the ranks saved is one loadable checkpoint of the reported size (training under DDP itself is
+    # tested in tests/test_distributed.py)
+    import prunekit
+
+    model, _ = prunekit.load(tmp_path / "two" / "level-50")
+    assert sum(p.numel() for p in model.parameters()) == two["levels"][0]["params"]
