@@ -24,7 +24,7 @@ def test_architecture(case):
     assert result["refused"] is None, result["refused"]
     assert set(result["kinds"]) == case.kinds
     for fraction, err in result["exact"].items():
-        assert err < EXACT_TOL, f"{case.name}: {fraction} prune is {err:.2e} off the zero-masked reference"
+        assert err < case.tol, f"{case.name}: {fraction} prune is {err:.2e} off the zero-masked reference"
     assert result["changed"] > 1e-3  # negative control: the prune changed the output
     assert result["reload"], f"{case.name}: reload is not bit-identical ({result['reload_class']})"
     assert result["config_untouched"] is not False, (
@@ -34,6 +34,12 @@ def test_architecture(case):
         assert result["from_pretrained"] in ("exact", "refused"), result["from_pretrained"]
     else:
         assert result["from_pretrained"] is None
+
+
+def test_only_the_documented_norm_cases_are_checked_less_tightly():
+    loose = {c.name: c.documented for c in CASES if c.tol != EXACT_TOL}
+    assert set(loose) == {"olmo2", "esmc"}
+    assert all(loose.values()), "a looser tolerance needs its documented reason"
 
 
 def test_the_matrix_covers_25_hf_architectures_and_every_non_hf_pattern():

@@ -8,11 +8,12 @@ import logging
 
 import pytest
 import torch
+from torch import nn
 
 from prunekit.batch import logits_of
 from prunekit.pruning import apply_plan_
 from prunekit.structure import Plan, find_groups
-from prunekit.testing.hf_tiny import BUILDERS, SUPPORTED, zero_masked
+from prunekit.testing.hf_tiny import BUILDERS, SUPPORTED, randomise_norms, zero_masked
 
 # the layouts of issue 12 (look-alikes in hf_tiny are run by the coverage matrix, tests/test_coverage_matrix.py)
 CORE = [
@@ -121,21 +122,61 @@ def test_t5_heads_are_one_group_per_stack_with_the_bias_columns():
     assert model.config.num_heads == 2 and model.config.prunekit_config_exact is True
 
 
-def test_olmo2_norm_over_all_heads_refuses_heads_with_one_warning_and_ffn_stays_exact(caplog):
-    """OLMo2's q/k RMSNorm runs over every head's rows together: after a head prune it would average
-    over the kept rows only, which no zero-masked reference reproduces. So its heads are not offered."""
-    model, x = BUILDERS["olmo2"]()
-    with caplog.at_level(logging.WARNING, logger="prunekit.structure.transformer"):
-        groups = find_groups(model, x)
-    assert {g.kind for g in groups} == {"neuron"}
-    assert "q_norm.weight normalises over all heads together" in caplog.text
-    assert caplog.text.count("head groups not offered") == 2  # one line per attention module
-    plan = _random_plan(groups, 0.5)
+def test_olmo2_norm_over_all_heads_is_cut_with_its_heads_and_rescaled():
+    """OLMo2's q/k RMSNorm runs over every head's rows together: its kept weights are scaled by
+    sqrt(all / kept), so the mean of squares over the kept rows equals the zero-masked dense model's
+    over all rows. Exact but for eps (it acts as eps x kept / all): with eps 1e-12, exact to 1e-6."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.Olmo2Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-12,
+                                   bos_token_id=1, eos_token_id=2)  # fmt: skip
+    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    model, x = randomise_norms(model), {"input_ids": torch.randint(1, 64, (2, 7))}
+    groups = {g.name: g for g in find_groups(model, x)}
+    kv = groups["model.layers.0.self_attn:kv_heads"]
+    assert kv.rescale == ("model.layers.0.self_attn.q_norm.weight", "model.layers.0.self_attn.k_norm.weight")
+    attn = model.model.layers[0].self_attn
+    q_before, k_before = attn.q_norm.weight.detach().clone(), attn.k_norm.weight.detach().clone()
+    plan = Plan(keep={kv.name: [1]}, num_units={kv.name: 2})  # key-value head 1 and query heads 2, 3
     with torch.no_grad():
-        reference = logits_of(zero_masked(model, groups, plan.keep), x)
-    apply_plan_(model, plan, x, groups=groups)
+        reference = logits_of(zero_masked(model, list(groups.values()), plan.keep), x)
+    apply_plan_(model, plan, x, groups=list(groups.values()))
+    assert torch.allclose(attn.q_norm.weight, q_before[16:] * 2**0.5)  # 4 heads -> 2: sqrt(2)
+    assert torch.allclose(attn.k_norm.weight, k_before[8:] * 2**0.5)  # 2 kv heads -> 1
     with torch.no_grad():
         assert _rel_err(logits_of(model, x), reference) < 1e-5
+
+
+def test_a_layernorm_over_all_heads_is_offered_with_one_warning_per_module(caplog):
+    """ESMC's q/k LayerNorm subtracts the mean over all heads: a head prune changes its statistics
+    (the documented, approximate case), so find_groups says so once per attention module."""
+    import transformers
+
+    cfg = transformers.AutoConfig.for_model("esmc", vocab_size=64, hidden_size=32, intermediate_size=48,
+                                            num_hidden_layers=2, num_attention_heads=4)  # fmt: skip
+    model = transformers.AutoModelForMaskedLM.from_config(cfg).eval()
+    with caplog.at_level(logging.WARNING, logger="prunekit.structure.transformer"):
+        groups = find_groups(model, {"input_ids": torch.randint(1, 64, (2, 7))})
+    assert {g.kind for g in groups} >= {"head", "neuron"}
+    assert caplog.text.count("so a head prune is approximate") == 2
+
+
+def test_a_norm_over_all_heads_of_an_unknown_form_withholds_the_heads():
+    from prunekit.structure.heads import norm_statistic
+
+    class OnePlus(nn.Module):  # Gemma's (1 + w) RMSNorm: rescaling w would not rescale the output
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.rand(16))
+
+        def forward(self, x):
+            return (1 + self.weight) * x * x.pow(2).mean(-1, keepdim=True).add(1e-6).rsqrt()
+
+    assert norm_statistic(OnePlus(), 16) is None
+    assert norm_statistic(nn.LayerNorm(16), 16) == "mean"
+    assert norm_statistic(nn.RMSNorm(16), 16) == "rms"
 
 
 def test_phi3_non_uniform_heads_get_per_layer_configs_and_the_callers_config_is_untouched():

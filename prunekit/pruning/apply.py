@@ -96,6 +96,11 @@ def surgery_(model: nn.Module, groups: Sequence[Group], removed_units: Mapping[s
             touched.setdefault(id(module), (module, {}))
     with torch.no_grad():  # cut everything first, so that a failure (out of memory) changes nothing
         cut = {name: _cut(tensors[name], keep_by_dim) for name, keep_by_dim in plan.items()}
+        # a norm over all heads (OLMo2's q_norm) now averages squares over the kept rows only, a mean
+        # larger by before / kept than the dense model's (whose removed rows are zero): scale it back
+        for name in {n for g in groups for n in g.rescale if n in cut}:
+            ratio = math.prod(tensors[name].shape[d] / len(keep) for d, keep in plan[name].items())
+            cut[name] = cut[name] * math.sqrt(ratio)
     for name, new in cut.items():
         old = tensors[name]
         if isinstance(old, nn.Parameter):

@@ -45,6 +45,8 @@ def _with_costs(model: nn.Module, raws: list[dict], example_inputs: Inputs) -> l
                 g.slices,
                 params_per_unit=full_params - params,
                 macs_per_unit=int(round(full_macs - macs)),
+                min_units=int(r.get("min_units", 1)),
+                rescale=tuple(r.get("rescale", ())),
             )
         )
     return groups

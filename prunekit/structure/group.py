@@ -34,3 +34,6 @@ class Group:
     params_per_unit: int  # parameters removed with one unit (its own slices; overlaps not subtracted)
     macs_per_unit: int  # MACs removed with one unit at the example input size
     min_units: int = 1  # a layer is never emptied unless the user allows it
+    # parameters of a norm over all of a layer's heads (OLMo2's q_norm): after a cut, surgery multiplies
+    # their kept entries by sqrt(before / kept), so the norm's mean of squares is the dense model's
+    rescale: tuple[str, ...] = ()

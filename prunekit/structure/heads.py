@@ -24,10 +24,14 @@ without grouping has one ``:heads`` group whose units are whole heads (q, k, v r
 
 from __future__ import annotations
 
+import copy
+
+import torch
 from torch import nn
 
 from .blocks import AttentionSpec, join, out_dim
 from .group import ParamSlice
+from .layouts import Extra as LayoutExtra
 
 Unit = tuple[list[int], list[int]]  # (query heads, key-value heads)
 
@@ -57,15 +61,49 @@ def projection_rows(a: AttentionSpec, q_heads: list[int], kv_heads: list[int]) -
     return {a.q: sorted(rows)}
 
 
-Extra = tuple[str, str, int, str, int]  # (parameter, role, dim, per, head)
+Extra = tuple[str, str, int, str, int, bool]  # (parameter, role, dim, per, head, rescale)
+
+
+def norm_statistic(module: nn.Module, size: int) -> str | None:
+    """What a norm over ``size`` entries computes, probed on random rows (no class names): ``"rms"``
+    (``w * x / sqrt(mean(x^2) + eps)``: exact after pruning with its kept weights rescaled),
+    ``"mean"`` (invariant to a shift of its input: it subtracts the mean, LayerNorm), or None (a
+    form prunekit does not describe, e.g. Gemma's ``(1 + w)``)."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.device.type == "meta":
+        return None
+    probe = copy.deepcopy(module).float()  # bfloat16 models: probe in float32
+    x = torch.randn(4, size, generator=torch.Generator().manual_seed(0)) * 2.0
+    with torch.no_grad():
+        y, shifted = probe(x), probe(x + 1.7)
+        if torch.allclose(y, shifted, rtol=1e-4, atol=1e-5):
+            return "mean"
+        wx = x * probe.weight.reshape(-1)
+        scale = (y * wx).sum(-1) / (wx * wx).sum(-1)  # y = scale * w * x, if it is an RMS norm
+        fits = (y - scale[:, None] * wx).norm() <= 1e-5 * y.norm()
+        rms = (x * x).mean(-1).rsqrt()
+    return "rms" if fits and torch.allclose(scale, rms, rtol=1e-3) else None
+
+
+def _all_heads(e: LayoutExtra, full: str, modules: dict, size: int) -> tuple[str, bool] | str:
+    """(per, rescale) of a parameter of a norm over all heads' rows, or why the heads cannot be cut."""
+    if not e.all_heads:
+        return f"{full} normalises over all heads together, so cutting heads would change it"
+    owner = modules.get(full.rsplit(".", 1)[0])
+    kind = norm_statistic(owner, size) if owner is not None else None
+    if kind is None:
+        return f"{full} belongs to a norm over all heads whose form prunekit does not describe"
+    return ("rows" if kind == "rms" else "rows_mean"), e.all_heads == "rescale"
 
 
 def extra_entries(a: AttentionSpec, modules: dict, tensors: dict) -> list[Extra] | str:
     """The layout's head-indexed parameters present in this module: (name, role "q" | "kv", dim, per,
-    head) with per "head" (one entry per head) or "whole" (every entry of the parameter of the
-    per-head module of ``head``). A string says why the heads cannot be cut: a size that fits neither,
-    or a norm over all heads' rows (OLMo2), whose statistics a head prune would change."""
-    out = []
+    head, rescale) with per "head" (one entry per head), "whole" (every entry of the parameter of
+    the per-head module of ``head``), "rows" (``head_dim`` entries per head of an RMS norm over all
+    heads) or "rows_mean" (the same of a mean-subtracting norm: approximate after a prune). A string
+    says why the heads cannot be cut: a size that fits neither, or a norm over all heads that the
+    layout does not allow to cut."""
+    out: list[Extra] = []
     for e in a.layout.extras if a.layout is not None else ():
         full = join(a.name, e.path)
         count = a.num_heads if e.role == "q" else a.num_kv_heads
@@ -76,7 +114,7 @@ def extra_entries(a: AttentionSpec, modules: dict, tensors: dict) -> list[Extra]
             if not isinstance(listed, nn.ModuleList) or len(listed) != count:
                 return f"{full} holds {len(listed) if isinstance(listed, nn.ModuleList) else '?'} modules"
             for h, sub in enumerate(listed):
-                out += [(f"{full}.{h}.{p}", e.role, 0, "whole", h) for p, _ in sub.named_parameters()]
+                out += [(f"{full}.{h}.{p}", e.role, 0, "whole", h, False) for p, _ in sub.named_parameters()]
             continue
         t = tensors.get(full)
         if t is None:
@@ -85,9 +123,12 @@ def extra_entries(a: AttentionSpec, modules: dict, tensors: dict) -> list[Extra]
         if size == a.head_dim and size != count:
             continue  # one norm of head_dim shared by every head (Qwen3): stays whole
         if size == count and size != count * a.head_dim:
-            out.append((full, e.role, e.dim, "head", -1))
-        elif size == count * a.head_dim and count > 1:  # OLMo2: one norm over every head's rows
-            return f"{full} normalises over all heads together, so cutting heads would change it"
+            out.append((full, e.role, e.dim, "head", -1, False))
+        elif size == count * a.head_dim and count > 1 and t.dim() == 1:  # OLMo2: a norm over all heads
+            found = _all_heads(e, full, modules, size)
+            if isinstance(found, str):
+                return found
+            out.append((full, e.role, e.dim, found[0], -1, found[1]))
         else:
             return f"{full} {tuple(t.shape)} depends on the heads"
     return out
@@ -111,9 +152,11 @@ def unit_slices(
     o = model.get_submodule(a.o)
     o_index = tuple(tuple(i for h in q for i in _block(h, a.head_dim)) for q, _ in units)
     slices.append(ParamSlice(f"{a.o}.weight", 1 - out_dim(o), o_index))
-    for name, role, dim, per, head in extras:
+    for name, role, dim, per, head, _ in extras:
         heads = [q if role == "q" else kv for q, kv in units]
-        if per == "whole":
+        if per in ("rows", "rows_mean"):  # head_dim entries per head
+            index = tuple(tuple(i for h in hs for i in _block(h, a.head_dim)) for hs in heads)
+        elif per == "whole":
             size = model.get_parameter(name).shape[0]
             index = tuple(tuple(range(size)) if head in hs else () for hs in heads)
         else:  # one entry per head

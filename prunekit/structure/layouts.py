@@ -32,14 +32,21 @@ class Extra:
     """A parameter (or a ModuleList of per-head modules) indexed by the query or key-value heads.
 
     Along ``dim`` it has one entry per head (a bias-table column, a ``(heads, head_dim)`` norm); of
-    size ``head_dim`` it is shared by every head and stays whole; of size ``heads x head_dim`` it is a
-    norm over all heads together (OLMo2), which a head prune would change, so the heads are not
-    offered. Which case applies is read off its size. Missing paths are skipped."""
+    size ``head_dim`` it is shared by every head and stays whole; of size ``heads x head_dim`` it
+    belongs to a norm over all heads' rows together (OLMo2, OLMoE, ESMC), and ``all_heads`` says what
+    a head prune does to it: ``""`` heads not offered; ``"slice"`` its entries go with their heads (a
+    bias); ``"rescale"`` they go with their heads and the kept ones are multiplied by
+    sqrt(all / kept) (the norm's weight). An RMS norm then averages over the kept rows only, and the
+    factor turns that back into the zero-masked dense model's average over all rows, up to its eps
+    (effectively eps x kept / all). A mean-subtracting norm (LayerNorm) over the pruned rows cannot
+    be made exact: the documented, approximate case (heads.py tells the two apart by probing the
+    norm). Which case applies is read off the size. Missing paths are skipped."""
 
     path: str
     role: str = "q"  # "q": indexed by query heads, "kv": by key-value heads
     dim: int = 0
     per_module: bool = False  # a ModuleList with one module per head (StableLM qk_layernorm)
+    all_heads: str = ""  # a norm over all heads together: "" (refuse) | "slice" | "rescale"
 
 
 @dataclass(frozen=True)
@@ -89,10 +96,12 @@ class FFNLayout:
 _NORMS = (  # per-head norms and position-bias tables of the q_proj/k_proj/v_proj/o_proj families
     Extra("q_layernorm.norms", "q", per_module=True),  # StableLM qk_layernorm: one LayerNorm per head
     Extra("k_layernorm.norms", "kv", per_module=True),
-    Extra("q_norm.weight", "q"),  # OLMo2: over all heads; Cohere: (heads, head_dim); Qwen3: shared
-    Extra("q_norm.bias", "q"),
-    Extra("k_norm.weight", "kv"),
-    Extra("k_norm.bias", "kv"),
+    # OLMo2, OLMoE: an RMSNorm over all heads; ESMC: a LayerNorm over all heads; Cohere: (heads,
+    # head_dim); Qwen3: shared by every head
+    Extra("q_norm.weight", "q", all_heads="rescale"),
+    Extra("q_norm.bias", "q", all_heads="slice"),
+    Extra("k_norm.weight", "kv", all_heads="rescale"),
+    Extra("k_norm.bias", "kv", all_heads="slice"),
     Extra("relative_position_bias.relative_position_bias_table", "q", dim=1),  # Swin
     Extra("../relative_position_bias.relative_position_bias_table", "q", dim=1),  # BEiT
 )

@@ -80,6 +80,13 @@ def _head_groups(model: nn.Module, members: list[AttentionSpec], modules: dict, 
             )
             return []
         per_member.append((a, extras))
+        mean = sorted({n.rsplit(".", 1)[0] for n, _, _, per, _, _ in extras if per == "rows_mean"})
+        if mean:  # LayerNorm over a pruned dimension: the one documented, expected difference
+            log.warning(
+                "attention %s: %s subtract the mean over all heads together, so a head prune is "
+                "approximate (the kept heads' statistics change); add '%s' to ignore to keep its heads",
+                a.name, ", ".join(mean), a.name,
+            )  # fmt: skip
     if len(members) > 1 and len({(a.num_heads, a.num_kv_heads) for a in members}) > 1:
         log.warning(
             "attention %s: layers of one stack have different head counts; heads not offered", first.name
@@ -90,6 +97,8 @@ def _head_groups(model: nn.Module, members: list[AttentionSpec], modules: dict, 
         slices = [s for a, extras in per_member for s in unit_slices(model, a, units, extras)]
         raw = dict(name=f"{_stack_key(first)}:{suffix}", kind=kind, layer=first.name, num_units=len(units))
         raw.update(slices=tuple(slices), members=tuple(a.name for a in members))
+        # norms over all heads: surgery rescales their kept weights (layouts.Extra.all_heads)
+        raw["rescale"] = tuple(n for _, extras in per_member for n, *_, rescale in extras if rescale)
         raws.append(raw)
     return raws
 
