@@ -112,6 +112,8 @@ CASES: list[Case] = [
     Case("olmo2", BUILDERS["olmo2"], GQA, documented=_EPS, tol=0.25),
     Case("olmo2_eps0", _auto(_LM, "ids", model_type="olmo2", num_key_value_heads=4, **_EPS0 | _DEC), GQA),
     Case("olmo2_gqa", _auto(_LM, "ids", model_type="olmo2", num_key_value_heads=2, **_EPS0 | _DEC), GQA),
+    Case("olmoe", _auto(_LM, "ids", model_type="olmoe", num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
+                        **_EPS0 | _DEC | {"intermediate_size": 16}), GQA),  # q/k RMSNorm over all heads + experts
     Case("esmc", _auto(_MLM, "ids", model_type="esmc", **_DEC), GQA, documented=_MEAN, tol=0.25),
     _h6("cohere_qknorm", GQA),
     _h6("bert", HEADS),
@@ -267,6 +269,8 @@ def check(case: Case, seed: int = 0, fractions: tuple[float, ...] = FRACTIONS) -
         "groups": len(groups),
         "kinds": sorted({g.kind for g in groups}),
         "units": sum(g.num_units for g in groups),
+        # norms over all heads that a head prune cuts (their own tolerance, Case.documented, applies only here)
+        "norms_over_heads": sorted({n.rsplit(".", 1)[0] for g in groups for n in g.rescale}),
         "exact": {},
     }
     base = _base(case, model, x)

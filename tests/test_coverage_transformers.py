@@ -31,7 +31,7 @@ CORE = [
 ]
 CORE += ["bart", "t5", "t5_gated", "stablelm_qknorm", "olmo2", "cohere_qknorm", "swin", "beit", "gpt_bigcode"]
 CORE += ["mixtral", "qwen2_moe"]
-EXACT = [n for n in CORE if SUPPORTED[n]["heads"]]  # OLMo2: FFN only, see below
+EXACT = [n for n in CORE if SUPPORTED[n]["heads"]]  # OLMo2: its eps at 1e-5 (the matrix, tests below)
 
 
 def _random_plan(groups, fraction: float, seed: int = 3) -> Plan:
@@ -163,20 +163,46 @@ def test_a_layernorm_over_all_heads_is_offered_with_one_warning_per_module(caplo
     assert caplog.text.count("so a head prune is approximate") == 2
 
 
-def test_a_norm_over_all_heads_of_an_unknown_form_withholds_the_heads():
+class _OnePlus(nn.Module):
+    """Gemma's (1 + w) RMSNorm form: rescaling w would not rescale its output, so it cannot be cut."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(size))
+
+    def forward(self, x):
+        return (1 + self.weight) * x * x.pow(2).mean(-1, keepdim=True).add(1e-6).rsqrt()
+
+
+def test_the_norm_probe_tells_rms_mean_and_unknown_forms_apart():
     from prunekit.structure.heads import norm_statistic
 
-    class OnePlus(nn.Module):  # Gemma's (1 + w) RMSNorm: rescaling w would not rescale the output
-        def __init__(self):
-            super().__init__()
-            self.weight = nn.Parameter(torch.rand(16))
-
-        def forward(self, x):
-            return (1 + self.weight) * x * x.pow(2).mean(-1, keepdim=True).add(1e-6).rsqrt()
-
-    assert norm_statistic(OnePlus(), 16) is None
+    assert norm_statistic(_OnePlus(16), 16) is None
     assert norm_statistic(nn.LayerNorm(16), 16) == "mean"
     assert norm_statistic(nn.RMSNorm(16), 16) == "rms"
+
+
+def test_a_norm_over_all_heads_of_an_unknown_form_is_refused_in_one_line_naming_the_ignore_pattern(caplog):
+    """OLMo2 with its q_norm (over all heads) swapped for a form prunekit does not describe: its heads
+    are withheld with one line per attention module naming it and the ``ignore`` pattern; with that
+    pattern the module is never inspected (no warning) and the FFN neurons are still offered."""
+    model, x = BUILDERS["olmo2"]()
+    for layer in model.model.layers:
+        layer.self_attn.q_norm = _OnePlus(layer.self_attn.q_norm.weight.numel())
+    with caplog.at_level(logging.WARNING, logger="prunekit.structure.transformer"):
+        groups = find_groups(model, x)
+    assert {g.kind for g in groups} == {"neuron"}
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and all("\n" not in line for line in lines)
+    for i, line in enumerate(lines):
+        attn = f"model.layers.{i}.self_attn"
+        assert line.startswith(f"attention {attn}: head groups not offered ({attn}.q_norm.weight belongs")
+        assert f"add '{attn}' to ignore" in line
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="prunekit.structure.transformer"):
+        kept = find_groups(model, x, ignore=["*.self_attn"])
+    assert not caplog.records
+    assert [g.name for g in kept] == [g.name for g in groups]
 
 
 def test_phi3_non_uniform_heads_get_per_layer_configs_and_the_callers_config_is_untouched():

@@ -77,7 +77,7 @@ def find_groups(
     patterns = _check_patterns(ignore)
     if not isinstance(timeout_s, (int, float)) or timeout_s <= 0:
         raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
-    raws = transformer_groups(model)
+    raws = transformer_groups(model, patterns)
     if raws is None:
         unknown = unrecognised_attention(model, patterns)
         if unknown is not None:

@@ -4,6 +4,7 @@ classifier are never groups: cutting them touches every layer and the model's in
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import re
 
@@ -76,8 +77,9 @@ def _head_groups(model: nn.Module, members: list[AttentionSpec], modules: dict, 
         reason = head_blocker(model, a, extras)
         if reason is not None:
             log.warning(
-                "attention %s: head groups not offered (%s); its FFN is still grouped", a.name, reason
-            )
+                "attention %s: head groups not offered (%s); its FFN is still grouped (add '%s' to ignore "
+                "to leave its heads alone without this warning)", a.name, reason, a.name,
+            )  # fmt: skip
             return []
         per_member.append((a, extras))
         mean = sorted({n.rsplit(".", 1)[0] for n, _, _, per, _, _ in extras if per == "rows_mean"})
@@ -103,8 +105,17 @@ def _head_groups(model: nn.Module, members: list[AttentionSpec], modules: dict, 
     return raws
 
 
-def transformer_groups(model: nn.Module) -> list[dict] | None:
-    """Raw groups of every attention and FFN block in model order, or None if the model has none."""
+def _ignored(members: list[AttentionSpec], ignore: tuple[str, ...]) -> bool:
+    """Whether ``ignore`` names one of a stack's attention modules, which drops all of its head groups
+    (find.py matches a group's members too), so they are never inspected (issue 12 item 2: no warning
+    about a module the user left alone). Patterns on group names alone (``*:kv_heads``) are applied
+    by find.py as usual."""
+    return any(fnmatch.fnmatchcase(a.name, p) for a in members for p in ignore)
+
+
+def transformer_groups(model: nn.Module, ignore: tuple[str, ...] = ()) -> list[dict] | None:
+    """Raw groups of every attention and FFN block in model order, or None if the model has none.
+    Attention stacks whose modules ``ignore`` names (fnmatch) are skipped."""
     attentions, ffns = find_blocks(model)
     if not attentions:
         return None
@@ -117,6 +128,8 @@ def transformer_groups(model: nn.Module) -> list[dict] | None:
         stacks.setdefault(_stack_key(a), []).append(a)
     keyed = []
     for members in stacks.values():
+        if _ignored(members, ignore):
+            continue
         keyed += [(order[members[0].name], r) for r in _head_groups(model, members, modules, tensors)]
     keyed += [(order[f.out], r) for f in ffns for r in ffn_groups(model, f)]
     known = {r["name"] for _, r in keyed}  # a shared expert the FFN layouts already grouped

@@ -359,8 +359,8 @@ BUILDERS: dict[str, Callable[..., tuple[nn.Module, dict[str, Tensor]]]] = {
 # what find_groups covers: head groups offered, and whether a uniform prune of every group is
 # expressible in config.json (save_pretrained + from_pretrained rebuild the pruned model). False where
 # the family computes the head size as hidden / heads (BERT, GPT-2, GPT-NeoX, Falcon, OPT, BART,
-# StableLM) or sets widths per stage (Swin). OLMo2 offers no head groups (its q/k RMSNorm runs over all
-# heads together: a head prune would change it), only its FFN neurons
+# StableLM) or sets widths per stage (Swin). "heads": head prunes exact to 1e-5; not OLMo2 at its eps 1e-5
+# (its q/k RMSNorm over all heads is rescaled, exact but for eps: tests/coverage_cases.py)
 _NO_CONFIG = {  # uniform prunes that config.json cannot express
     "bert", "roberta", "distilbert", "gpt2", "gpt_neox", "falcon", "falcon_gqa", "opt", "bart",
     "stablelm", "stablelm_qknorm", "swin", "starcoder2", "gptj", "gpt_bigcode", "biogpt", "xglm",
