@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.structure import Plan, find_groups
+from prunekit.structure.moe import ROUTERS
 from prunekit.testing.hf_tiny import BUILDERS, randomise_norms, zero_masked
 from prunekit.testing.patterns import PATTERNS, pattern_factory
 
@@ -38,7 +39,7 @@ class Case:
     kinds: frozenset[str] = frozenset()  # group kinds find_groups must offer
     refusal: str | None = None  # or: find_groups refuses with a message starting so
     hf: bool = True
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # "find": keyword arguments of find_groups
     # the one documented, expected difference (issue 12): a norm over all heads together, whose
     # statistics a head prune changes; such a case alone is checked against its own tolerance
     documented: str = ""
@@ -91,6 +92,16 @@ FFN = frozenset({"neuron"})
 CHANNELS = frozenset({"channel"})
 
 
+EXPERTS = GQA | {"expert"}
+_WHOLE = {"find": {"experts": True}}
+_MIXTRAL = _auto(_LM, "ids", model_type="mixtral", num_local_experts=4, num_experts_per_tok=2,
+                 **_DEC | {"intermediate_size": 24, "num_key_value_heads": 2})  # fmt: skip
+_QWEN2_MOE = _auto(_LM, "ids", model_type="qwen2_moe", num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                   shared_expert_intermediate_size=24, decoder_sparse_step=1, **_DEC | {"num_key_value_heads": 2})  # fmt: skip
+_OLMOE = _auto(_LM, "ids", model_type="olmoe", num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
+               **_EPS0 | _DEC | {"intermediate_size": 16})  # fmt: skip
+
+
 def _h6(name: str, kinds: frozenset[str] = frozenset(), refusal: str | None = None) -> Case:
     return Case(name, BUILDERS[name], kinds, refusal)
 
@@ -112,8 +123,7 @@ CASES: list[Case] = [
     Case("olmo2", BUILDERS["olmo2"], GQA, documented=_EPS, tol=0.25),
     Case("olmo2_eps0", _auto(_LM, "ids", model_type="olmo2", num_key_value_heads=4, **_EPS0 | _DEC), GQA),
     Case("olmo2_gqa", _auto(_LM, "ids", model_type="olmo2", num_key_value_heads=2, **_EPS0 | _DEC), GQA),
-    Case("olmoe", _auto(_LM, "ids", model_type="olmoe", num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
-                        **_EPS0 | _DEC | {"intermediate_size": 16}), GQA),  # q/k RMSNorm over all heads + experts
+    Case("olmoe", _OLMOE, GQA),  # q/k RMSNorm over all heads (eps 1e-12) + fused experts
     Case("esmc", _auto(_MLM, "ids", model_type="esmc", **_DEC), GQA, documented=_MEAN, tol=0.25),
     _h6("cohere_qknorm", GQA),
     _h6("bert", HEADS),
@@ -156,11 +166,12 @@ CASES: list[Case] = [
     Case("qwen3", _auto(_LM, "ids", model_type="qwen3", head_dim=8, num_key_value_heads=2, **_DEC), GQA),
     Case("granite", _auto(_LM, "ids", model_type="granite", num_key_value_heads=2, **_DEC), GQA),
     Case("olmo", _auto(_LM, "ids", model_type="olmo", num_key_value_heads=4, **_DEC), GQA),
-    Case("mixtral", _auto(_LM, "ids", model_type="mixtral", num_local_experts=4, num_experts_per_tok=2,
-                          **_DEC | {"intermediate_size": 24, "num_key_value_heads": 2}), GQA),  # fused experts
-    Case("qwen2_moe", _auto(_LM, "ids", model_type="qwen2_moe", num_experts=4, num_experts_per_tok=2,
-                            moe_intermediate_size=16, shared_expert_intermediate_size=24, decoder_sparse_step=1,
-                            **_DEC | {"num_key_value_heads": 2}), GQA),  # + a shared expert
+    Case("mixtral", _MIXTRAL, GQA),  # fused experts
+    Case("qwen2_moe", _QWEN2_MOE, GQA),  # + a shared expert
+    # whole experts as units with their router rows (find_groups(..., experts=True), structure/moe.py)
+    Case("mixtral_experts", _MIXTRAL, EXPERTS, extra=_WHOLE),
+    Case("qwen2_moe_experts", _QWEN2_MOE, EXPERTS, extra=_WHOLE),
+    Case("olmoe_experts", _OLMOE, EXPERTS, extra=_WHOLE),
     Case("electra", _auto(_CLS, "ids", model_type="electra", embedding_size=32, **_ENC), HEADS),
     Case("xlm_roberta", _auto(_CLS, "ids", model_type="xlm-roberta", max_position_embeddings=40, **_ENC), HEADS),
     _pattern("split_outputs", CHANNELS),
@@ -202,6 +213,42 @@ def outputs(model: nn.Module, x: Any) -> list[Tensor]:
 def rel_err(a: list[Tensor], b: list[Tensor]) -> float:
     assert [t.shape for t in a] == [t.shape for t in b]
     return max(((x - y).norm() / y.norm().clamp_min(1e-12)).item() for x, y in zip(a, b, strict=True))
+
+
+class _MinusInfRows(torch.Tensor):
+    """A router weight whose removed experts' logits are -inf (``F.linear`` on it): the reference for
+    removed experts, independent of prunekit's surgery and of each family's softmax / top-k code."""
+
+    removed: list[int]
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.linear and len(args) > 1 and isinstance(args[1], _MinusInfRows):
+            removed = args[1].removed
+            plain = [a.as_subclass(Tensor) if isinstance(a, Tensor) else a for a in args]
+            out = torch.nn.functional.linear(*plain, **kwargs)
+            out[..., removed] = float("-inf")
+            return out
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def reference(model: nn.Module, groups, keep) -> nn.Module:
+    """The dense model with the removed units zeroed (hf_tiny.zero_masked) and, for removed experts,
+    their router logits forced to -inf (a zeroed router row would still give them logit 0)."""
+    dense = zero_masked(model, groups, keep)
+    for g in groups:
+        if g.kind != "expert" or g.name not in keep:
+            continue
+        removed = [u for u in range(g.num_units) if u not in set(keep[g.name])]
+        for s in g.slices:
+            owner, attr = s.param.rsplit(".", 1)
+            if owner.rsplit(".", 1)[-1] in ROUTERS and attr == "weight" and removed:
+                router = dense.get_submodule(owner)
+                w = router._parameters.pop("weight").detach().as_subclass(_MinusInfRows)
+                w.removed = removed
+                router.weight = w
+    return dense
 
 
 def random_plan(groups, fraction: float, seed: int) -> Plan:
@@ -259,7 +306,7 @@ def check(case: Case, seed: int = 0, fractions: tuple[float, ...] = FRACTIONS) -
     model, x = case.build(seed=seed)
     start = time.perf_counter()
     try:
-        groups = find_groups(model, x)
+        groups = find_groups(model, x, **case.extra.get("find", {}))
     except ValueError as err:
         return {"name": case.name, "refused": str(err), "find_s": time.perf_counter() - start}
     out: dict[str, Any] = {
@@ -283,9 +330,9 @@ def check(case: Case, seed: int = 0, fractions: tuple[float, ...] = FRACTIONS) -
         last = i == len(fractions) - 1
         pruned = model if last else copy.deepcopy(model)  # the last prune is in place: the caller's config
         plan = random_plan(groups, fraction, seed + i)
-        reference = outputs(zero_masked(model, groups, plan.keep), x)
+        expected = outputs(reference(model, groups, plan.keep), x)
         apply_plan_(pruned, plan, x, groups=groups)
-        out["exact"][str(fraction)] = rel_err(outputs(pruned, x), reference)
+        out["exact"][str(fraction)] = rel_err(outputs(pruned, x), expected)
         out.setdefault("changed", rel_err(outputs(pruned, x), dense))
         if last:
             with tempfile.TemporaryDirectory() as tmp:

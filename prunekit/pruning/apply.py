@@ -181,8 +181,12 @@ def apply_plan_(
         raise ValueError(f"plan must be a prunekit Plan, got {type(plan).__name__}; use Plan.from_json(...)")
     if groups is None:
         ignore = plan.extra.get("ignore", ()) if isinstance(plan.extra, Mapping) else ()
-        groups = find_groups(model, example_inputs, ignore=ignore, timeout_s=timeout_s, strict=False)
+        whole = any(str(n).endswith(":experts") for n in (*plan.keep, *plan.num_units))  # structure/moe.py
+        groups = find_groups(
+            model, example_inputs, ignore=ignore, timeout_s=timeout_s, strict=False, experts=whole
+        )
     check_groups_match(model, groups)
+    _check_experts(groups, plan)
     validate_plan(groups, plan)
     by_name = {g.name: g for g in groups}
     removed_units = {
@@ -210,6 +214,17 @@ def apply_plan_(
     model._prunekit_plan = plan  # the latest plan; all of them, in order, in _prunekit_plans
     model._prunekit_plans = [*getattr(model, "_prunekit_plans", []), plan]
     return model
+
+
+def _check_experts(groups: Sequence[Group], plan: Plan) -> None:
+    """A router picks top-k experts per token: a plan keeping fewer than k of them is refused."""
+    for g in groups:
+        keep = plan.keep.get(g.name) if g.kind == "expert" else None
+        if isinstance(keep, (list, tuple)) and len(keep) < g.min_units:
+            raise ValueError(
+                f"plan.keep[{g.name!r}] keeps {len(keep)} experts but its router picks {g.min_units} per "
+                f"token (top_k); keep at least {g.min_units} or add '{g.name}' to ignore"
+            )
 
 
 def compose_plans(first: Plan, second: Plan) -> Plan:

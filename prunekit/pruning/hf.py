@@ -151,6 +151,41 @@ def _patch_fused_experts(model: nn.Module) -> list[tuple[str, int]]:
     return out
 
 
+_EXPERT_COUNT: Rules = (("*", "num_local_experts"), ("*", "num_experts"))  # Mixtral; Qwen2-MoE, OLMoE
+
+
+def patch_experts(model: nn.Module) -> list[tuple[str, int]]:
+    """(experts name, count) of every mixture-of-experts block after an expert prune (structure/moe.py):
+    emptied expert modules leave their ModuleList, and the expert counts the forward reads (one-hot
+    over ``num_experts``, the router's own count) follow the weights."""
+    from prunekit.structure.moe import ROUTERS, is_moe_block
+
+    out = []
+    for name, block in list(model.named_modules()):
+        if not is_moe_block(block):
+            continue
+        experts = block.experts
+        if isinstance(experts, nn.ModuleList):
+            kept = [
+                m
+                for m in experts
+                if next(m.parameters(), None) is None or any(p.numel() for p in m.parameters())
+            ]
+            if len(kept) < len(experts):
+                block._modules["experts"] = experts = nn.ModuleList(kept)
+            count = len(kept)
+        else:
+            slabs = [t for t in experts.parameters(recurse=False) if t.dim() == 3]
+            if not slabs:
+                continue
+            count = int(slabs[0].shape[0])
+        for owner in (block, experts, *(getattr(block, r, None) for r in ROUTERS)):
+            if isinstance(owner, nn.Module):
+                _set_ints(owner, ("num_experts", "num_local_experts"), count)
+        out.append((f"{name}.experts" if name else "experts", count))
+    return out
+
+
 def _rebuilds(model: nn.Module, cfg) -> bool:
     """Whether the model's class built from ``cfg`` alone has the model's parameter shapes."""
     try:
@@ -164,6 +199,7 @@ def _rebuilds(model: nn.Module, cfg) -> bool:
 
 def patch_transformer(model: nn.Module) -> dict[str, dict[str, int]]:
     """Fix attributes and configs after surgery; return {layer: widths}. No-op for other models."""
+    experts = patch_experts(model)  # also models without attention (a custom MoE block)
     attentions, ffns = find_blocks(model)
     if not attentions:
         return {}
@@ -179,6 +215,9 @@ def patch_transformer(model: nn.Module) -> dict[str, dict[str, int]]:
     for name, width in _patch_fused_experts(model):
         widths.setdefault(name.rsplit(".", 2)[0], {})["expert_neurons"] = width
         ffn_widths.append((name, width, _EXPERT_CONFIG))
+    for name, count in experts:
+        widths.setdefault(name.rsplit(".", 2)[0], {})["experts"] = count
+        ffn_widths.append((name, count, _EXPERT_COUNT))
 
     _own_configs(model)  # the caller's config object (HF shares it) must never change
     top = getattr(model, "config", None)

@@ -58,6 +58,7 @@ def find_groups(
     ignore: Sequence[str] = (),
     timeout_s: float = 120.0,
     strict: bool = True,
+    experts: bool = False,
 ) -> list[Group]:
     """All prunable groups of ``model``, in model order.
 
@@ -69,6 +70,8 @@ def find_groups(
     loses whole groups), never a model output. ``ignore`` holds fnmatch patterns of layer or
     group names not to prune. ``macs_per_unit`` is per example of ``example_inputs``. A group that
     couples to a layer prunekit cannot cut raises ValueError naming it (``strict=False``: left out).
+    ``experts=True`` adds one ``"<experts>:experts"`` group per mixture-of-experts block whose units
+    are whole experts with their router rows (moe.py; at least the router's top-k are kept).
     """
     from .blocks import unrecognised_attention
     from .graph import graph_groups
@@ -77,7 +80,7 @@ def find_groups(
     patterns = _check_patterns(ignore)
     if not isinstance(timeout_s, (int, float)) or timeout_s <= 0:
         raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
-    raws = transformer_groups(model, patterns)
+    raws = transformer_groups(model, patterns, experts=experts)
     if raws is None:
         unknown = unrecognised_attention(model, patterns)
         if unknown is not None:

@@ -16,6 +16,17 @@ control flow that a trace cannot follow):
   keep different widths.
 
 A shared expert next to the routed ones (Qwen2-MoE ``shared_expert``) is an ordinary FFN group.
+
+Experts as units: one more group per block, ``"{experts}:experts"`` (kind ``"expert"``), whose unit
+``e`` is expert ``e`` whole (its slab of every fused weight, or every parameter of its module in a
+ModuleList) together with row ``e`` of the router (a child in :data:`ROUTERS` with one weight row per
+expert). Removing experts equals the dense model whose removed experts' router logits are -inf: the
+softmax over the rest is the same, so are top-k and its renormalisation. ``min_units`` is the
+router's top-k, so that k experts always remain. The option is off by default
+(``find_groups(..., experts=True)``; ``apply_plan_`` turns it on for a plan that names such a group):
+with it both kinds are offered (they overlap, as heads and kv_heads do), and ``ignore:
+["*experts*:neurons"]`` prunes whole experts only. Experts in a ModuleList are renumbered after a
+prune, so their per-expert neuron groups of a later plan name the new positions.
 """
 
 from __future__ import annotations
@@ -27,6 +38,58 @@ from torch import nn
 from .group import ParamSlice
 
 _FFN_NAMES = (("gate_proj", "up_proj", "down_proj"), ("w1", "w3", "w2"))
+ROUTERS = ("gate", "router")  # the child of a block that scores the experts (one weight row each)
+TOP_K = ("top_k", "num_experts_per_tok")  # attributes of the block or router holding k
+
+
+def _router(block: nn.Module, count: int) -> tuple[str, nn.Module] | None:
+    for name in ROUTERS:
+        r = getattr(block, name, None)
+        w = getattr(r, "weight", None)
+        if isinstance(r, nn.Module) and isinstance(w, nn.Parameter) and w.dim() == 2 and w.shape[0] == count:
+            return name, r
+    return None
+
+
+def _top_k(block: nn.Module, router: nn.Module) -> int:
+    for owner in (block, router, getattr(block, "config", None)):
+        for attr in TOP_K:
+            k = getattr(owner, attr, None)
+            if isinstance(k, int) and not isinstance(k, bool) and k > 0:
+                return k
+    return 1
+
+
+def _experts(name: str, block: nn.Module) -> dict | None:
+    """The experts of one block as units, with their router rows (see the module docstring)."""
+    experts, path = block.experts, f"{name}.experts" if name else "experts"
+    if isinstance(experts, nn.ModuleList):
+        count = len(experts)
+        slices = [
+            ParamSlice(
+                f"{path}.{e}.{p}", 0, tuple(tuple(range(t.shape[0])) if u == e else () for u in range(count))
+            )
+            for e, expert in enumerate(experts)
+            for p, t in expert.named_parameters()
+            if t.dim() > 0
+        ]
+    else:
+        tensors = [(p, t) for p, t in experts.named_parameters(recurse=False) if t.dim() >= 2]
+        count = tensors[0][1].shape[0] if tensors else 0
+        if not tensors or any(t.shape[0] != count for _, t in tensors):
+            return None  # not one slab per expert
+        slices = [ParamSlice(f"{path}.{p}", 0, tuple((e,) for e in range(count))) for p, _ in tensors]
+    found = _router(block, count) if count > 1 else None
+    if found is None:
+        return None  # no router row per expert: removing one would leave the router's choice dangling
+    router_name, router = found
+    where = f"{name}.{router_name}" if name else router_name
+    rows = tuple((e,) for e in range(count))
+    slices += [
+        ParamSlice(f"{where}.{p}", 0, rows) for p, t in router.named_parameters() if t.shape[0] == count
+    ]
+    return dict(name=f"{path}:experts", kind="expert", layer=path, num_units=count, slices=tuple(slices),
+                min_units=min(_top_k(block, router), count))  # fmt: skip
 
 
 def _fused(name: str, m: nn.Module) -> dict | None:
@@ -80,19 +143,22 @@ def is_moe_block(module: nn.Module) -> bool:
     return isinstance(getattr(module, "experts", None), nn.Module)
 
 
-def moe_groups(model: nn.Module, known: Collection[str] = ()) -> list[dict]:
+def moe_groups(model: nn.Module, known: Collection[str] = (), experts: bool = False) -> list[dict]:
     """Raw groups of every mixture-of-experts block, in model order (see the module docstring);
-    groups named in ``known`` (a shared expert the FFN finder already grouped) are left out."""
+    groups named in ``known`` (a shared expert the FFN finder already grouped) are left out;
+    ``experts``: also one group per block whose units are whole experts."""
     raw: list[dict] = []
     for name, block in model.named_modules():
         if not is_moe_block(block):
             continue
-        experts = f"{name}.experts" if name else "experts"
-        fused = _fused(experts, block.experts)
+        path = f"{name}.experts" if name else "experts"
+        fused = _fused(path, block.experts)
         if fused is not None:
             raw.append(fused)
         elif isinstance(block.experts, nn.ModuleList):
-            raw += [g for i, e in enumerate(block.experts) if (g := _ffn(f"{experts}.{i}", e)) is not None]
+            raw += [g for i, e in enumerate(block.experts) if (g := _ffn(f"{path}.{i}", e)) is not None]
+        if experts and (whole := _experts(name, block)) is not None:
+            raw.append(whole)
         for child, module in block.named_children():
             if child != "experts" and "shared" in child and (g := _ffn(f"{name}.{child}", module)):
                 raw.append(g)

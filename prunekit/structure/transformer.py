@@ -113,9 +113,12 @@ def _ignored(members: list[AttentionSpec], ignore: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(a.name, p) for a in members for p in ignore)
 
 
-def transformer_groups(model: nn.Module, ignore: tuple[str, ...] = ()) -> list[dict] | None:
+def transformer_groups(
+    model: nn.Module, ignore: tuple[str, ...] = (), experts: bool = False
+) -> list[dict] | None:
     """Raw groups of every attention and FFN block in model order, or None if the model has none.
-    Attention stacks whose modules ``ignore`` names (fnmatch) are skipped."""
+    Attention stacks whose modules ``ignore`` names (fnmatch) are skipped; ``experts``: whole experts
+    of mixture-of-experts blocks as units too (moe.py)."""
     attentions, ffns = find_blocks(model)
     if not attentions:
         return None
@@ -133,5 +136,7 @@ def transformer_groups(model: nn.Module, ignore: tuple[str, ...] = ()) -> list[d
         keyed += [(order[members[0].name], r) for r in _head_groups(model, members, modules, tensors)]
     keyed += [(order[f.out], r) for f in ffns for r in ffn_groups(model, f)]
     known = {r["name"] for _, r in keyed}  # a shared expert the FFN layouts already grouped
-    keyed += [(order.get(r["layer"], len(order)), r) for r in moe_groups(model, known=known)]  # moe.py
+    keyed += [
+        (order.get(r["layer"], len(order)), r) for r in moe_groups(model, known=known, experts=experts)
+    ]  # moe.py
     return [r for _, r in sorted(keyed, key=lambda kr: kr[0])]
