@@ -53,7 +53,9 @@ def _verdicts(task: str, cells, methods: list[str], levels: list[float], dense: 
     return out
 
 
-def write_report(runs: Runs, md: Path, png: Path) -> None:
+def write_report(runs: Runs, md: Path, png: Path, targets: dict[str, str] | None = None) -> None:
+    """``targets``: task -> the size its levels are ("params" or "macs"); params when not named."""
+    targets = targets or {}
     cells = _table(runs)
     tasks = sorted({r["task"] for r in runs})
     lines = ["# Benchmark: planners at equal size and equal fine-tuning budget", ""]
@@ -67,6 +69,12 @@ def write_report(runs: Runs, md: Path, png: Path) -> None:
         "pruning_ratio bisected to the params target). `theory_validated` = the theory planner on the",
         "validity study's best predictor (results/validity/mnist1d/best_predictor.json: synflow, the",
         "default without a file too); `theory_validated_fashion` = Fashion-MNIST's (removed weight mass).",
+        "Scheduled variants (4 steps, the one-shot fine-tune's optimizer steps shared over them by",
+        "prunekit.schedule; each row of the JSON lists its steps): `theory_validated_constant_gap` = the",
+        "theory planner on that predictor with the constant-predicted-gap schedule (force: on to the",
+        "target where the gap cannot be held, recorded as schedule_status), `uniform_linear` = uniform with",
+        "the linear schedule, `tp_local_iterative` = Torch-Pruning's MetaPruner with iterative_steps (its",
+        "linear iterative schedule, pruning_ratio bisected so the last step meets the params target).",
         "",
     ]
     for task in tasks:
@@ -75,7 +83,13 @@ def write_report(runs: Runs, md: Path, png: Path) -> None:
         levels = sorted({r["level"] for r in trs if r["method"] != "dense"})
         dense_runs = cells.get((task, "dense", 0.0), [])
         dense = _stats([r["accuracy"] for r in dense_runs])[0] if dense_runs else None
+        metric = targets.get(task, "params")
         lines += [f"## {task}", ""]
+        if metric != "params":
+            lines += [
+                f"Levels here are the fraction of **{metric.upper()} saved** (the target), not params.",
+                "",
+            ]
         if dense_runs:
             d = dense_runs[0]
             lines.append(
@@ -83,7 +97,8 @@ def write_report(runs: Runs, md: Path, png: Path) -> None:
                 f"{100 * d['dense_accuracy']:.2f} % before them), {d['params']} params, {d['macs']} MACs"
             )
             lines.append("")
-        lines.append("| method | " + " | ".join(f"{lv:.0%} saved" for lv in levels) + " |")
+        name = "MACs" if metric == "macs" else "params"
+        lines.append("| method | " + " | ".join(f"{lv:.0%} {name} saved" for lv in levels) + " |")
         lines.append("|---|" + "---|" * len(levels))
         for m in methods:
             row = []
@@ -129,10 +144,10 @@ def write_report(runs: Runs, md: Path, png: Path) -> None:
                 lines.append(f"- ≥ 96.0 % at 93 % params saved: {variant} {100 * mean:.2f} % → {verdict}")
         lines.append("")
     md.write_text("\n".join(lines) + "\n")
-    _plot(runs, cells, tasks, png)
+    _plot(runs, cells, tasks, png, targets)
 
 
-def _plot(runs: Runs, cells, tasks: list[str], png: Path) -> None:
+def _plot(runs: Runs, cells, tasks: list[str], png: Path, targets: dict[str, str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,9 +156,10 @@ def _plot(runs: Runs, cells, tasks: list[str], png: Path) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         methods = [m for m in dict.fromkeys(r["method"] for r in runs if r["task"] == task) if m != "dense"]
+        key = "macs_saved" if targets.get(task) == "macs" else "params_saved"
         for m in methods:
             pts = sorted(
-                (statistics.fmean(r["params_saved"] for r in rs), *_stats([r["accuracy"] for r in rs]))
+                (statistics.fmean(r[key] for r in rs), *_stats([r["accuracy"] for r in rs]))
                 for (t, mm, _), rs in cells.items()
                 if t == task and mm == m
             )
@@ -165,7 +181,7 @@ def _plot(runs: Runs, cells, tasks: list[str], png: Path) -> None:
                 100 * _stats([r["accuracy"] for r in dense])[0], color="k", ls="--", lw=0.8, label="dense"
             )
         ax.set_title(task)
-        ax.set_xlabel("params saved (%)")
+        ax.set_xlabel(f"{key.split('_')[0].replace('macs', 'MACs')} saved (%)")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
