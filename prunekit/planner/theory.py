@@ -197,6 +197,9 @@ class _Quantity:
     def __init__(self, ctx: PlanContext, cfg: SensitivityConfig, quantity: str):
         self.ctx, self.cfg, self.quantity = ctx, cfg, quantity
         self._est: Any = None
+        # removed units -> Prediction, within one plan: the final gaps often re-ask for a state the
+        # curves already measured (the dense start of a path); the same masked model, the same result
+        self._memo: dict[tuple, Any] = {}
         self.cal = _calibration(getattr(cfg, "calibration", None))
         self.validated = None
         self.label = quantity
@@ -226,6 +229,12 @@ class _Quantity:
         return self._est
 
     def _predict(self, removed: Removed) -> Any:
+        memo = _removed_key(removed)
+        if memo not in self._memo:
+            self._memo[memo] = self._predict_now(removed)
+        return self._memo[memo]
+
+    def _predict_now(self, removed: Removed) -> Any:
         est, ctx = self.est(), self.ctx
         if not removed:
             return est.predict(None)
@@ -259,6 +268,15 @@ class _Quantity:
 # ------------------------------------------------------------------------------- the shared planner
 
 _CACHE: dict[str, Any] = {}  # curves depend on weights + options, not target
+# (curve cache key, removed units) -> predicted gap: the plan's own and the dense one do not depend on
+# the target either, so a plan repeated on the same weights (another seed, the same level) or another
+# level of the same model reuses them instead of re-running the Estimator (two NTK Grams a plan)
+_GAPS: dict[tuple, float] = {}
+
+
+def _removed_key(removed: Removed) -> tuple:
+    # empty lists kept: {} is predicted unmasked, {g: []} through the masked, BN-adapted path
+    return tuple(sorted((name, tuple(sorted(units))) for name, units in removed.items()))
 
 
 def _banded(
@@ -346,8 +364,13 @@ def _plan_by_curves(ctx: PlanContext, quantity: str) -> tuple[dict[str, list[int
             for g in ctx.groups
             if len(kept[g.name]) < g.num_units
         }
-        note["predicted_gap"] = quantity_fn.gap(removed)
-        note["dense_predicted_gap"] = quantity_fn.gap({})
+        for field, units in (("predicted_gap", removed), ("dense_predicted_gap", {})):
+            at = (key, _removed_key(units))
+            if at not in _GAPS:
+                _GAPS[at] = quantity_fn.gap(units)
+            note[field] = _GAPS[at]
+        while len(_GAPS) > 64:
+            _GAPS.pop(next(iter(_GAPS)))
     return keep, note
 
 
