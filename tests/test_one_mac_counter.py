@@ -1,7 +1,8 @@
 """One MAC counter (prunekit/structure/macs.py): the planners' size prediction (``remaining_size``, no
 surgery) and the measured ``count_macs`` of the pruned model are the same numbers, also on the models
 where the two used to be separate counters that disagreed: windowed attention (Swin: the windows are
-the batch of the attention call) and ``nn.MultiheadAttention`` (whose projections run functionally)."""
+the batch of the attention call), ``nn.MultiheadAttention`` (whose projections run functionally) and
+``nn.LSTM`` / ``GRU`` / ``RNN`` (whose weights run inside one fused kernel)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from torch import nn
 from prunekit.metrics import count_macs, mac_breakdown
 from prunekit.pruning import apply_plan_
 from prunekit.structure import Plan, find_groups, remaining_size
+from prunekit.structure.macs import count_mac_terms
 from prunekit.testing.hf_tiny import BUILDERS
+from prunekit.testing.patterns import PATTERNS
 
 
 class _Encoder(nn.Module):
@@ -37,7 +40,20 @@ def _encoder():
     return _Encoder().eval(), torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("build", [_swin, _encoder], ids=["swin", "torch_mha"])
+def _recurrent(name: str):
+    def build():
+        model, x = PATTERNS[name](seed=0)
+        return model.eval(), x
+
+    return build
+
+
+_RECURRENT = ["lstm", "lstm_2layer", "gru_2layer", "rnn_2layer"]
+
+
+@pytest.mark.parametrize(
+    "build", [_swin, _encoder, *map(_recurrent, _RECURRENT)], ids=["swin", "torch_mha", *_RECURRENT]
+)
 def test_predicted_macs_are_the_measured_macs_before_and_after_pruning(build):
     model, x = build()
     groups = find_groups(model, x, strict=False)
@@ -57,3 +73,23 @@ def test_windowed_attention_counts_every_window():
     # stage 1: 32 / 4 = 8 x 8 patches in windows of 4 x 4 = 4 windows of L = 16 tokens, width 16
     (key,) = [k for k in breakdown if k.endswith(":attention") and "layers.0.blocks.0." in k]
     assert breakdown[key] == 4 * 2 * 16 * 16 * 16
+
+
+@pytest.mark.parametrize(("cell", "gates"), [("LSTM", 4), ("GRU", 3), ("RNN", 1)])
+def test_recurrent_macs_by_hand(cell, gates):
+    # 2 layers, input 5, hidden 8, sequences of 7: every step applies W_ih and W_hh of each layer once
+    rnn = getattr(nn, cell)(5, 8, num_layers=2, batch_first=True)
+    per_step = gates * 8 * 5 + gates * 8 * 8 + gates * 8 * 8 + gates * 8 * 8
+    assert count_macs(rnn, torch.randn(3, 7, 5)) == 7 * per_step
+    # a packed batch counts its real steps only: lengths 7, 4, 2 -> 13 steps over 3 sequences
+    assert sum(t.total for t in count_mac_terms(_Packed(rnn), torch.randn(3, 7, 5))) == 13 * per_step
+
+
+class _Packed(nn.Module):
+    def __init__(self, rnn: nn.Module) -> None:
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        packed = nn.utils.rnn.pack_padded_sequence(x, [7, 4, 2], batch_first=True)
+        return self.rnn(packed)[0].data

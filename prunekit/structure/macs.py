@@ -11,6 +11,9 @@ over the batch divided by the batch size):
   (``nn.ConvTranspose*``) as ``input elements x (out_channels / groups) x kernel elements``;
 * every instance of ``nn.Linear`` (and subclasses): ``output elements x in_features``;
 * transformers' ``Conv1D`` (GPT-2 style, weight ``(in, out)``): ``output elements x in``;
+* ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` (their weights run inside one fused kernel, so no Linear hook
+  fires): each ``weight_ih`` / ``weight_hh`` / ``weight_hr`` matrix (every layer and direction) once per
+  time step of every sequence (``time steps x weight entries``; a PackedSequence counts its real steps);
 * ``nn.MultiheadAttention`` (whose projections run functionally, so their Linear hooks never fire): the
   q/k/v/out projections plus the two attention matmuls;
 * attention score and context matmuls of other attention modules (HF): ``2 x B x L_q x L_k x W_q``, i.e.
@@ -142,6 +145,14 @@ def _positions(m: nn.Module, inp: tuple, out: Tensor) -> int:
     return out.numel() // w.shape[1]  # transformers Conv1D: weight (in, out)
 
 
+def _time_steps(m: nn.RNNBase, inp: tuple) -> int:
+    """Sequence elements a recurrent layer steps through: every one applies each weight matrix once."""
+    x = inp[0]
+    if isinstance(x, nn.utils.rnn.PackedSequence):
+        return int(x.data.shape[0])  # the real steps of all sequences, padding excluded
+    return x.numel() // x.shape[-1]  # (L, H), (L, B, H) or (B, L, H)
+
+
 def count_mac_terms(model: nn.Module, example_inputs: Inputs) -> list[MacTerm]:
     """Every counted piece of work of one forward pass of ``model`` on ``example_inputs``, in the order
     it first ran (see the module docstring for the rules).
@@ -175,6 +186,15 @@ def count_mac_terms(model: nn.Module, example_inputs: Inputs) -> list[MacTerm]:
     def mha_hook(name: str) -> Callable[..., None]:
         return lambda m, args, kwargs: add(name, _mha_macs(m, args, kwargs))
 
+    def rnn_hook(name: str) -> Callable[..., None]:
+        def hook(m: nn.RNNBase, inp: tuple, out: Any) -> None:
+            steps = _time_steps(m, inp)
+            for w in m._flat_weights_names:  # weight_ih_l0, weight_hh_l0_reverse, weight_hr_l1, ...
+                if w.startswith("weight_"):
+                    add(f"{name}:{w}", steps)
+
+        return hook
+
     types: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear) + ((conv1d,) if conv1d is not None else ())
     modules = dict(model.named_modules())
     try:
@@ -183,6 +203,8 @@ def count_mac_terms(model: nn.Module, example_inputs: Inputs) -> list[MacTerm]:
                 handles.append(m.register_forward_pre_hook(mha_hook(name), with_kwargs=True))
             elif isinstance(m, types):
                 handles.append(m.register_forward_hook(layer_hook(name)))
+            elif isinstance(m, nn.RNNBase):
+                handles.append(m.register_forward_hook(rnn_hook(name)))
             if m in attention:
                 handles.append(m.register_forward_pre_hook(attn_hook(name), with_kwargs=True))
         was_training = model.training
@@ -216,6 +238,10 @@ def _terms(
             if q is None and o is not None:  # fused q/k/v (GPT-2, Falcon): scale by the kept query heads
                 param, dims = canonical.get(id(o.weight)), (1 - out_dim(o),)
             terms.append(MacTerm(key, param, dims, count, width, batch))
+        elif ":" in key:  # a recurrent layer's weight matrix, f"{module}:{weight name}"
+            module, weight = key.rsplit(":", 1)
+            w = getattr(modules[module], weight)
+            terms.append(MacTerm(key, canonical.get(id(w)), tuple(range(w.dim())), count, w.numel(), batch))
         elif isinstance(modules[key], nn.MultiheadAttention):
             terms.append(MacTerm(key, None, (), count, 1, batch))
         else:
