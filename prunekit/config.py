@@ -146,6 +146,8 @@ class PruneConfig(_Strict):
     min_keep_fraction: float = Field(0.05, ge=0.0, lt=1.0)
     layers: list[LayerRule] = Field(default_factory=list)  # per-layer min / max keep by name pattern
     ignore: list[str] = Field(default_factory=list)  # name patterns of layers never pruned
+    # mixture-of-experts blocks: also offer whole experts (with their router rows) as prunable units
+    experts: bool = False
     importance_batches: int = Field(4, gt=0)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
 
@@ -286,6 +288,8 @@ class RunConfig(_Strict):
             d.pop("imports")
         if d["recovery"] == RecoveryConfig().model_dump(mode="json"):  # the same for recovery
             d.pop("recovery")
+        if not d["prune"]["experts"]:  # and for prune.experts
+            d["prune"].pop("experts")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

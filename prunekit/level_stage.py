@@ -117,7 +117,10 @@ def scheduled_level(
     if base_units is None:
         from prunekit.structure import find_groups
 
-        base_units = {g.name: g.num_units for g in find_groups(model, task.example, ignore=cfg.prune.ignore)}
+        base_units = {
+            g.name: g.num_units
+            for g in find_groups(model, task.example, ignore=cfg.prune.ignore, experts=cfg.prune.experts)
+        }
 
     bn_batches = list(itertools.islice(loader, cfg.prune.importance_batches))
 
@@ -136,7 +139,7 @@ def scheduled_level(
         from prunekit.structure import find_groups, mask_groups
         from prunekit.theory.estimator import Estimator
 
-        gs = find_groups(m, task.example, ignore=cfg.prune.ignore)
+        gs = find_groups(m, task.example, ignore=cfg.prune.ignore, experts=cfg.prune.experts)
         est = Estimator(m, task.splits, cfg.estimate, groups=gs, accelerator=accelerator, seed=seed)
 
         def predict(plan: Plan | None) -> dict[str, float | None]:

@@ -179,7 +179,7 @@ def _level(
     model, meta = load(state.folder / "dense")
     example = data.example_inputs(1)
     p = cfg.prune
-    groups = find_groups(model, example, ignore=p.ignore)
+    groups = find_groups(model, example, ignore=p.ignore, experts=p.experts)
     calib = list(data.calibration.batches(cfg.finetune.batch_size))
     plan = make_plan(model, groups, Target(p.metric, level), from_prune_config(p, seed), calib, example)
     plan.extra["ignore"] = list(p.ignore)
@@ -229,7 +229,7 @@ def _check_hardest_level(cfg: RunConfig, data: Any, model: nn.Module) -> None:
 
     p, example = cfg.prune, data.example_inputs(1)
     probe = copy.deepcopy(model)
-    groups = find_groups(probe, example, ignore=p.ignore)
+    groups = find_groups(probe, example, ignore=p.ignore, experts=p.experts)
     options = {"min_keep_fraction": p.min_keep_fraction, "round_to": p.round_to}
     make_plan(
         probe, groups, Target(p.metric, max(p.levels)), planner_config("uniform", **options), None, example

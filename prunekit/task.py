@@ -174,7 +174,7 @@ def make_level_plan(
     from prunekit.structure import find_groups
 
     p = task.cfg.prune
-    groups = find_groups(model, task.example, ignore=p.ignore)
+    groups = find_groups(model, task.example, ignore=p.ignore, experts=p.experts)
     world = 1 if accelerator is None else int(accelerator.num_processes)
     if world == 1:
         return _plan(task, model, groups, level, seed, base_units), groups

@@ -150,7 +150,9 @@ def _run(cfg: Any, output: Any | None, accelerator: Any) -> dict[str, Any]:
             task.train(model, cfg.train, accelerator, seed=cfg.seed, desc="dense")
             source = f"built from the config and trained for {cfg.train.epochs} epochs (not saved)"
     model.to(accelerator.device)
-    groups = find_groups(model, move_to(task.example, accelerator.device), ignore=cfg.prune.ignore)
+    groups = find_groups(
+        model, move_to(task.example, accelerator.device), ignore=cfg.prune.ignore, experts=cfg.prune.experts
+    )
     est = estimate(model, task.splits, cfg.estimate, groups=groups, accelerator=accelerator, seed=cfg.seed)
     result = est.to_dict() | {"model_source": source, "config_name": cfg.name}
     if accelerator.is_main_process:

@@ -80,6 +80,14 @@ def find_groups(
     patterns = _check_patterns(ignore)
     if not isinstance(timeout_s, (int, float)) or timeout_s <= 0:
         raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+    if experts:
+        from .moe import is_moe_block
+
+        if not any(is_moe_block(m) for m in model.modules()):
+            raise ValueError(
+                f"experts=True (prune.experts), but {type(model).__name__} has no mixture-of-experts block "
+                "(a module with an `experts` child): set it to false"
+            )
     raws = transformer_groups(model, patterns, experts=experts)
     if raws is None:
         unknown = unrecognised_attention(model, patterns)

@@ -23,9 +23,9 @@ ModuleList) together with row ``e`` of the router (a child in :data:`ROUTERS` wi
 expert). Removing experts equals the dense model whose removed experts' router logits are -inf: the
 softmax over the rest is the same, so are top-k and its renormalisation. ``min_units`` is the
 router's top-k, so that k experts always remain. The option is off by default
-(``find_groups(..., experts=True)``; ``apply_plan_`` turns it on for a plan that names such a group):
-with it both kinds are offered (they overlap, as heads and kv_heads do), and ``ignore:
-["*experts*:neurons"]`` prunes whole experts only. Experts in a ModuleList are renumbered after a
+(``find_groups(..., experts=True)``, ``prune.experts: true`` in a run config; ``apply_plan_`` turns
+it on for a plan that names such a group): with it both kinds are offered (they overlap, as heads
+and kv_heads do), and ``ignore: ["*experts*:neurons"]`` prunes whole experts only. Experts in a ModuleList are renumbered after a
 prune, so their per-expert neuron groups of a later plan name the new positions.
 """
 

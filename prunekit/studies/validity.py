@@ -66,7 +66,7 @@ def _check_budgets(task, v: ValidateConfig) -> None:
     from prunekit.studies.candidates import _floors
 
     model = task.build_dense()
-    groups = find_groups(model, task.example, ignore=task.cfg.prune.ignore)
+    groups = find_groups(model, task.example, ignore=task.cfg.prune.ignore, experts=task.cfg.prune.experts)
     sizes = SizeModel(model, groups, task.example)
     best = sizes.saved(_floors(groups, v.min_keep_fraction), "params")
     for b in v.budgets:
@@ -208,7 +208,7 @@ def run_study(
     setup_logging(None, True)
 
     dense, dense_metrics = _dense(task, folder, accelerator)
-    groups = find_groups(dense, task.example, ignore=cfg.prune.ignore)
+    groups = find_groups(dense, task.example, ignore=cfg.prune.ignore, experts=cfg.prune.experts)
     dense_est = _dense_estimates(task, dense, groups, folder, accelerator)
     cands = _candidates(task, dense, groups, v, folder)
     has_val = task.splits.size("validation") > 0
