@@ -148,7 +148,14 @@ def test_latency_record_is_well_formed_and_restores_state():
     keys = {"median_ms", "p10_ms", "p25_ms", "p75_ms", "p90_ms", "spread", "repeats", "threads"}
     assert set(result) == keys
     assert result["repeats"] == 7 and result["threads"] == 2
-    assert 0 < result["p10_ms"] <= result["p25_ms"] <= result["median_ms"] <= result["p75_ms"] <= result["p90_ms"]
+    assert (
+        0
+        < result["p10_ms"]
+        <= result["p25_ms"]
+        <= result["median_ms"]
+        <= result["p75_ms"]
+        <= result["p90_ms"]
+    )
     assert result["spread"] == (result["p75_ms"] - result["p25_ms"]) / result["median_ms"]
     assert torch.get_num_threads() == 1 and model.training
     with pytest.raises(ValueError, match="repeats must be a positive integer"):

@@ -16,8 +16,8 @@ from prunekit.models import build_model
 from prunekit.planner import (
     PlannerConfig,
     Target,
-    get_planner,
     UniformConfig,
+    get_planner,
     known_planners,
     make_plan,
     planner_config,
@@ -37,6 +37,8 @@ MODELS = {
     "cnn1d": ("cnn1d", {"width": 32}, (1, 40)),
     "resnet20_1d": ("resnet20_1d", {"width": 0.5}, (1, 40)),  # residual adds couple layers
 }
+
+
 def _curves(planner: str) -> bool:
     return "fractions" in get_planner(planner).config_cls.__dataclass_fields__
 
