@@ -160,6 +160,7 @@ CASES: list[Case] = [
     _h6("wav2vec2", HEADS),
     _h6("albert", HEADS),  # factorised embeddings, layers sharing weights
     _h6("persimmon", HEADS),  # fused qkv, q/k LayerNorms over head_dim
+    _h6("mpnet", HEADS),  # one encoder bias table read by every layer: one head group per stack
     Case("llama_sdpa", _sdpa("llama"), GQA),
     Case("bert_sdpa", _sdpa("bert"), HEADS),
     Case("gemma", _auto(_LM, "ids", model_type="gemma", head_dim=8, num_key_value_heads=2, **_DEC), GQA),

@@ -30,7 +30,7 @@ CORE = [
     "opt",
 ]
 CORE += ["bart", "t5", "t5_gated", "stablelm_qknorm", "olmo2", "cohere_qknorm", "swin", "beit", "gpt_bigcode"]
-CORE += ["mixtral", "qwen2_moe"]
+CORE += ["mixtral", "qwen2_moe", "mpnet"]
 EXACT = [n for n in CORE if SUPPORTED[n]["heads"]]  # OLMo2: its eps at 1e-5 (the matrix, tests below)
 
 
@@ -120,6 +120,17 @@ def test_t5_heads_are_one_group_per_stack_with_the_bias_columns():
     bias = model.encoder.block[0].layer[0].SelfAttention.relative_attention_bias
     assert bias.weight.shape == (8, 2) and bias.embedding_dim == 2
     assert model.config.num_heads == 2 and model.config.prunekit_config_exact is True
+
+
+def test_mpnet_heads_are_one_group_per_stack_and_the_encoder_bias_table_is_cut_once():
+    model, x, groups, plan, *_ = _prune("mpnet", 0.5)
+    heads = [g for g in groups if g.kind == "head"]
+    assert [g.name for g in heads] == ["mpnet.encoder.layer.*.attention:heads"]
+    table = "mpnet.encoder.relative_attention_bias.weight"
+    assert [s.param for s in heads[0].slices].count(table) == 1  # every layer reads it; one slice
+    kept = plan.keep[heads[0].name]
+    assert model.mpnet.encoder.relative_attention_bias.weight.shape == (32, len(kept)) == (32, 2)
+    assert all(layer.attention.attn.num_attention_heads == 2 for layer in model.mpnet.encoder.layer)
 
 
 def test_olmo2_norm_over_all_heads_is_cut_with_its_heads_and_rescaled():
@@ -292,7 +303,18 @@ def test_uniform_gives_identical_layers_identical_widths_and_from_pretrained_loa
 
 
 @pytest.mark.parametrize(
-    "name", ["gpt2", "gpt_neox", "falcon", "falcon_gqa", "gpt_bigcode", "phi3", "t5", "mixtral"]
+    "name",
+    [
+        "gpt2",
+        "gpt_neox",
+        "falcon",
+        "falcon_gqa",
+        "gpt_bigcode",
+        "phi3",
+        "t5",
+        "mixtral",
+        "mpnet",
+    ],
 )
 def test_predicted_size_equals_the_pruned_models_params_and_macs(name):
     from prunekit.metrics import count_macs
@@ -306,7 +328,7 @@ def test_predicted_size_equals_the_pruned_models_params_and_macs(name):
     assert predicted == (sum(p.numel() for p in model.parameters()), count_macs(model, x))
 
 
-@pytest.mark.parametrize("name", ["stablelm_qknorm", "t5", "phi3", "falcon_gqa", "gpt2"])
+@pytest.mark.parametrize("name", ["stablelm_qknorm", "t5", "phi3", "falcon_gqa", "gpt2", "mpnet"])
 def test_a_second_round_keeps_group_names_and_equals_the_composed_plan(name):
     from prunekit.pruning import compose_plans
 

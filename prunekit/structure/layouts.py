@@ -165,6 +165,11 @@ ATTENTION_LAYOUTS: tuple[AttentionLayout, ...] = (
                     when=(("new_decoder_architecture", False), ("multi_query", False)), **_FALCON),
     AttentionLayout("t5", named="*EncDecAttention", role="cross", **_T5, **_T5_CONFIG),
     AttentionLayout("t5", extras=(Extra("relative_attention_bias.weight", "q", dim=1),), **_T5, **_T5_CONFIG),
+    # MPNet: one relative_attention_bias (buckets, heads) on the encoder, added in every layer: one
+    # head group per stack, as T5
+    AttentionLayout("mpnet", q="attn.q", k="attn.k", v="attn.v", o="attn.o",
+                    head_dim="attn.attention_head_size", counts_on="attn", stack=r"\.layer\.\d+\.",
+                    extras=(Extra("../../../relative_attention_bias.weight", "q", dim=1),)),
 )  # fmt: skip
 
 _GATED = (  # Qwen2-MoE: a shared expert, experts in a ModuleList (older layouts), dense layers

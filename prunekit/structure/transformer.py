@@ -96,7 +96,9 @@ def _head_groups(model: nn.Module, members: list[AttentionSpec], modules: dict, 
         return []
     raws = []
     for suffix, kind, units in head_units(model, first):
-        slices = [s for a, extras in per_member for s in unit_slices(model, a, units, extras)]
+        # dict.fromkeys: a table every layer of the stack reads (MPNet's encoder bias) is sliced once
+        found = (s for a, extras in per_member for s in unit_slices(model, a, units, extras))
+        slices = list(dict.fromkeys(found))
         raw = dict(name=f"{_stack_key(first)}:{suffix}", kind=kind, layer=first.name, num_units=len(units))
         raw.update(slices=tuple(slices), members=tuple(a.name for a in members))
         # norms over all heads: surgery rescales their kept weights (layouts.Extra.all_heads)

@@ -116,28 +116,13 @@ def falcon(seed: int = 0):  # multi-query attention, parallel attention + MLP
 
 
 def falcon_gqa(seed: int = 0):  # the "new decoder architecture": grouped kv heads, fused, interleaved
-    return _lm(
-        "FalconConfig",
-        seed,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_kv_heads=2,
-        new_decoder_architecture=True,
-    )
+    fields = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_kv_heads=2)
+    return _lm("FalconConfig", seed, **fields, new_decoder_architecture=True)
 
 
 def opt(seed: int = 0):
-    return _lm(
-        "OPTConfig",
-        seed,
-        hidden_size=32,
-        ffn_dim=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        word_embed_proj_dim=32,
-        max_position_embeddings=32,
-    )
+    fields = dict(hidden_size=32, ffn_dim=48, num_hidden_layers=2, num_attention_heads=4)
+    return _lm("OPTConfig", seed, **fields, word_embed_proj_dim=32, max_position_embeddings=32)
 
 
 def bart(seed: int = 0):
@@ -197,6 +182,11 @@ def swin(seed: int = 0):
 def beit(seed: int = 0):
     fields = dict(image_size=32, patch_size=8, use_relative_position_bias=True, num_labels=3, **_ENCODER)
     return _build("BeitConfig", "AutoModelForImageClassification", seed, **fields), _pixels(seed)
+
+
+def mpnet(seed: int = 0):  # the encoder's bias table: its forward always uses 32 buckets
+    fields = dict(vocab_size=VOCAB, max_position_embeddings=40, relative_attention_num_buckets=32, **_ENCODER)
+    return _build("MPNetConfig", "MPNetForSequenceClassification", seed, **fields), _tokens(seed)
 
 
 # look-alikes of the families above, for the coverage matrix
@@ -352,20 +342,20 @@ BUILDERS: dict[str, Callable[..., tuple[nn.Module, dict[str, Tensor]]]] = {
         phi3, opt, bart, t5, t5_gated, stablelm, stablelm_qknorm, olmo2, cohere_qknorm, swin, beit,
         gemma, gemma2, granite, qwen3, olmo, starcoder2, gptj, gpt_bigcode, biogpt, xglm, electra,
         xlm_roberta, deit, dinov2, mbart, pegasus, marian, mt5, mixtral, qwen2_moe,
-        clip, siglip, whisper, wav2vec2, persimmon, albert,
+        clip, siglip, whisper, wav2vec2, persimmon, albert, mpnet,
     )
 }  # fmt: skip
 
 # what find_groups covers: head groups offered, and whether a uniform prune of every group is
 # expressible in config.json (save_pretrained + from_pretrained rebuild the pruned model). False where
 # the family computes the head size as hidden / heads (BERT, GPT-2, GPT-NeoX, Falcon, OPT, BART,
-# StableLM) or sets widths per stage (Swin). "heads": head prunes exact to 1e-5; not OLMo2 at its eps 1e-5
+# StableLM, MPNet) or sets widths per stage (Swin). "heads": head prunes exact to 1e-5; not OLMo2 at its eps 1e-5
 # (its q/k RMSNorm over all heads is rescaled, exact but for eps: tests/coverage_cases.py)
 _NO_CONFIG = {  # uniform prunes that config.json cannot express
     "bert", "roberta", "distilbert", "gpt2", "gpt_neox", "falcon", "falcon_gqa", "opt", "bart",
     "stablelm", "stablelm_qknorm", "swin", "starcoder2", "gptj", "gpt_bigcode", "biogpt", "xglm",
     "electra", "xlm_roberta", "dinov2", "mbart", "pegasus", "marian", "clip", "siglip", "whisper",
-    "wav2vec2", "persimmon", "albert",
+    "wav2vec2", "persimmon", "albert", "mpnet",
 }  # fmt: skip
 SUPPORTED: dict[str, dict[str, bool]] = {
     name: {"heads": name != "olmo2", "exact": True, "from_pretrained": name not in _NO_CONFIG}
