@@ -160,6 +160,8 @@ CASES: list[Case] = [
     _h6("wav2vec2", HEADS),
     _h6("albert", HEADS),  # factorised embeddings, layers sharing weights
     _h6("persimmon", HEADS),  # fused qkv, q/k LayerNorms over head_dim
+    _h6("deberta_v2", HEADS),  # disentangled relative attention through query_proj / key_proj
+    _h6("deberta_v2_pos", HEADS),  # share_att_key false: pos_key_proj / pos_query_proj rows sliced too
     _h6("mpnet", HEADS),  # one encoder bias table read by every layer: one head group per stack
     Case("llama_sdpa", _sdpa("llama"), GQA),
     Case("bert_sdpa", _sdpa("bert"), HEADS),

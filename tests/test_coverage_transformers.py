@@ -30,7 +30,7 @@ CORE = [
     "opt",
 ]
 CORE += ["bart", "t5", "t5_gated", "stablelm_qknorm", "olmo2", "cohere_qknorm", "swin", "beit", "gpt_bigcode"]
-CORE += ["mixtral", "qwen2_moe", "mpnet"]
+CORE += ["mixtral", "qwen2_moe", "deberta_v2", "deberta_v2_pos", "mpnet"]
 EXACT = [n for n in CORE if SUPPORTED[n]["heads"]]  # OLMo2: its eps at 1e-5 (the matrix, tests below)
 
 
@@ -131,6 +131,17 @@ def test_mpnet_heads_are_one_group_per_stack_and_the_encoder_bias_table_is_cut_o
     kept = plan.keep[heads[0].name]
     assert model.mpnet.encoder.relative_attention_bias.weight.shape == (32, len(kept)) == (32, 2)
     assert all(layer.attention.attn.num_attention_heads == 2 for layer in model.mpnet.encoder.layer)
+
+
+def test_deberta_position_projections_are_cut_with_their_heads():
+    before, _ = BUILDERS["deberta_v2_pos"]()
+    model, x, groups, plan, *_ = _prune("deberta_v2_pos", 0.5)
+    kept = plan.keep["deberta.encoder.layer.0.attention.self:heads"]
+    rows = [r for h in kept for r in range(8 * h, 8 * h + 8)]
+    old, new = before.deberta.encoder.layer[0].attention.self, model.deberta.encoder.layer[0].attention.self
+    for proj in ("pos_key_proj", "pos_query_proj", "query_proj"):
+        assert torch.equal(getattr(new, proj).weight, getattr(old, proj).weight[rows])
+    assert new.num_attention_heads == len(kept) == 2 and new.all_head_size == 16
 
 
 def test_olmo2_norm_over_all_heads_is_cut_with_its_heads_and_rescaled():
@@ -314,6 +325,7 @@ def test_uniform_gives_identical_layers_identical_widths_and_from_pretrained_loa
         "t5",
         "mixtral",
         "mpnet",
+        "deberta_v2_pos",
     ],
 )
 def test_predicted_size_equals_the_pruned_models_params_and_macs(name):

@@ -99,10 +99,10 @@ def _all_heads(e: LayoutExtra, full: str, modules: dict, size: int) -> tuple[str
 def extra_entries(a: AttentionSpec, modules: dict, tensors: dict) -> list[Extra] | str:
     """The layout's head-indexed parameters present in this module: (name, role "q" | "kv", dim, per,
     head, rescale) with per "head" (one entry per head), "whole" (every entry of the parameter of
-    the per-head module of ``head``), "rows" (``head_dim`` entries per head of an RMS norm over all
-    heads) or "rows_mean" (the same of a mean-subtracting norm: approximate after a prune). A string
-    says why the heads cannot be cut: a size that fits neither, or a norm over all heads that the
-    layout does not allow to cut."""
+    the per-head module of ``head``), "rows" (``head_dim`` entries per head: of an RMS norm over all
+    heads, or a projection's output rows, ``Extra.rows``) or "rows_mean" (the same of a
+    mean-subtracting norm: approximate after a prune). A string says why the heads cannot be cut: a
+    size that fits neither, or a norm over all heads that the layout does not allow to cut."""
     out: list[Extra] = []
     for e in a.layout.extras if a.layout is not None else ():
         full = join(a.name, e.path)
@@ -120,6 +120,11 @@ def extra_entries(a: AttentionSpec, modules: dict, tensors: dict) -> list[Extra]
         if t is None:
             continue
         size = t.shape[e.dim] if e.dim < t.dim() else -1
+        if e.rows:  # a projection's output rows, heads x head_dim (DeBERTa's pos_key_proj)
+            if e.dim != 0 or size != count * a.head_dim:
+                return f"{full} {tuple(t.shape)} does not hold heads x head_dim rows"
+            out.append((full, e.role, 0, "rows", -1, False))
+            continue
         if size == a.head_dim and size != count:
             continue  # one norm of head_dim shared by every head (Qwen3): stays whole
         if size == count and size != count * a.head_dim:

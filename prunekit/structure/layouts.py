@@ -47,6 +47,9 @@ class Extra:
     dim: int = 0
     per_module: bool = False  # a ModuleList with one module per head (StableLM qk_layernorm)
     all_heads: str = ""  # a norm over all heads together: "" (refuse) | "slice" | "rescale"
+    # the output rows (weight) or entries (bias) of a projection of heads x head_dim, sliced like the
+    # query rows (DeBERTa's pos_key_proj / pos_query_proj): no statistic over heads, always exact
+    rows: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,11 @@ _NORMS = (  # per-head norms and position-bias tables of the q_proj/k_proj/v_pro
     Extra("k_norm.bias", "kv", all_heads="slice"),
     Extra("relative_position_bias.relative_position_bias_table", "q", dim=1),  # Swin
     Extra("../relative_position_bias.relative_position_bias_table", "q", dim=1),  # BEiT
+)
+_DEBERTA_POS = tuple(  # share_att_key false: c2p's pos_key_proj, p2c's pos_query_proj
+    Extra(f"pos_{kind}_proj.{p}", "q" if kind == "query" else "kv", rows=True)
+    for kind in ("key", "query")
+    for p in ("weight", "bias")
 )
 _LLAMA_CONFIG = dict(
     config_kv=(("*", "num_key_value_heads"),), config_head_dim="head_dim", gqa="num_key_value_groups"
@@ -165,6 +173,13 @@ ATTENTION_LAYOUTS: tuple[AttentionLayout, ...] = (
                     when=(("new_decoder_architecture", False), ("multi_query", False)), **_FALCON),
     AttentionLayout("t5", named="*EncDecAttention", role="cross", **_T5, **_T5_CONFIG),
     AttentionLayout("t5", extras=(Extra("relative_attention_bias.weight", "q", dim=1),), **_T5, **_T5_CONFIG),
+    # DeBERTa-v2/v3: the relative-position terms are per head, projected by query_proj / key_proj
+    # (share_att_key) or by their own pos_*_proj (rows: heads x head_dim); the scale reads the head
+    # size only. Not in config.json: its output.dense is built hidden x hidden whatever the heads.
+    # Matched on the inner DisentangledSelfAttention, the module whose matmuls macs.py counts, so
+    # that they scale with the pruned heads (the output projection is one level up)
+    AttentionLayout("deberta_v2", q="query_proj", k="key_proj", v="value_proj", o="../output.dense",
+                    head_dim="attention_head_size", extras=_DEBERTA_POS),
     # MPNet: one relative_attention_bias (buckets, heads) on the encoder, added in every layer: one
     # head group per stack, as T5
     AttentionLayout("mpnet", q="attn.q", k="attn.k", v="attn.v", o="attn.o",

@@ -184,6 +184,18 @@ def beit(seed: int = 0):
     return _build("BeitConfig", "AutoModelForImageClassification", seed, **fields), _pixels(seed)
 
 
+def deberta_v2(seed: int = 0, share_att_key: bool = True):  # DeBERTa-v3's settings, 8 position buckets
+    fields = dict(vocab_size=VOCAB, max_position_embeddings=32, relative_attention=True, position_buckets=8)
+    fields.update(pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm", position_biased_input=False)
+    model = _build("DebertaV2Config", "DebertaV2ForSequenceClassification", seed, share_att_key=share_att_key,
+                   **fields, **_ENCODER)  # fmt: skip
+    return model, _tokens(seed)
+
+
+def deberta_v2_pos(seed: int = 0):  # share_att_key false: own pos_key_proj / pos_query_proj per layer
+    return deberta_v2(seed, share_att_key=False)
+
+
 def mpnet(seed: int = 0):  # the encoder's bias table: its forward always uses 32 buckets
     fields = dict(vocab_size=VOCAB, max_position_embeddings=40, relative_attention_num_buckets=32, **_ENCODER)
     return _build("MPNetConfig", "MPNetForSequenceClassification", seed, **fields), _tokens(seed)
@@ -342,20 +354,21 @@ BUILDERS: dict[str, Callable[..., tuple[nn.Module, dict[str, Tensor]]]] = {
         phi3, opt, bart, t5, t5_gated, stablelm, stablelm_qknorm, olmo2, cohere_qknorm, swin, beit,
         gemma, gemma2, granite, qwen3, olmo, starcoder2, gptj, gpt_bigcode, biogpt, xglm, electra,
         xlm_roberta, deit, dinov2, mbart, pegasus, marian, mt5, mixtral, qwen2_moe,
-        clip, siglip, whisper, wav2vec2, persimmon, albert, mpnet,
+        clip, siglip, whisper, wav2vec2, persimmon, albert, deberta_v2, deberta_v2_pos, mpnet,
     )
 }  # fmt: skip
 
 # what find_groups covers: head groups offered, and whether a uniform prune of every group is
 # expressible in config.json (save_pretrained + from_pretrained rebuild the pruned model). False where
 # the family computes the head size as hidden / heads (BERT, GPT-2, GPT-NeoX, Falcon, OPT, BART,
-# StableLM, MPNet) or sets widths per stage (Swin). "heads": head prunes exact to 1e-5; not OLMo2 at its eps 1e-5
+# StableLM, MPNet), builds the output projection hidden x hidden (DeBERTa-v2) or sets widths
+# per stage (Swin). "heads": head prunes exact to 1e-5; not OLMo2 at its eps 1e-5
 # (its q/k RMSNorm over all heads is rescaled, exact but for eps: tests/coverage_cases.py)
 _NO_CONFIG = {  # uniform prunes that config.json cannot express
     "bert", "roberta", "distilbert", "gpt2", "gpt_neox", "falcon", "falcon_gqa", "opt", "bart",
     "stablelm", "stablelm_qknorm", "swin", "starcoder2", "gptj", "gpt_bigcode", "biogpt", "xglm",
     "electra", "xlm_roberta", "dinov2", "mbart", "pegasus", "marian", "clip", "siglip", "whisper",
-    "wav2vec2", "persimmon", "albert", "mpnet",
+    "wav2vec2", "persimmon", "albert", "deberta_v2", "deberta_v2_pos", "mpnet",
 }  # fmt: skip
 SUPPORTED: dict[str, dict[str, bool]] = {
     name: {"heads": name != "olmo2", "exact": True, "from_pretrained": name not in _NO_CONFIG}
