@@ -163,6 +163,7 @@ CASES: list[Case] = [
     _h6("deberta_v2", HEADS),  # disentangled relative attention through query_proj / key_proj
     _h6("deberta_v2_pos", HEADS),  # share_att_key false: pos_key_proj / pos_query_proj rows sliced too
     _h6("mpnet", HEADS),  # one encoder bias table read by every layer: one head group per stack
+    _h6("codegen", HEADS),  # fused qkv_proj in 4 shards: a unit is one slot of every shard
     Case("llama_sdpa", _sdpa("llama"), GQA),
     Case("bert_sdpa", _sdpa("bert"), HEADS),
     Case("gemma", _auto(_LM, "ids", model_type="gemma", head_dim=8, num_key_value_heads=2, **_DEC), GQA),

@@ -30,7 +30,7 @@ CORE = [
     "opt",
 ]
 CORE += ["bart", "t5", "t5_gated", "stablelm_qknorm", "olmo2", "cohere_qknorm", "swin", "beit", "gpt_bigcode"]
-CORE += ["mixtral", "qwen2_moe", "deberta_v2", "deberta_v2_pos", "mpnet"]
+CORE += ["mixtral", "qwen2_moe", "deberta_v2", "deberta_v2_pos", "mpnet", "codegen"]
 EXACT = [n for n in CORE if SUPPORTED[n]["heads"]]  # OLMo2: its eps at 1e-5 (the matrix, tests below)
 
 
@@ -142,6 +142,36 @@ def test_deberta_position_projections_are_cut_with_their_heads():
     for proj in ("pos_key_proj", "pos_query_proj", "query_proj"):
         assert torch.equal(getattr(new, proj).weight, getattr(old, proj).weight[rows])
     assert new.num_attention_heads == len(kept) == 2 and new.all_head_size == 16
+
+
+def test_codegen_units_are_one_slot_of_every_shard_so_the_shards_stay_equal():
+    model, x = BUILDERS["codegen"]()  # 16 heads of 4 in 4 shards: qkv rows [q | v | k] x 4 shards
+    groups = find_groups(model, x)
+    heads = {g.name: g for g in groups}["transformer.h.0.attn:heads"]
+    assert heads.num_units == 4
+    qkv = next(s for s in heads.slices if s.param == "transformer.h.0.attn.qkv_proj.weight")
+    # slot 1 is head 1 of each shard (heads 1, 5, 9, 13): its q, v and k rows in each 48-row shard
+    assert qkv.index[1] == tuple(
+        i for s in range(4) for part in (0, 16, 32) for i in range(48 * s + part + 4, 48 * s + part + 8)
+    )
+    keep = {g.name: list(range(g.num_units)) for g in groups}
+    keep[heads.name] = [0, 2, 3]
+    apply_plan_(model, Plan(keep=keep, num_units={g.name: g.num_units for g in groups}), x, groups=groups)
+    attn = model.transformer.h[0].attn
+    assert (attn.num_attention_heads, attn.embed_dim, attn.mp_num) == (12, 48, 4)
+
+
+def test_codegen_heads_that_do_not_fill_the_shards_equally_are_refused_in_one_line(caplog):
+    import transformers
+
+    cfg = transformers.CodeGenConfig(vocab_size=64, n_embd=48, n_layer=1, n_head=6, n_inner=32, rotary_dim=2,
+                                     n_positions=32, bos_token_id=1, eos_token_id=2)  # fmt: skip
+    model = transformers.CodeGenForCausalLM(cfg).eval()
+    with caplog.at_level(logging.WARNING, logger="prunekit.structure.transformer"):
+        groups = find_groups(model, {"input_ids": torch.randint(1, 64, (2, 7))})
+    assert {g.kind for g in groups} == {"neuron"}
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "prunekit.structure.transformer"]
+    assert "6 heads do not divide into 4 shards" in line and "add 'transformer.h.0.attn' to ignore" in line
 
 
 def test_olmo2_norm_over_all_heads_is_cut_with_its_heads_and_rescaled():
@@ -324,6 +354,7 @@ def test_uniform_gives_identical_layers_identical_widths_and_from_pretrained_loa
         "phi3",
         "t5",
         "mixtral",
+        "codegen",
         "mpnet",
         "deberta_v2_pos",
     ],
@@ -340,7 +371,7 @@ def test_predicted_size_equals_the_pruned_models_params_and_macs(name):
     assert predicted == (sum(p.numel() for p in model.parameters()), count_macs(model, x))
 
 
-@pytest.mark.parametrize("name", ["stablelm_qknorm", "t5", "phi3", "falcon_gqa", "gpt2", "mpnet"])
+@pytest.mark.parametrize("name", ["stablelm_qknorm", "t5", "phi3", "falcon_gqa", "gpt2", "codegen", "mpnet"])
 def test_a_second_round_keeps_group_names_and_equals_the_composed_plan(name):
     from prunekit.pruning import compose_plans
 

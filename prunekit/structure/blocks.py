@@ -34,6 +34,7 @@ class AttentionSpec:
     num_heads: int
     num_kv_heads: int
     layout: AttentionLayout | None = field(default=None, compare=False, repr=False)
+    shards: int = 1  # "sharded" packing: the fused rows' model-parallel shards (CodeGen's mp_num)
 
     @property
     def fused(self) -> bool:
@@ -115,10 +116,12 @@ def _attention(modules: dict[str, nn.Module], name: str, m: nn.Module) -> Attent
         if not isinstance(d, int) or isinstance(d, bool) or d <= 0:
             continue
         counts = _counts(layout, modules, name, d)
-        if counts is None:
+        shards = attribute(m, layout.shards) if layout.shards else 1
+        if counts is None or not isinstance(shards, int) or isinstance(shards, bool) or shards <= 0:
             continue
         q, k, v = (join(name, layout.qkv),) * 3 if layout.qkv else (join(name, p) for p in layout.projections)
-        return AttentionSpec(name, layout.family, q, k, v, join(name, layout.o), d, *counts, layout=layout)
+        o = join(name, layout.o)
+        return AttentionSpec(name, layout.family, q, k, v, o, d, *counts, layout=layout, shards=shards)
     return None
 
 

@@ -54,6 +54,14 @@ def projection_rows(a: AttentionSpec, q_heads: list[int], kv_heads: list[int]) -
     elif packing == "interleaved":  # per head: q, k, v
         rows = [i for h in q_heads for i in range(3 * h * d, 3 * h * d + d)]
         rows += [i for h in kv_heads for i in range(3 * h * d + d, 3 * h * d + 3 * d)]
+    elif packing == "sharded":  # per shard: q, v, k of its H / S heads (CodeGen)
+        per = n // a.shards  # heads per shard (head_blocker refuses the heads otherwise)
+
+        def at(h: int, part: int) -> list[int]:  # part 0, 1, 2: head h's q, v, k rows in its shard
+            return _block(h % per, d, (h // per) * 3 * per * d + part * per * d)
+
+        rows = [i for h in q_heads for i in at(h, 0)]
+        rows += [i for h in kv_heads for i in at(h, 1) + at(h, 2)]
     else:  # "grouped": per key-value head, its n_rep query heads then its key and value
         r = n // kv
         rows = [i for h in q_heads for i in _block(h % r, d, (h // r) * (r + 2) * d)]
@@ -178,6 +186,10 @@ def head_units(model: nn.Module, a: AttentionSpec) -> list[tuple[str, str, list[
             f"attention {a.name}: {a.num_heads} query heads do not divide into {a.num_kv_heads} key-value "
             f"heads; add '{a.name}' to ignore"
         )
+    if a.shards > 1:  # unit j: slot j of every shard, so that every shard keeps as many heads
+        per = a.num_heads // a.shards
+        slots = [[s * per + j for s in range(a.shards)] for j in range(per)]
+        return [("heads", "head", [(hs, hs) for hs in slots])]
     n_rep, kv = a.num_heads // a.num_kv_heads, a.num_kv_heads
     gqa = a.layout is not None and a.layout.gqa and hasattr(model.get_submodule(a.name), a.layout.gqa)
     if not (n_rep > 1 or gqa):

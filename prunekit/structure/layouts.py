@@ -17,7 +17,11 @@ heads, ``r = H / KV``):
   Falcon multi-query with ``KV = 1``);
 - ``"interleaved"``: ``[q_0 k_0 v_0 | q_1 k_1 v_1 | ...]`` (GPT-NeoX, Falcon-7B style; ``KV = H``);
 - ``"grouped"``: ``[q_0 .. q_r-1 k_0 v_0 | q_r .. q_2r-1 k_1 v_1 | ...]`` (Falcon's new decoder
-  architecture).
+  architecture);
+- ``"sharded"``: ``S`` model-parallel shards (the layout's ``shards`` attribute), each
+  ``[q | v | k]`` of its ``H / S`` heads (CodeGen's ``qkv_proj``, ``mp_num = 4``; ``KV = H``). The
+  forward splits the rows by ``S`` equal shards, so a unit is the ``j``-th head of *every* shard
+  (heads.py) and a prune keeps the shards equal.
 """
 
 from __future__ import annotations
@@ -61,7 +65,8 @@ class AttentionLayout:
     k: str = ""
     v: str = ""
     qkv: str = ""  # ... or one fused projection
-    packing: str = "separate"  # "separate" | "split" | "interleaved" | "grouped"
+    packing: str = "separate"  # "separate" | "split" | "interleaved" | "grouped" | "sharded"
+    shards: str = ""  # "sharded": the attribute holding the shard count (CodeGen's mp_num)
     when: tuple[tuple[str, object], ...] = ()  # attribute values the module must have
     named: str = "*"  # fnmatch pattern the module's name must match
     gqa: str = ""  # an attribute whose presence means query heads and key-value heads are grouped
@@ -185,6 +190,9 @@ ATTENTION_LAYOUTS: tuple[AttentionLayout, ...] = (
     AttentionLayout("mpnet", q="attn.q", k="attn.k", v="attn.v", o="attn.o",
                     head_dim="attn.attention_head_size", counts_on="attn", stack=r"\.layer\.\d+\.",
                     extras=(Extra("../../../relative_attention_bias.weight", "q", dim=1),)),
+    # CodeGen: forward splits qkv_proj by embed_dim // mp_num, so embed_dim is the attention width
+    AttentionLayout("codegen", qkv="qkv_proj", packing="sharded", shards="mp_num", o="out_proj",
+                    head_dim="head_dim", width_attrs=("embed_dim",)),
 )  # fmt: skip
 
 _GATED = (  # Qwen2-MoE: a shared expert, experts in a ModuleList (older layouts), dense layers

@@ -43,6 +43,8 @@ def head_blocker(model: nn.Module, a: AttentionSpec, extras: list | str) -> str 
     not describe, and cutting the heads without it would be wrong."""
     if isinstance(extras, str):
         return extras
+    if a.num_heads % a.shards:  # CodeGen: the forward would split heads across its shards
+        return f"its {a.num_heads} heads do not divide into {a.shards} shards"
     module = model.get_submodule(a.name)
     for attr, value in a.layout.blocked_by if a.layout is not None else ():
         if attribute(module, attr) == value:

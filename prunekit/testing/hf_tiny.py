@@ -201,6 +201,11 @@ def mpnet(seed: int = 0):  # the encoder's bias table: its forward always uses 3
     return _build("MPNetConfig", "MPNetForSequenceClassification", seed, **fields), _tokens(seed)
 
 
+def codegen(seed: int = 0):  # qkv_proj in mp_num = 4 shards: 16 heads of 4 make 4 units (one per slot)
+    fields = dict(n_embd=64, n_layer=2, n_head=16, n_inner=48, rotary_dim=2, n_positions=32)
+    return _lm("CodeGenConfig", seed, **fields)
+
+
 # look-alikes of the families above, for the coverage matrix
 def gemma(seed: int = 0):
     return _lm("GemmaConfig", seed, **_DECODER, num_key_value_heads=2, head_dim=8)
@@ -354,21 +359,21 @@ BUILDERS: dict[str, Callable[..., tuple[nn.Module, dict[str, Tensor]]]] = {
         phi3, opt, bart, t5, t5_gated, stablelm, stablelm_qknorm, olmo2, cohere_qknorm, swin, beit,
         gemma, gemma2, granite, qwen3, olmo, starcoder2, gptj, gpt_bigcode, biogpt, xglm, electra,
         xlm_roberta, deit, dinov2, mbart, pegasus, marian, mt5, mixtral, qwen2_moe,
-        clip, siglip, whisper, wav2vec2, persimmon, albert, deberta_v2, deberta_v2_pos, mpnet,
+        clip, siglip, whisper, wav2vec2, persimmon, albert, deberta_v2, deberta_v2_pos, mpnet, codegen,
     )
 }  # fmt: skip
 
 # what find_groups covers: head groups offered, and whether a uniform prune of every group is
 # expressible in config.json (save_pretrained + from_pretrained rebuild the pruned model). False where
 # the family computes the head size as hidden / heads (BERT, GPT-2, GPT-NeoX, Falcon, OPT, BART,
-# StableLM, MPNet), builds the output projection hidden x hidden (DeBERTa-v2) or sets widths
+# StableLM, MPNet, CodeGen), builds the output projection hidden x hidden (DeBERTa-v2) or sets widths
 # per stage (Swin). "heads": head prunes exact to 1e-5; not OLMo2 at its eps 1e-5
 # (its q/k RMSNorm over all heads is rescaled, exact but for eps: tests/coverage_cases.py)
 _NO_CONFIG = {  # uniform prunes that config.json cannot express
     "bert", "roberta", "distilbert", "gpt2", "gpt_neox", "falcon", "falcon_gqa", "opt", "bart",
     "stablelm", "stablelm_qknorm", "swin", "starcoder2", "gptj", "gpt_bigcode", "biogpt", "xglm",
     "electra", "xlm_roberta", "dinov2", "mbart", "pegasus", "marian", "clip", "siglip", "whisper",
-    "wav2vec2", "persimmon", "albert", "deberta_v2", "deberta_v2_pos", "mpnet",
+    "wav2vec2", "persimmon", "albert", "deberta_v2", "deberta_v2_pos", "mpnet", "codegen",
 }  # fmt: skip
 SUPPORTED: dict[str, dict[str, bool]] = {
     name: {"heads": name != "olmo2", "exact": True, "from_pretrained": name not in _NO_CONFIG}
