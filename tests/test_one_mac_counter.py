@@ -51,8 +51,18 @@ def _recurrent(name: str):
 _RECURRENT = ["lstm", "lstm_2layer", "gru_2layer", "rnn_2layer"]
 
 
+def _deberta(share_att_key: bool):
+    def build():
+        model, x = BUILDERS["deberta_v2"](seed=0, share_att_key=share_att_key)
+        return model.eval(), x
+
+    return build
+
+
 @pytest.mark.parametrize(
-    "build", [_swin, _encoder, *map(_recurrent, _RECURRENT)], ids=["swin", "torch_mha", *_RECURRENT]
+    "build",
+    [_swin, _encoder, *map(_recurrent, _RECURRENT), _deberta(True), _deberta(False)],
+    ids=["swin", "torch_mha", *_RECURRENT, "deberta_v2", "deberta_v2_pos"],
 )
 def test_predicted_macs_are_the_measured_macs_before_and_after_pruning(build):
     model, x = build()
@@ -93,3 +103,16 @@ class _Packed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         packed = nn.utils.rnn.pack_padded_sequence(x, [7, 4, 2], batch_first=True)
         return self.rnn(packed)[0].data
+
+
+def test_deberta_counts_its_relative_position_scores():
+    # c2p and p2c: each query scores 2 x span relative positions at the query width, besides Q K^T
+    # and softmax(.) V over the L keys; the position table's projections are Linear calls of their own
+    model, x = _deberta(True)()
+    attn = model.deberta.encoder.layer[0].attention.self
+    (b, length), width = x["input_ids"].shape, attn.num_attention_heads * attn.attention_head_size
+    rows = min(2 * attn.pos_ebd_size, model.deberta.encoder.rel_embeddings.weight.shape[0])
+    (term,) = [
+        t for t in count_mac_terms(model, x) if t.module == "deberta.encoder.layer.0.attention.self:attention"
+    ]
+    assert term.total == b * length * (2 * length + 2 * rows) * width

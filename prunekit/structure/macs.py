@@ -17,7 +17,8 @@ over the batch divided by the batch size):
 * ``nn.MultiheadAttention`` (whose projections run functionally, so their Linear hooks never fire): the
   q/k/v/out projections plus the two attention matmuls;
 * attention score and context matmuls of other attention modules (HF): ``2 x B x L_q x L_k x W_q``, i.e.
-  ``Q K^T`` and ``softmax(.) V``, each ``heads x head_dim`` MACs per query-key pair. Attention modules
+  ``Q K^T`` and ``softmax(.) V``, each ``heads x head_dim`` MACs per query-key pair (DeBERTa's
+  disentangled attention adds ``B x L_q x 2 x span x W_q`` for each of its c2p / p2c scores). Attention modules
   are those whose class name contains "Attention" or "Attn" (any case). ``W_q`` is the output width of
   the module's query projection child (``query``, ``q_proj``, ``q_lin`` or ``q``; read from its weight,
   so pruned heads count correctly), else ``num_attention_heads|num_heads|n_head x
@@ -135,6 +136,20 @@ def _mha_macs(m: nn.MultiheadAttention, args: tuple, kwargs: dict[str, Any]) -> 
     return b * (proj + 2 * lq * lk * e)
 
 
+def _relative_positions(m: nn.Module, kwargs: dict[str, Any]) -> int:
+    """Query-width dot products per query that DeBERTa's disentangled attention adds: the
+    content-to-position and the position-to-content scores, each against 2 x span relative positions
+    (the projections of the position table are Linear calls, counted by their own hooks)."""
+    kinds = getattr(m, "pos_att_type", None)
+    if not getattr(m, "relative_attention", False) or not isinstance(kinds, (list, tuple)):
+        return 0
+    rows = 2 * int(m.pos_ebd_size)
+    rel = kwargs.get("rel_embeddings")
+    if isinstance(rel, Tensor):  # the forward slices the table to at most 2 x span rows
+        rows = min(rows, rel.shape[-2])
+    return rows * sum(k in kinds for k in ("c2p", "p2c"))
+
+
 def _positions(m: nn.Module, inp: tuple, out: Tensor) -> int:
     """Output positions of a layer: where its whole weight is applied once."""
     w = m.weight
@@ -179,7 +194,8 @@ def count_mac_terms(model: nn.Module, example_inputs: Inputs) -> list[MacTerm]:
                 return  # not a (B, L, D) call: nothing we can count by this rule
             other = kwargs.get("encoder_hidden_states", kwargs.get("key_value_states"))
             lk = other.shape[1] if isinstance(other, Tensor) and other.dim() == 3 else hidden.shape[1]
-            add(name + ":attention", 2 * hidden.shape[0] * hidden.shape[1] * lk)
+            per_query = 2 * lk + _relative_positions(m, kwargs)  # Q K^T and softmax(.) V, + DeBERTa's
+            add(name + ":attention", hidden.shape[0] * hidden.shape[1] * per_query)
 
         return hook
 
