@@ -273,3 +273,22 @@ def test_a_candidate_that_cannot_be_measured_stably_is_retried_then_refused():
     msg = str(err.value)
     assert msg.startswith("latency of the candidate at ") and "cannot be measured stably" in msg
     assert len(cost.calls) == 1 + 3  # the dense model, then the first candidate three times
+
+
+def test_each_candidate_is_timed_against_the_dense_model_just_before_it():
+    model, x, groups, _ = _setup()
+
+    class Drifts(CostModel):  # the machine runs at half speed for the first measurement only
+        def __call__(self, plan):
+            stats = super().__call__(plan)
+            return stats | {"median_ms": stats["median_ms"] * (2.0 if len(self.calls) == 1 else 1.0)}
+
+    cost = Drifts(model, x, groups)
+    plan = make_plan(model, groups, Target("latency", 0.5), "uniform", example_inputs=x, latency_of=cost)
+    lat = plan.extra["latency"]
+    dense = cost.ms(None)
+    # the first candidate follows the slow dense measurement, every later one a fresh dense timing
+    assert lat["search"][0]["dense_ms"] == pytest.approx(2 * dense)
+    assert all(s["dense_ms"] == pytest.approx(dense) for s in lat["search"][1:])
+    assert all(c is None for c in cost.calls[2:-2:2])  # dense, candidate, dense, candidate, ...
+    assert lat["within_tolerance"] and abs(lat["achieved_keep"] / 0.5 - 1) <= LATENCY_TOLERANCE

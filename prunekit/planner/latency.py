@@ -4,7 +4,8 @@ Latency is not additive over layers and not known before surgery, so no planner 
 directly. :func:`plan_for_latency` runs the configured planner on a MAC target and searches that MAC
 target (bisection with linear interpolation, a handful of measurements) until the measured median
 latency of the *pruned* candidate is within :data:`~prunekit.planner.target.LATENCY_TOLERANCE` of the
-target. The planner never does surgery itself (the layers say so): the caller passes ``latency_of``,
+target, each candidate's latency taken relative to the dense model timed just before it (a shared
+machine's speed drifts within a search). The planner never does surgery itself (the layers say so): the caller passes ``latency_of``,
 ``plan | None -> stats`` (``None`` is the dense model), with stats as
 :func:`prunekit.metrics.measure_latency` returns them; ``prunekit.task`` builds it from the config.
 
@@ -129,7 +130,7 @@ def plan_for_latency(
     dense = latency_of(None)
     check_stable(dense, error_limit, "the dense model")  # before any pruning
     keep, dense_ms = target.keep, dense["median_ms"]
-    plans: dict[float, tuple[Plan, dict[str, Any]]] = {}
+    plans: dict[float, tuple[Plan, dict[str, Any], dict[str, Any]]] = {}  # s -> plan, its stats, dense's
 
     def ratio_at(s: float) -> float:
         s = round(s, 4)  # one candidate per 0.01 % of MACs: repeated tries reuse their plan
@@ -137,8 +138,21 @@ def plan_for_latency(
             with warnings.catch_warnings():  # the MAC target is a means here, its 1 % is not the goal
                 warnings.simplefilter("ignore")
                 plan = plan_macs(s)
-            plans[s] = (plan, _stable(latency_of, plan, error_limit, f"the candidate at {s:.3f} MACs saved"))
-        return plans[s][1]["median_ms"] / dense_ms
+            # each candidate against the dense model timed just before it: a shared machine's speed
+            # drifts within one search (the dense median halved in one here), a ratio to a measurement
+            # minutes old carries that drift; the first candidate follows the first dense measurement
+            ref = (
+                dense
+                if not plans
+                else _stable(latency_of, None, error_limit, "the dense model (re-measured)")
+            )
+            plans[s] = (
+                plan,
+                _stable(latency_of, plan, error_limit, f"the candidate at {s:.3f} MACs saved"),
+                ref,
+            )
+        _, stats, ref = plans[s]
+        return stats["median_ms"] / ref["median_ms"]
 
     tried = search_macs_saved(ratio_at, keep, top)
     if tried[0][1] > keep * (1 + LATENCY_TOLERANCE):
@@ -187,6 +201,14 @@ def plan_for_latency(
         "pruned": _short(final),
         "error_limit": error_limit,
         "macs_saved_max": top,
-        "search": [{"macs_saved": s, "latency_keep": r, **_short(plans[round(s, 4)][1])} for s, r in tried],
+        "search": [
+            {
+                "macs_saved": s,
+                "latency_keep": r,
+                **_short(plans[round(s, 4)][1]),
+                "dense_ms": plans[round(s, 4)][2]["median_ms"],
+            }
+            for s, r in tried
+        ],
     }
     return plan
