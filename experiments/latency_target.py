@@ -121,6 +121,7 @@ def main() -> None:
     ap.add_argument(
         "--epochs", type=float, default=None, help="dense training epochs (default: the config's)"
     )
+    ap.add_argument("--set", action="append", default=[], help="a config override, e.g. prune.round_to=16")
     ap.add_argument("--out", default="results/latency_target")
     ap.add_argument("--report-only", action="store_true", help="rewrite the .md from the .json")
     args = ap.parse_args()
@@ -139,6 +140,7 @@ def main() -> None:
             "estimate.enabled=false",  # the theory planner estimates for itself; the report's estimates are not needed
         ]
         + ([f"train.epochs={args.epochs}"] if args.epochs is not None else [])
+        + args.set
     )
     cfg = load_config(ROOT / args.config, sets)
     seed_everything(cfg.seed)

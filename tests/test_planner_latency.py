@@ -292,3 +292,21 @@ def test_each_candidate_is_timed_against_the_dense_model_just_before_it():
     assert all(s["dense_ms"] == pytest.approx(dense) for s in lat["search"][1:])
     assert all(c is None for c in cost.calls[2:-2:2])  # dense, candidate, dense, candidate, ...
     assert lat["within_tolerance"] and abs(lat["achieved_keep"] / 0.5 - 1) <= LATENCY_TOLERANCE
+
+
+def test_a_target_inside_a_latency_step_names_the_step_and_the_fix():
+    model, x, groups, _ = _setup()
+
+    class Cliff(CostModel):  # like a CPU conv kernel: the cost halves once fewer MACs than 60 % remain
+        def ms(self, plan):
+            macs = count_macs(self.pruned(plan), self.x)
+            return 2 * OVERHEAD_MS + MS_PER_MAC * macs * (
+                1.0 if macs > 0.6 * count_macs(self.model, self.x) else 0.4
+            )
+
+    cost = Cliff(model, x, groups)
+    with pytest.warns(UserWarning) as record:
+        plan = make_plan(model, groups, Target("latency", 0.5), "uniform", example_inputs=x, latency_of=cost)
+    (msg,) = [str(w.message) for w in record if "latency target keep" in str(w.message)]
+    assert "\n" not in msg and "the latency steps from keep" in msg and "round_to" in msg, msg
+    assert plan.extra["latency"]["within_tolerance"] is False

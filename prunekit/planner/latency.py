@@ -74,6 +74,27 @@ def search_macs_saved(
     return tried
 
 
+STEP_WIDTH = 0.01  # of the MACs: two candidates this close whose latencies straddle the target
+
+
+def _step_around(tried: Sequence[tuple[float, float]], keep: float) -> str:
+    """Why no width lands near ``keep`` when the latency jumps over it (CPU kernels run channels in
+    blocks, and switch algorithms at some widths: one conv layer here went 0.88 -> 2.36 ms from 48 to
+    49 output channels); "" when the closest candidates either side are not that close."""
+    above = [(s, r) for s, r in tried if r > keep * (1 + LATENCY_TOLERANCE)]
+    below = [(s, r) for s, r in tried if r < keep * (1 - LATENCY_TOLERANCE)]
+    if not above or not below:
+        return ""
+    (s0, r0), (s1, r1) = max(above), min(below)  # the most pruned above, the least pruned below
+    if not 0 < s1 - s0 <= STEP_WIDTH:
+        return ""
+    return (
+        f"the latency steps from keep {r0:.2f} to {r1:.2f} between {s0:.3f} and {s1:.3f} of the MACs saved "
+        "(CPU kernels run channels in blocks): no width lands near this target; aim either side of the "
+        "step, or set round_to to the kernels' block (e.g. 16)"
+    )
+
+
 def _floor_macs_saved(model: nn.Module, groups: Sequence[Group], cfg: Any, example_inputs: Any) -> float:
     """The largest MAC fraction the floors allow; min > max (a max_keep under a floor) fails here."""
     sizes = SizeModel(model, groups, example_inputs)
@@ -171,13 +192,16 @@ def plan_for_latency(
     achieved = final["median_ms"] / dense_again["median_ms"]
     within = abs(achieved / keep - 1) <= LATENCY_TOLERANCE
     if not within:
-        why = (
-            "no candidate came within 5 % (its units are coarse near this latency): try round_to 1 or "
-            "another planner"
-            if abs(best_r / keep - 1) > LATENCY_TOLERANCE
-            else f"the re-measurement moved (spread {final['spread']:.2f}): raise evaluate.latency_repeats "
-            "or measure on a quieter machine"
-        )
+        if abs(best_r / keep - 1) <= LATENCY_TOLERANCE:
+            why = (
+                f"the re-measurement moved (spread {final['spread']:.2f}): raise evaluate.latency_repeats "
+                "or measure on a quieter machine"
+            )
+        else:
+            why = _step_around(tried, keep) or (
+                "no candidate came within 5 % (its units are coarse near this latency): try round_to 1 or "
+                "another planner"
+            )
         warnings.warn(
             f"latency target keep {keep:.3f}: the plan keeps {achieved:.3f} of the dense latency when "
             f"re-measured (searched: {best_r:.3f}), more than 5 % off; {why}",
