@@ -80,6 +80,7 @@ def _sdpa(name: str) -> Callable[..., tuple[nn.Module, Any]]:
 _DEC = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4)
 _DEC |= dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
 _ENC = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4)
+_FALCON = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
 _LM = "AutoModelForCausalLM"
 _CLS = "AutoModelForSequenceClassification"
 _MLM = "AutoModelForMaskedLM"
@@ -136,6 +137,10 @@ CASES: list[Case] = [
     _h6("gpt_neox", HEADS),  # fused, interleaved qkv
     _h6("falcon", GQA),  # multi-query, parallel attention
     _h6("falcon_gqa", GQA),
+    # ALiBi: slopes set by the model's head count, each pruned layer adds its kept heads' rows
+    Case("bloom", _auto(_LM, "ids", model_type="bloom", vocab_size=64, hidden_size=32, n_layer=2, n_head=4), HEADS),
+    Case("falcon_alibi", _auto(_LM, "ids", model_type="falcon", alibi=True, multi_query=False, **_FALCON), HEADS),
+    Case("falcon_alibi_mq", _auto(_LM, "ids", model_type="falcon", alibi=True, multi_query=True, **_FALCON), GQA),
     _h6("phi", GQA),
     _h6("phi3", GQA),  # fused qkv_proj and gate_up_proj
     _h6("opt", HEADS),

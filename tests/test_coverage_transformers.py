@@ -289,12 +289,20 @@ def test_gpt2_ffn_alone_prunes_with_attention_ignored():
         assert _rel_err(logits_of(model, x), reference) < 1e-5
 
 
-def test_falcon_alibi_and_beit_shared_bias_refuse_heads_with_one_warning(caplog):
+def test_grouped_falcon_alibi_and_beit_shared_bias_refuse_heads_with_one_warning(caplog):
     import transformers as hf
 
     torch.manual_seed(0)
     falcon = hf.FalconForCausalLM(
-        hf.FalconConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, alibi=True)
+        hf.FalconConfig(
+            vocab_size=64,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            alibi=True,
+            new_decoder_architecture=True,
+            num_kv_heads=2,
+        )  # ALiBi with grouped key-value heads: a :heads unit is not one of the model's heads
     ).eval()
     beit_cfg = hf.BeitConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1)
     beit_cfg.update(dict(num_attention_heads=4, intermediate_size=48, use_shared_relative_position_bias=True))

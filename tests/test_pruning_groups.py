@@ -189,9 +189,13 @@ def test_llama_gqa_groups_never_trace_and_finish_fast():
 
 
 def test_hf_attention_without_an_adapter_is_refused_not_traced():
-    from transformers import BloomConfig, BloomForCausalLM  # fused heads with ALiBi: no layout
+    from transformers import BloomConfig, BloomForCausalLM
 
-    model = BloomForCausalLM(BloomConfig(vocab_size=100, hidden_size=32, n_layer=1, n_head=4)).eval()
+    # slow_but_exact splits the output projection by the hidden size in tensor-parallel slices: no layout
+    cfg = BloomConfig(
+        vocab_size=100, hidden_size=32, n_layer=1, n_head=4, slow_but_exact=True, pretraining_tp=2
+    )
+    model = BloomForCausalLM(cfg).eval()
     with pytest.raises(ValueError, match=r"no adapter.*transformer\.h\.0\.self_attention \(BloomAttention\)"):
         find_groups(model, example_inputs_for(model))
 

@@ -16,9 +16,11 @@ import torch
 from torch import nn
 
 from ..batch import Inputs, logits_of
+from ..structure.blocks import find_blocks
 from ..structure.group import Group
 from ..structure.plan import Plan, validate_plan
 from ..structure.sizes import check_groups_match, removed_entries
+from .alibi import alibi_attentions, keep_alibi_heads_
 
 
 def _owners(model: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]:
@@ -195,8 +197,10 @@ def apply_plan_(
     }
     shape_before = _output_shape(model, example_inputs)
     undo = _snapshot(model)
+    alibi = alibi_attentions(find_blocks(model)[0])  # their heads before surgery
     try:
         surgery_(model, groups, removed_units)
+        keep_alibi_heads_(model, alibi, removed_units)
         patch_transformer(model)
         shape_after = _output_shape(model, example_inputs)
     except Exception as exc:

@@ -84,6 +84,11 @@ class AttentionLayout:
     config_head_dim: str = ""  # config key of an explicit head size ("": head size = hidden / heads)
     config_reads: tuple[str, ...] = ()  # config keys the forward reads (Phi-3): per-layer copies if needed
     independent: tuple[str, ...] = ()  # children whose parameters do not depend on the heads (ALBERT's norm)
+    # forward keyword of the ALiBi bias the model builds for all its heads: a pruned layer gets the
+    # rows of its kept heads (pruning/alibi.py), each head keeping its own slope; alibi_dim is where
+    # the heads are, 0: folded into the batch, (batch x heads, ...) (Bloom); 1: (batch, heads, ...)
+    alibi: str = ""
+    alibi_dim: int = 0
 
     @property
     def projections(self) -> tuple[str, ...]:
@@ -136,9 +141,9 @@ _BIGCODE = dict(  # splits c_attn's output by (embed_dim, kv_dim, kv_dim)
 )
 _T5 = dict(q="q", k="k", v="v", o="o", head_dim="key_value_proj_dim", stack=r"\.block\.\d+\.")
 _T5_CONFIG = dict(config_heads=(("*", "num_heads"),), config_head_dim="d_kv")
-_FALCON = dict(  # with ALiBi every head has a slope set by its index and the head count: not cut
+_FALCON = dict(  # with ALiBi the bias arrives in the mask, one row per head (1 row without ALiBi)
     qkv="query_key_value", o="dense", head_dim="head_dim", config_kv=(("*", "num_kv_heads"),),
-    blocked_by=(("config.alibi", True),),
+    alibi="attention_mask", alibi_dim=1,
 )  # fmt: skip
 
 ATTENTION_LAYOUTS: tuple[AttentionLayout, ...] = (
@@ -169,10 +174,15 @@ ATTENTION_LAYOUTS: tuple[AttentionLayout, ...] = (
                     when=(("qk_layernorm", True),)),
     AttentionLayout("persimmon", qkv="query_key_value", packing="interleaved", o="dense", head_dim="head_dim",
                     when=(("qk_layernorm", False),)),
+    # Bloom: per head [q k v] rows; ALiBi slopes set by the model's head count, so sliced per layer
+    AttentionLayout("bloom", qkv="query_key_value", packing="interleaved", o="dense", head_dim="head_dim",
+                    when=(("slow_but_exact", False),), alibi="alibi"),
     AttentionLayout("albert", q="query", k="key", v="value", o="dense", head_dim="attention_head_size",
                     independent=("LayerNorm",)),
+    # grouped: a unit of :heads is a query slot of every key-value group, not one head, so which of
+    # the model's heads (and ALiBi slopes) a layer keeps is not the unit list: not cut with ALiBi
     AttentionLayout("falcon", packing="grouped", gqa="num_kv_heads",
-                    when=(("new_decoder_architecture", True),), **_FALCON),
+                    when=(("new_decoder_architecture", True),), **_FALCON | {"blocked_by": (("config.alibi", True),)}),
     AttentionLayout("falcon", packing="split", gqa="num_kv_heads", when=(("multi_query", True),), **_FALCON),
     AttentionLayout("falcon", packing="interleaved",
                     when=(("new_decoder_architecture", False), ("multi_query", False)), **_FALCON),
