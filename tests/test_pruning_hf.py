@@ -148,3 +148,17 @@ def test_causal_lm_with_tied_embeddings_prunes_exactly():
     apply_plan_(model, plan, x, groups=groups)
     assert (params, macs) == (sum(p.numel() for p in model.parameters()), count_macs(model, x))
     assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def test_a_shared_bias_tables_owner_records_the_kept_heads():
+    from prunekit.testing.hf_tiny import BUILDERS
+
+    model, x = BUILDERS["mpnet"](seed=0)  # one (buckets, heads) table on the encoder for every layer
+    groups = find_groups(model, x)
+    keep = {
+        g.name: list(range(1, g.num_units)) if g.name.endswith(":heads") else list(range(g.num_units))
+        for g in groups
+    }
+    apply_plan_(model, Plan(keep=keep, num_units={g.name: g.num_units for g in groups}), x, groups=groups)
+    encoder = model.mpnet.encoder
+    assert encoder.n_heads == encoder.relative_attention_bias.weight.shape[1] == 3

@@ -78,6 +78,22 @@ def _drop_cut_heads(model: nn.Module, a: AttentionSpec) -> None:
             _set_ints(parent, ("num_heads",), len(kept))
 
 
+def _shared_table_owners(model: nn.Module, a: AttentionSpec) -> None:
+    """A bias table above the attention module, shared by a stack (MPNet's encoder): the module that
+    holds it also records the head count (``n_heads``); it follows the table's sliced width."""
+    for e in a.layout.extras:
+        if not e.path.startswith("../") or e.per_module:
+            continue
+        param_path = join(a.name, e.path)
+        try:
+            table = model.get_parameter(param_path)
+        except AttributeError:
+            continue
+        owner_path = param_path.rsplit(".", 2)[0]  # <owner>.<table module>.weight
+        owner = model.get_submodule(owner_path) if "." in param_path.rsplit(".", 1)[0] else model
+        _set_ints(owner, a.layout.heads_attrs, int(table.shape[e.dim]))
+
+
 def patch_attention(model: nn.Module, a: AttentionSpec) -> dict[str, int]:
     """Set one attention module's head-count attributes from its (pruned) weights; return them."""
     layout = a.layout
@@ -89,6 +105,7 @@ def patch_attention(model: nn.Module, a: AttentionSpec) -> dict[str, int]:
     _set_ints(holder, layout.groups_attrs, heads // max(kv, 1))  # read by repeat_kv at every forward
     _set_ints(holder, layout.width_attrs, heads * a.head_dim)
     _drop_cut_heads(model, a)
+    _shared_table_owners(model, a)
     prefix = "cross_" if layout.role == "cross" else ""
     return {f"{prefix}heads": heads, f"{prefix}kv_heads": kv}
 
