@@ -75,6 +75,7 @@ def write_report(runs: Runs, md: Path, png: Path, targets: dict[str, str] | None
         "target where the gap cannot be held, recorded as schedule_status), `uniform_linear` = uniform with",
         "the linear schedule, `tp_local_iterative` = Torch-Pruning's MetaPruner with iterative_steps (its",
         "linear iterative schedule, pruning_ratio bisected so the last step meets the params target).",
+        "`theory_probe16` = `theory` with 16 probe inputs instead of 256 (MiniLM: 256 did not finish).",
         "",
     ]
     for task in tasks:
