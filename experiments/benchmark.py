@@ -227,6 +227,18 @@ class Bench:
         print(f"[bench] {self.name}: dense accuracy {metrics['accuracy']:.4f}", flush=True)
         return model
 
+    def plan(self, model: nn.Module, groups: Any, cfg: Any, level: float) -> Any:
+        """``cfg``'s plan of ``model`` at ``level`` of this task's metric, on the task's batches."""
+        return make_plan(
+            model,
+            groups,
+            Target(self.metric, level),
+            cfg,
+            batches=self.batches,
+            example_inputs=self.task.example,
+            data=self.task.splits,
+        )
+
     def prune(self, method: str, level: float, seed: int) -> tuple[nn.Module, dict[str, Any]]:
         spec = METHODS[method]
         model = copy.deepcopy(self.dense).eval()
@@ -239,15 +251,7 @@ class Bench:
         # the plan seed is the run's: only `random` uses it, and its fine-tuning seeds then differ too
         plan_seed = seed if spec["planner"] == "random" else self.cfg.seed
         cfg = planner_config(spec["planner"], **{"seed": plan_seed, **spec["options"]})
-        plan = make_plan(
-            model,
-            groups,
-            Target(self.metric, level),
-            cfg,
-            batches=self.batches,
-            example_inputs=self.task.example,
-            data=self.task.splits,
-        )
+        plan = self.plan(model, groups, cfg, level)
         apply_plan_(model, plan, self.task.example, groups=groups)
         keep = {g: len(k) for g, k in plan.keep.items()}
         return model, {"keep": keep, "predicted_gap": plan.predicted_gap}

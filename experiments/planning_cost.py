@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 
 from benchmark import TASKS, Bench  # noqa: E402
 
-from prunekit.planner import Target, make_plan, planner_config  # noqa: E402
+from prunekit.planner import planner_config  # noqa: E402
 from prunekit.planner import theory as theory_mod  # noqa: E402
 from prunekit.pruning import apply_plan_  # noqa: E402
 from prunekit.structure import find_groups  # noqa: E402
@@ -108,15 +108,7 @@ def plan_once(
         t1 = time.perf_counter()
         if prof:
             prof.enable()
-        plan = make_plan(
-            model,
-            groups,
-            Target(bench.metric, level),
-            cfg,
-            batches=bench.batches,
-            example_inputs=bench.task.example,
-            data=bench.task.splits,
-        )
+        plan = bench.plan(model, groups, cfg, level)
         if prof:
             prof.disable()
         total = time.perf_counter() - t1

@@ -5,8 +5,8 @@ directly. :func:`plan_for_latency` runs the configured planner on a MAC target a
 target (bisection with linear interpolation, a handful of measurements) until the measured median
 latency of the *pruned* candidate is within :data:`~prunekit.planner.target.LATENCY_TOLERANCE` of the
 target, each candidate's latency taken relative to the dense model timed just before it (a shared
-machine's speed drifts within a search). The planner never does surgery itself (the layers say so): the caller passes ``latency_of``,
-``plan | None -> stats`` (``None`` is the dense model), with stats as
+machine's speed drifts within a search). The planner never does surgery itself (the layers say so):
+the caller passes ``latency_of``, ``plan | None -> stats`` (``None`` is the dense model), with stats as
 :func:`prunekit.metrics.measure_latency` returns them; ``prunekit.task`` builds it from the config.
 
 Bad input fails before any pruning, in one line: a dense latency whose spread is above the limit
@@ -79,8 +79,8 @@ STEP_WIDTH = 0.01  # of the MACs: two candidates this close whose latencies stra
 
 def _step_around(tried: Sequence[tuple[float, float]], keep: float) -> str:
     """Why no width lands near ``keep`` when the latency jumps over it (CPU kernels run channels in
-    blocks, and switch algorithms at some widths: one conv layer here went 0.88 -> 2.36 ms from 48 to
-    49 output channels); "" when the closest candidates either side are not that close."""
+    blocks and switch algorithms at some widths: results/conv_channel_latency.md); "" when the closest
+    candidates either side are not that close."""
     above = [(s, r) for s, r in tried if r > keep * (1 + LATENCY_TOLERANCE)]
     below = [(s, r) for s, r in tried if r < keep * (1 - LATENCY_TOLERANCE)]
     if not above or not below:

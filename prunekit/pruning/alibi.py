@@ -2,10 +2,11 @@
 
 ALiBi families build one position bias for all the model's heads, with slopes set by each head's
 index and the head count, and hand the same tensor to every layer: Bloom as ``(batch x heads, 1,
-keys)``, Falcon folded into the attention mask, ``(batch, heads, queries, keys)``. After some heads of a layer are cut, that layer must add the rows of its *kept* heads. So a
-pruned layer records which of the model's heads it kept (``prunekit_alibi_heads``, a non-persistent
-buffer, composed over repeated prunes and rebuilt from the plan when a checkpoint loads), and a
-forward pre-hook selects those rows from the layout's ``alibi`` keyword. The hook reads everything
+keys)``, Falcon folded into the attention mask, ``(batch, heads, queries, keys)``. After some heads
+of a layer are cut, that layer must add the rows of its *kept* heads. So a pruned layer records
+which of the model's heads it kept (``prunekit_alibi_heads``, a non-persistent buffer, composed over
+repeated prunes and rebuilt from the plan when a checkpoint loads), and a forward pre-hook selects
+those rows from the layout's ``alibi`` keyword. The hook reads everything
 from the module it is called on, so deep copies of the model keep working.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.batch import device_of
 from prunekit.structure.blocks import AttentionSpec
 
 HEADS = "prunekit_alibi_heads"
@@ -42,15 +44,10 @@ def keep_alibi_heads_(
         if before is None:
             before = torch.arange(a.num_heads)
         kept = torch.tensor([h for h in range(a.num_heads) if h not in removed], dtype=torch.long)
-        module.register_buffer(HEADS, before[kept].to(device=_device(module)), persistent=False)
+        module.register_buffer(HEADS, before[kept].to(device=device_of(module)), persistent=False)
         if getattr(module, KEYWORD, None) is None:  # hooked once, however often it is pruned
             setattr(module, KEYWORD, (a.layout.alibi, a.layout.alibi_dim))
             module.register_forward_pre_hook(_select_bias_rows, with_kwargs=True)
-
-
-def _device(module: nn.Module) -> torch.device:
-    p = next(module.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def _select_bias_rows(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:

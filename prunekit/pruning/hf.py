@@ -89,9 +89,9 @@ def _shared_table_owners(model: nn.Module, a: AttentionSpec) -> None:
             table = model.get_parameter(param_path)
         except AttributeError:
             continue
-        owner_path = param_path.rsplit(".", 2)[0]  # <owner>.<table module>.weight
-        owner = model.get_submodule(owner_path) if "." in param_path.rsplit(".", 1)[0] else model
-        _set_ints(owner, a.layout.heads_attrs, int(table.shape[e.dim]))
+        table_module = param_path.rsplit(".", 1)[0]  # <owner>.<table module>.weight
+        owner = table_module.rsplit(".", 1)[0] if "." in table_module else ""  # "": the model itself
+        _set_ints(model.get_submodule(owner), a.layout.heads_attrs, int(table.shape[e.dim]))
 
 
 def patch_attention(model: nn.Module, a: AttentionSpec) -> dict[str, int]:
