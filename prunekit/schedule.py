@@ -8,7 +8,10 @@ prediction holds, so steps are large where the prediction barely moves and small
 total number of optimizer steps is that of one one-shot fine-tune, shared out over the steps (the last
 step takes what is left), so a scheduled level costs no more training than a one-shot one. Where no step
 holds the prediction (or ``steps`` run out first), the run stops at the smallest model that held it and
-says so in ``status``; with ``force`` it goes on to the target and records the predicted gap.
+says so in ``status``; with ``force`` it goes on to the target and records the predicted gap. A forced
+step still adapts: it aims at an equal share of the predicted gap's remaining rise (from the current
+model's gap to the one-shot plan's gap at the target, over the steps left) and takes the largest tried
+step that stays under that aim, so the gap rises evenly rather than in one jump at the first step.
 
 :func:`run_schedule` is the loop, on callables, so that it can be tested on its own;
 :mod:`prunekit.level_stage` runs it as the pipeline's level stage.
@@ -85,6 +88,77 @@ def relative(saved_now: float, target: float) -> float:
     return 1.0 - (1.0 - target) / (1.0 - saved_now)
 
 
+@dataclass
+class _Step:
+    target: float | None  # None: stop here (nothing held, no force)
+    plan: Plan | None = None
+    groups: Any = None
+    status: str = ""  # "" | "held" | "forced"
+    note: str = ""
+
+
+def _constant_gap_step(
+    model: nn.Module,
+    level: float,
+    saved_now: float,
+    i: int,
+    n_steps: int,
+    cfg: ScheduleConfig,
+    limit: float | None,
+    plan_fn: PlanFn,
+    predict: Callable[[Plan | None], float | None],
+) -> _Step:
+    """The largest of the remaining way, 1/2, 1/4, ... of it whose predicted gap stays under ``limit``;
+    forced where none does (see the module docstring)."""
+    remaining = level - saved_now
+    tried = []  # (target, plan, groups, predicted gap)
+    for t in (saved_now + remaining / 2**k for k in range(HALVINGS + 1)):
+        plan, groups = plan_fn(model, relative(saved_now, t), i)
+        gap = predict(plan)
+        tried.append((t, plan, groups, gap))
+        if limit is None or (gap is not None and gap <= limit):
+            break
+    t, plan, groups, gap = tried[-1]
+    held = limit is None or (gap is not None and gap <= limit)
+    last = i == n_steps - 1
+    if held and not (last and t < level):
+        return _Step(t, plan, groups)
+    if not cfg.force:
+        if not held:
+            note = (
+                f"stopped at {saved_now:.3f} saved: no step toward {level:.3f} keeps the predicted "
+                f"gap within {cfg.tolerance:.0%} of the reference; force: true goes on"
+            )
+            return _Step(None, status="held", note=note)
+        note = f"{cfg.steps} steps reach {t:.3f} saved, not {level:.3f}, with the predicted gap held; "
+        return _Step(t, plan, groups, "held", note + "raise steps or set force: true")
+    if last:  # the whole remaining way, tried first
+        t, plan, groups, _ = tried[0]
+        return _Step(t, plan, groups, "forced")
+    return _forced_even_step(model, level, saved_now, i, n_steps, tried, plan_fn, predict)
+
+
+def _forced_even_step(
+    model: nn.Module,
+    level: float,
+    saved_now: float,
+    i: int,
+    n_steps: int,
+    tried: list[tuple[float, Plan, Any, float | None]],
+    plan_fn: PlanFn,
+    predict: Callable[[Plan | None], float | None],
+) -> _Step:
+    """The largest tried step whose predicted gap stays under an equal share of the rise still to come."""
+    now, end = predict(None), tried[0][3]
+    if now is None or end is None:  # no prediction to share out: equal steps in the saved fraction
+        t = saved_now + (level - saved_now) / (n_steps - i)
+        return _Step(t, *plan_fn(model, relative(saved_now, t), i), "forced")
+    aim = now + (end - now) / (n_steps - i)
+    under = [x for x in tried if x[3] is not None and x[3] <= aim]
+    t, plan, groups, _ = max(under, key=lambda x: x[0]) if under else tried[-1]  # else the smallest step
+    return _Step(t, plan, groups, "forced")
+
+
 def run_schedule(
     model: nn.Module,
     level: float,
@@ -128,37 +202,12 @@ def run_schedule(
                 ref = predict(None) if ref is None else ref
                 out.reference_gap = ref
                 limit = None if ref is None else ref * (1.0 + cfg.tolerance)
-            remaining = level - saved_now
-            tried = [saved_now + remaining / 2**k for k in range(HALVINGS + 1)]
-            chosen = None
-            for t in tried:
-                plan, groups = plan_fn(model, relative(saved_now, t), i)
-                gap = predict(plan)
-                if limit is None or (gap is not None and gap <= limit):
-                    chosen = t
-                    break
-            last = i == n_steps - 1
-            if chosen is None or (last and chosen < level):
-                if not cfg.force:
-                    if chosen is None:
-                        out.status = "held"
-                        out.note = (
-                            f"stopped at {saved_now:.3f} saved: no step toward {level:.3f} keeps the predicted "
-                            f"gap within {cfg.tolerance:.0%} of the reference; force: true goes on"
-                        )
-                        break
-                    out.status, out.note = (
-                        "held",
-                        (
-                            f"{cfg.steps} steps reach {chosen:.3f} saved, not {level:.3f}, with the predicted gap "
-                            "held; raise steps or set force: true"
-                        ),
-                    )
-                else:
-                    chosen = level
-                    plan, groups = plan_fn(model, relative(saved_now, level), i)
-                    out.status = "forced"
-            target = chosen
+            step = _constant_gap_step(model, level, saved_now, i, n_steps, cfg, limit, plan_fn, predict)
+            target, plan, groups = step.target, step.plan, step.groups
+            if step.status:
+                out.status, out.note = step.status, step.note or out.note
+            if target is None:
+                break
         else:
             target = fixed[i]
             plan, groups = plan_fn(model, relative(saved_now, target), i)

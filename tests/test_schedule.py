@@ -207,3 +207,14 @@ def test_per_layer_limits_stay_fractions_of_the_dense_widths_on_a_pruned_model()
     assert floor_counts(dense_groups, same.min_keep_fraction, same.min_units, 1, same.layers) == floor_counts(
         dense_groups, cfg.min_keep_fraction, cfg.min_units, 1, cfg.layers
     )
+
+
+def test_a_forced_constant_gap_run_still_takes_steps_that_share_out_the_gap_rise(h):
+    # a tolerance no step can hold: before, force jumped to the target in one step (a one-shot run)
+    out, model = h.run(ScheduleConfig(name="constant_gap", steps=3, tolerance=1e-6, force=True), 0.8)
+    assert out.status == "forced" and abs(out.saved - 0.8) <= 0.015
+    assert len(out.steps) > 1 and out.total_train_steps == 40 == h.trained
+    one_shot_gap = h.gap(h.model, None)(h.plan(h.model, 0.8, 0)[0])
+    # the first step aims at a third of the rise to the one-shot plan's gap, so it stops short of it
+    assert out.steps[0]["saved"] < 0.8 - 0.05
+    assert out.steps[0]["predicted_gap_planned"] < one_shot_gap
