@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,9 @@ CASES: list[Case] = [
     _h6("vit", HEADS),
     _h6("swin", HEADS),  # relative-position bias tables, one column per head
     _h6("beit", HEADS),
+    _h6("beit_shared", HEADS),  # one encoder bias table read by every layer: one head group per stack
+    # BEiT's older code (query / key / value modules): the encoder's shared table and one per layer
+    Case("data2vec_vision", partial(BUILDERS["beit"], shared=True, config="Data2VecVisionConfig"), HEADS),
     _h6("gpt2", HEADS),  # Conv1D, fused c_attn
     _h6("gpt_neox", HEADS),  # fused, interleaved qkv
     _h6("falcon", GQA),  # multi-query, parallel attention

@@ -30,7 +30,7 @@ CORE = [
     "opt",
 ]
 CORE += ["bart", "t5", "t5_gated", "stablelm_qknorm", "olmo2", "cohere_qknorm", "swin", "beit", "gpt_bigcode"]
-CORE += ["mixtral", "qwen2_moe", "deberta_v2", "deberta_v2_pos", "mpnet", "codegen"]
+CORE += ["mixtral", "qwen2_moe", "deberta_v2", "deberta_v2_pos", "mpnet", "codegen", "beit_shared"]
 EXACT = [n for n in CORE if SUPPORTED[n]["heads"]]  # OLMo2: its eps at 1e-5 (the matrix, tests below)
 
 
@@ -131,6 +131,16 @@ def test_mpnet_heads_are_one_group_per_stack_and_the_encoder_bias_table_is_cut_o
     kept = plan.keep[heads[0].name]
     assert model.mpnet.encoder.relative_attention_bias.weight.shape == (32, len(kept)) == (32, 2)
     assert all(layer.attention.attn.num_attention_heads == 2 for layer in model.mpnet.encoder.layer)
+
+
+def test_beit_shared_bias_heads_are_one_group_per_stack_and_the_encoder_table_is_cut_once():
+    model, x, groups, plan, *_ = _prune("beit_shared", 0.5)
+    heads = [g for g in groups if g.kind == "head"]
+    assert [g.name for g in heads] == ["beit.layers.*.attention:heads"]
+    table = "beit.shared_position_bias.relative_position_bias_table"
+    assert [s.param for s in heads[0].slices].count(table) == 1  # every layer adds it; one slice
+    assert model.beit.shared_position_bias.relative_position_bias_table.shape[1] == 2
+    assert all(layer.attention.num_attention_heads == 2 for layer in model.beit.layers)
 
 
 def test_deberta_position_projections_are_cut_with_their_heads():
@@ -289,7 +299,7 @@ def test_gpt2_ffn_alone_prunes_with_attention_ignored():
         assert _rel_err(logits_of(model, x), reference) < 1e-5
 
 
-def test_grouped_falcon_alibi_and_beit_shared_bias_refuse_heads_with_one_warning(caplog):
+def test_grouped_falcon_alibi_refuses_heads_with_one_warning(caplog):
     import transformers as hf
 
     torch.manual_seed(0)
@@ -304,19 +314,11 @@ def test_grouped_falcon_alibi_and_beit_shared_bias_refuse_heads_with_one_warning
             num_kv_heads=2,
         )  # ALiBi with grouped key-value heads: a :heads unit is not one of the model's heads
     ).eval()
-    beit_cfg = hf.BeitConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1)
-    beit_cfg.update(dict(num_attention_heads=4, intermediate_size=48, use_shared_relative_position_bias=True))
-    beit = hf.BeitForImageClassification(beit_cfg).eval()
-    cases = [
-        (falcon, {"input_ids": torch.randint(0, 64, (2, 7))}),
-        (beit, {"pixel_values": torch.randn(2, 3, 32, 32)}),
-    ]
-    for model, x in cases:
-        caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="prunekit.structure.transformer"):
-            groups = find_groups(model, x)
-        assert groups and {g.kind for g in groups} == {"neuron"}
-        assert "head groups not offered" in caplog.text and caplog.text.count("\n") == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="prunekit.structure.transformer"):
+        groups = find_groups(falcon, {"input_ids": torch.randint(0, 64, (2, 7))})
+    assert groups and {g.kind for g in groups} == {"neuron"}
+    assert "head groups not offered" in caplog.text and caplog.text.count("\n") == 1
 
 
 def test_uniform_gives_identical_layers_identical_widths_and_from_pretrained_loads(tmp_path):
@@ -379,7 +381,9 @@ def test_predicted_size_equals_the_pruned_models_params_and_macs(name):
     assert predicted == (sum(p.numel() for p in model.parameters()), count_macs(model, x))
 
 
-@pytest.mark.parametrize("name", ["stablelm_qknorm", "t5", "phi3", "falcon_gqa", "gpt2", "codegen", "mpnet"])
+@pytest.mark.parametrize(
+    "name", ["stablelm_qknorm", "t5", "phi3", "falcon_gqa", "gpt2", "codegen", "mpnet", "beit_shared"]
+)
 def test_a_second_round_keeps_group_names_and_equals_the_composed_plan(name):
     from prunekit.pruning import compose_plans
 

@@ -146,11 +146,18 @@ _FALCON = dict(  # with ALiBi the bias arrives in the mask, one row per head (1 
     alibi="attention_mask", alibi_dim=1,
 )  # fmt: skip
 
+_SHARED = (("config.use_shared_relative_position_bias", True),)
+_D2V_TABLE = (Extra("attention.relative_position_bias.relative_position_bias_table", "q", dim=1),)
+_D2V_SHARED = Extra("../../../relative_position_bias.relative_position_bias_table", "q", dim=1)
+
 ATTENTION_LAYOUTS: tuple[AttentionLayout, ...] = (
     # LLaMA, Mistral, Qwen2/3, StableLM, OLMo2, Cohere; ViT, Swin, BEiT (transformers >= 5)
+    # BEiT with one bias table on the encoder, added in every layer: one head group per stack (as T5)
+    AttentionLayout("beit_shared", q="q_proj", k="k_proj", v="v_proj", o="o_proj", head_dim="head_dim",
+                    when=_SHARED, stack=r"\.layers\.\d+\.", **_LLAMA_CONFIG,
+                    extras=(*_NORMS, Extra("../../../shared_position_bias.relative_position_bias_table", "q", dim=1))),
     AttentionLayout("llama", q="q_proj", k="k_proj", v="v_proj", o="o_proj", head_dim="head_dim",
-                    extras=_NORMS, blocked_by=(("config.use_shared_relative_position_bias", True),),
-                    **_LLAMA_CONFIG),
+                    extras=_NORMS, **_LLAMA_CONFIG),
     AttentionLayout("phi", q="q_proj", k="k_proj", v="v_proj", o="dense", head_dim="head_dim",
                     extras=_NORMS, **_LLAMA_CONFIG),
     AttentionLayout("phi3", qkv="qkv_proj", packing="split", o="o_proj", head_dim="head_dim",
@@ -161,8 +168,14 @@ ATTENTION_LAYOUTS: tuple[AttentionLayout, ...] = (
                     head_dim="attention_head_size", config_heads=(("*", "n_heads"),)),
     AttentionLayout("bert", q="self.query", k="self.key", v="self.value", o="output.dense",
                     head_dim="self.attention_head_size", counts_on="self"),
+    # Data2Vec-Vision (BEiT's older code) with its encoder's shared bias table: one group per stack
     AttentionLayout("bert", q="attention.query", k="attention.key", v="attention.value",
-                    o="output.dense", head_dim="attention.attention_head_size", counts_on="attention"),
+                    o="output.dense", head_dim="attention.attention_head_size", counts_on="attention",
+                    when=(("attention.config.use_shared_relative_position_bias", True),),
+                    stack=r"\.layer\.\d+\.", extras=(*_D2V_TABLE, _D2V_SHARED)),
+    AttentionLayout("bert", q="attention.query", k="attention.key", v="attention.value",
+                    o="output.dense", head_dim="attention.attention_head_size", counts_on="attention",
+                    extras=_D2V_TABLE),
     AttentionLayout("gpt_bigcode", packing="split", gqa="kv_heads", when=(("multi_query", True), *_SELF),
                     **_BIGCODE),
     AttentionLayout("gpt_bigcode", packing="interleaved", when=(("multi_query", False), *_SELF), **_BIGCODE),

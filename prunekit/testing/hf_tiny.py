@@ -179,9 +179,15 @@ def swin(seed: int = 0):
     )
 
 
-def beit(seed: int = 0):
-    fields = dict(image_size=32, patch_size=8, use_relative_position_bias=True, num_labels=3, **_ENCODER)
-    return _build("BeitConfig", "AutoModelForImageClassification", seed, **fields), _pixels(seed)
+def beit(seed: int = 0, shared: bool = False, config: str = "BeitConfig", per_layer: bool = True):
+    # shared: one bias table on the encoder, added in every layer; per_layer: one table in each layer
+    fields = dict(image_size=32, patch_size=8, use_relative_position_bias=per_layer, num_labels=3, **_ENCODER)
+    fields["use_shared_relative_position_bias"] = shared
+    return _build(config, "AutoModelForImageClassification", seed, **fields), _pixels(seed)
+
+
+def beit_shared(seed: int = 0):
+    return beit(seed, shared=True, per_layer=False)
 
 
 def deberta_v2(seed: int = 0, share_att_key: bool = True):  # DeBERTa-v3's settings, 8 position buckets
@@ -360,6 +366,7 @@ BUILDERS: dict[str, Callable[..., tuple[nn.Module, dict[str, Tensor]]]] = {
         gemma, gemma2, granite, qwen3, olmo, starcoder2, gptj, gpt_bigcode, biogpt, xglm, electra,
         xlm_roberta, deit, dinov2, mbart, pegasus, marian, mt5, mixtral, qwen2_moe,
         clip, siglip, whisper, wav2vec2, persimmon, albert, deberta_v2, deberta_v2_pos, mpnet, codegen,
+        beit_shared,
     )
 }  # fmt: skip
 
