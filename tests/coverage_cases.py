@@ -145,6 +145,9 @@ CASES: list[Case] = [
     Case("bloom", _auto(_LM, "ids", model_type="bloom", vocab_size=64, hidden_size=32, n_layer=2, n_head=4), HEADS),
     Case("falcon_alibi", _auto(_LM, "ids", model_type="falcon", alibi=True, multi_query=False, **_FALCON), HEADS),
     Case("falcon_alibi_mq", _auto(_LM, "ids", model_type="falcon", alibi=True, multi_query=True, **_FALCON), GQA),
+    # grouped decoder: a :heads unit is slot j of every key-value group; the kept heads follow from the units
+    Case("falcon_alibi_grouped", _auto(_LM, "ids", model_type="falcon", alibi=True, new_decoder_architecture=True,
+                                       num_kv_heads=2, **_FALCON), GQA),
     _h6("phi", GQA),
     _h6("phi3", GQA),  # fused qkv_proj and gate_up_proj
     _h6("opt", HEADS),

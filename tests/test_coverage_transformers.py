@@ -299,28 +299,6 @@ def test_gpt2_ffn_alone_prunes_with_attention_ignored():
         assert _rel_err(logits_of(model, x), reference) < 1e-5
 
 
-def test_grouped_falcon_alibi_refuses_heads_with_one_warning(caplog):
-    import transformers as hf
-
-    torch.manual_seed(0)
-    falcon = hf.FalconForCausalLM(
-        hf.FalconConfig(
-            vocab_size=64,
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            alibi=True,
-            new_decoder_architecture=True,
-            num_kv_heads=2,
-        )  # ALiBi with grouped key-value heads: a :heads unit is not one of the model's heads
-    ).eval()
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="prunekit.structure.transformer"):
-        groups = find_groups(falcon, {"input_ids": torch.randint(0, 64, (2, 7))})
-    assert groups and {g.kind for g in groups} == {"neuron"}
-    assert "head groups not offered" in caplog.text and caplog.text.count("\n") == 1
-
-
 def test_uniform_gives_identical_layers_identical_widths_and_from_pretrained_loads(tmp_path):
     from transformers import AutoModelForCausalLM, Qwen2Config
 

@@ -6,8 +6,10 @@ keys)``, Falcon folded into the attention mask, ``(batch, heads, queries, keys)`
 of a layer are cut, that layer must add the rows of its *kept* heads. So a pruned layer records
 which of the model's heads it kept (``prunekit_alibi_heads``, a non-persistent buffer, composed over
 repeated prunes and rebuilt from the plan when a checkpoint loads), and a forward pre-hook selects
-those rows from the layout's ``alibi`` keyword. The hook reads everything
-from the module it is called on, so deep copies of the model keep working.
+those rows from the layout's ``alibi`` keyword. The kept heads follow from the removed units of all
+the layer's head groups, each unit's query heads given by the packing (:func:`kept_heads`), so that a
+unit need not be one head (Falcon's grouped decoder: a query slot of every key-value group). The
+hook reads everything from the module it is called on, so deep copies of the model keep working.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import nn
 
 from prunekit.batch import device_of
 from prunekit.structure.blocks import AttentionSpec
+from prunekit.structure.heads import head_units
 
 HEADS = "prunekit_alibi_heads"
 KEYWORD = "_prunekit_alibi_keyword"
@@ -30,20 +33,33 @@ def alibi_attentions(attentions: Sequence[AttentionSpec]) -> list[AttentionSpec]
     return [a for a in attentions if a.layout is not None and a.layout.alibi]
 
 
+def kept_heads(model: nn.Module, a: AttentionSpec, removed_units: Mapping[str, Sequence[int]]) -> list[int]:
+    """The heads of ``a`` (indices into its heads before surgery) that no removed unit holds, in
+    the order surgery leaves them. A unit is a set of query heads by the layout's packing (heads.py):
+    one head; one slot of every key-value group (``:heads``, grouped-query attention); a key-value
+    head with its query heads (``:kv_heads``). Surgery keeps rows in order and every packing orders a
+    layer's heads by index, so the kept heads sorted are the pruned layer's heads."""
+    gone: set[int] = set()
+    for suffix, _, units in head_units(model, a):  # reads a's counts, from before surgery
+        for u in removed_units.get(f"{a.name}:{suffix}", ()):
+            gone.update(units[u][0])
+    return [h for h in range(a.num_heads) if h not in gone]
+
+
 def keep_alibi_heads_(
     model: nn.Module, attentions: Sequence[AttentionSpec], removed_units: Mapping[str, Sequence[int]]
 ) -> None:
     """After surgery: each ALiBi layer of ``attentions`` (found before it) records its kept heads,
     as indices into the model's full head set, and selects their bias rows from then on."""
     for a in alibi_attentions(attentions):
-        removed = set(removed_units.get(f"{a.name}:heads", ()))
-        if not removed:
+        heads = kept_heads(model, a, removed_units)
+        if len(heads) == a.num_heads:
             continue
         module = model.get_submodule(a.name)
         before = getattr(module, HEADS, None)
         if before is None:
             before = torch.arange(a.num_heads)
-        kept = torch.tensor([h for h in range(a.num_heads) if h not in removed], dtype=torch.long)
+        kept = torch.tensor(heads, dtype=torch.long)
         module.register_buffer(HEADS, before[kept].to(device=device_of(module)), persistent=False)
         if getattr(module, KEYWORD, None) is None:  # hooked once, however often it is pruned
             setattr(module, KEYWORD, (a.layout.alibi, a.layout.alibi_dim))

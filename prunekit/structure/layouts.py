@@ -192,10 +192,10 @@ ATTENTION_LAYOUTS: tuple[AttentionLayout, ...] = (
                     when=(("slow_but_exact", False),), alibi="alibi"),
     AttentionLayout("albert", q="query", k="key", v="value", o="dense", head_dim="attention_head_size",
                     independent=("LayerNorm",)),
-    # grouped: a unit of :heads is a query slot of every key-value group, not one head, so which of
-    # the model's heads (and ALiBi slopes) a layer keeps is not the unit list: not cut with ALiBi
+    # grouped: a unit of :heads is a query slot of every key-value group, not one head; with ALiBi a
+    # pruned layer's kept heads (and slopes) are derived from the units (pruning/alibi.kept_heads)
     AttentionLayout("falcon", packing="grouped", gqa="num_kv_heads",
-                    when=(("new_decoder_architecture", True),), **_FALCON | {"blocked_by": (("config.alibi", True),)}),
+                    when=(("new_decoder_architecture", True),), **_FALCON),
     AttentionLayout("falcon", packing="split", gqa="num_kv_heads", when=(("multi_query", True),), **_FALCON),
     AttentionLayout("falcon", packing="interleaved",
                     when=(("new_decoder_architecture", False), ("multi_query", False)), **_FALCON),
