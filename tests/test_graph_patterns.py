@@ -116,9 +116,12 @@ def test_plain_torch_attention_is_refused_in_one_line_and_the_rest_prunes_exactl
         assert torch.allclose(model(x), reference, atol=1e-6, rtol=1e-5)
 
 
-def test_multihead_attention_refuses_the_stream_and_its_ffn_prunes():
+def test_multihead_attention_refuses_the_stream_and_its_heads_and_ffn_prune():
     model, x = PATTERNS["torch_transformer"]()
-    with pytest.raises(ValueError, match=r"couples to layer.self_attn \(MultiheadAttention\).*add 'embed'"):
+    with pytest.raises(
+        ValueError, match=r"couples to layer.self_attn \(MultiheadAttention: its embed_dim.*add 'embed'"
+    ):
         find_groups(model, x)
-    (g,) = find_groups(model, x, ignore=["embed"])
-    assert (g.name, g.num_units) == ("layer.linear1:out", 48)
+    heads, ffn = find_groups(model, x, ignore=["embed"])  # the heads: tests/test_mha.py
+    assert (heads.name, heads.num_units) == ("layer.self_attn:heads", 4)
+    assert (ffn.name, ffn.num_units) == ("layer.linear1:out", 48)

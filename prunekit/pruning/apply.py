@@ -21,6 +21,7 @@ from ..structure.group import Group
 from ..structure.plan import Plan, validate_plan
 from ..structure.sizes import check_groups_match, removed_entries
 from .alibi import alibi_attentions, keep_alibi_heads_
+from .mha import keep_mha_heads_
 
 
 def _owners(model: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]:
@@ -117,12 +118,15 @@ def surgery_(model: nn.Module, groups: Sequence[Group], removed_units: Mapping[s
 
 
 def _snapshot(model: nn.Module) -> tuple[list, list]:
-    """By reference, no tensor copies: each module's parameters, buffers, children (per-head module
+    """By reference, no tensor copies: each module's class and forward pre-hooks (a pruned
+    nn.MultiheadAttention changes both, mha.py), parameters, buffers, children (per-head module
     lists lose entries) and plain attributes (the size fields surgery patches), and each HF config's
     fields, so that a failed prune can be undone."""
     modules = [
         (
             m,
+            type(m),
+            dict(m._forward_pre_hooks),
             dict(m._parameters),
             dict(m._buffers),
             {k: v for k, v in vars(m).items() if not k.startswith("_")},
@@ -136,7 +140,10 @@ def _snapshot(model: nn.Module) -> tuple[list, list]:
 
 def _restore(undo: tuple[list, list]) -> None:
     modules, configs = undo
-    for m, params, buffers, attrs, children in modules:
+    for m, cls, hooks, params, buffers, attrs, children in modules:
+        m.__class__ = cls
+        m._forward_pre_hooks.clear()
+        m._forward_pre_hooks.update(hooks)
         m._parameters.clear()
         m._parameters.update(params)
         m._buffers.clear()
@@ -201,6 +208,7 @@ def apply_plan_(
     try:
         surgery_(model, groups, removed_units)
         keep_alibi_heads_(model, alibi, removed_units)
+        keep_mha_heads_(model, removed_units)
         patch_transformer(model)
         shape_after = _output_shape(model, example_inputs)
     except Exception as exc:

@@ -52,6 +52,20 @@ def _with_costs(model: nn.Module, raws: list[dict], example_inputs: Inputs) -> l
     return groups
 
 
+def _with_mha_heads(model: nn.Module, raws: list[dict], ignore: tuple[str, ...]) -> list[dict]:
+    """``raws`` with the head group of every nn.MultiheadAttention (mha.py) inserted in model order:
+    neither the layouts nor the trace describe its heads (its projections are its own parameters)."""
+    from .mha import mha_groups
+
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    out = list(raws)
+    for heads in mha_groups(model, ignore):
+        at = order[heads["layer"]]
+        i = next((i for i, r in enumerate(out) if order.get(r["layer"], len(order)) > at), len(out))
+        out.insert(i, heads)
+    return out
+
+
 def find_groups(
     model: nn.Module,
     example_inputs: Inputs,
@@ -67,7 +81,9 @@ def find_groups(
     per mixture-of-experts block (moe.py). Other models are traced with torch-pruning under a
     ``timeout_s`` limit (graph.py): one ``"<layer>:out"`` group per set of coupled Conv / Linear /
     LSTM / GRU / RNN outputs (a residual add couples all the layers that feed it; a grouped conv
-    loses whole groups), never a model output. ``ignore`` holds fnmatch patterns of layer or
+    loses whole groups), never a model output. Every ``nn.MultiheadAttention`` gets a ``:heads``
+    group (mha.py); its embed_dim is the stream's width, so the stream's group couples to it and is
+    refused like any other (add the stream's layer to ``ignore``, or ``strict=False``). ``ignore`` holds fnmatch patterns of layer or
     group names not to prune. ``macs_per_unit`` is per example of ``example_inputs``. A group that
     couples to a layer prunekit cannot cut raises ValueError naming it (``strict=False``: left out).
     ``experts=True`` adds one ``"<experts>:experts"`` group per mixture-of-experts block whose units
@@ -104,6 +120,7 @@ def find_groups(
                 "block it can group without them (HF code is not traced): describe its layout in structure/layouts.py"
             )
         raws = [r for r in graph_groups(model, example_inputs, timeout_s) if not r["sink"]]
+    raws = _with_mha_heads(model, raws, patterns)
     raws = [r for r in raws if not _ignored(r, patterns) and r["num_units"] > 0]
     if not strict:
         raws = [r for r in raws if not r.get("unsupported")]

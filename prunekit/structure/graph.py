@@ -137,6 +137,8 @@ def _standard_slices(fn, module, pruner, out: bool, name: str) -> list[tuple[str
         return [(f"{name}.weight", 1)]
     if isinstance(pruner, fn.GroupNormPruner) and module.num_groups == 1:
         return [(f"{name}.weight", 0), (f"{name}.bias", 0)] if module.affine else []
+    if isinstance(module, nn.MultiheadAttention):  # its heads are grouped apart (structure/mha.py)
+        raise UnsupportedLayer(f"{name} (MultiheadAttention: its embed_dim; its heads are {name}:heads)")
     if isinstance(module, nn.Module) and any(True for _ in module.parameters()):
         raise UnsupportedLayer(f"{name} ({type(module).__name__})")
     return []  # element-wise add, concat, reshape, ...: no parameters

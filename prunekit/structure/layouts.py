@@ -218,6 +218,18 @@ ATTENTION_LAYOUTS: tuple[AttentionLayout, ...] = (
                     head_dim="head_dim", width_attrs=("embed_dim",)),
 )  # fmt: skip
 
+# PyTorch's nn.MultiheadAttention: its q/k/v projections are parameters of the module itself, not
+# child modules, so find_blocks never matches these; structure/mha.py describes every
+# nn.MultiheadAttention with them. Either form keeps one [q | k | v] in_proj_bias (split packing, as
+# the packed weight) and, with add_bias_kv, bias_k / bias_v of (1, 1, heads x head_dim), both sliced
+# with the heads by mha.py.
+TORCH_MHA_LAYOUTS: tuple[AttentionLayout, ...] = (
+    AttentionLayout("torch_mha", qkv="in_proj_weight", packing="split", o="out_proj", head_dim="head_dim",
+                    when=(("_qkv_same_embed_dim", True),)),
+    AttentionLayout("torch_mha", q="q_proj_weight", k="k_proj_weight", v="v_proj_weight", o="out_proj",
+                    head_dim="head_dim", when=(("_qkv_same_embed_dim", False),)),
+)  # fmt: skip
+
 _GATED = (  # Qwen2-MoE: a shared expert, experts in a ModuleList (older layouts), dense layers
     ("*shared_expert", "shared_expert_intermediate_size"),
     ("*.experts.*", "moe_intermediate_size"),

@@ -15,7 +15,10 @@ over the batch divided by the batch size):
   fires): each ``weight_ih`` / ``weight_hh`` / ``weight_hr`` matrix (every layer and direction) once per
   time step of every sequence (``time steps x weight entries``; a PackedSequence counts its real steps);
 * ``nn.MultiheadAttention`` (whose projections run functionally, so their Linear hooks never fire): the
-  q/k/v/out projections plus the two attention matmuls;
+  q/k/v/out projections (``"<module>:q_proj"`` .. ``":out_proj"``, rows x weight entries) plus the two
+  attention matmuls (``"<module>:attention"``: 2 x query-key pairs x the attention width, which is
+  out_proj's input width, so a head-pruned module counts its kept heads; bias_k and add_zero_attn
+  add a key each);
 * attention score and context matmuls of other attention modules (HF): ``2 x B x L_q x L_k x W_q``, i.e.
   ``Q K^T`` and ``softmax(.) V``, each ``heads x head_dim`` MACs per query-key pair (DeBERTa's
   disentangled attention adds ``B x L_q x 2 x span x W_q`` for each of its c2p / p2c scores). Attention modules
@@ -122,18 +125,43 @@ def _attention_modules(model: nn.Module) -> dict[nn.Module, tuple[int, nn.Linear
     return {m: q for m, q in found.items() if not nested(m)}
 
 
-def _mha_macs(m: nn.MultiheadAttention, args: tuple, kwargs: dict[str, Any]) -> int:
+def _mha_counts(m: nn.MultiheadAttention, args: tuple, kwargs: dict[str, Any]) -> dict[str, int]:
+    """Work of one nn.MultiheadAttention call by part: query / key / value rows projected (the
+    query rows again for out_proj) and 2 x query-key pairs (keys with bias_k and the zero key)."""
     names = ("query", "key", "value")
-    q, k, v = (args[i] if len(args) > i else kwargs[n] for i, n in enumerate(names))
+    q, k, _ = (args[i] if len(args) > i else kwargs[n] for i, n in enumerate(names))
     if q.dim() == 2:  # unbatched (L, E)
         b, lq, lk = 1, q.shape[0], k.shape[0]
     elif m.batch_first:
         b, lq, lk = q.shape[0], q.shape[1], k.shape[1]
     else:
         b, lq, lk = q.shape[1], q.shape[0], k.shape[0]
-    e = m.embed_dim
-    proj = lq * q.shape[-1] * e + lk * k.shape[-1] * e + lk * v.shape[-1] * e + lq * e * e
-    return b * (proj + 2 * lq * lk * e)
+    keys = lk + (m.bias_k is not None) + bool(m.add_zero_attn)
+    return {
+        "q_proj": b * lq,
+        "k_proj": b * lk,
+        "v_proj": b * lk,
+        "out_proj": b * lq,
+        "attention": 2 * b * lq * keys,
+    }
+
+
+def _mha_term(key: str, m: nn.MultiheadAttention, count: int, canonical: dict, batch: int) -> MacTerm:
+    """One part of an nn.MultiheadAttention as a term that scales with its kept heads: the projections
+    by their weights (a third of the packed in_proj_weight each), the matmuls by out_proj's input
+    columns (the heads x head_dim attention width)."""
+    part = key.rsplit(":", 1)[1]
+    out = m.out_proj.weight
+    if part == "attention":
+        return MacTerm(key, canonical.get(id(out)), (1,), count, int(out.shape[1]), batch)
+    if part == "out_proj":
+        w, cost = out, out.numel()
+    elif m.in_proj_weight is not None:  # packed [q | k | v]: each part is a third of its rows
+        w, cost = m.in_proj_weight, m.in_proj_weight.numel() // 3
+    else:
+        w = getattr(m, f"{part}_weight")
+        cost = w.numel()
+    return MacTerm(key, canonical.get(id(w)), tuple(range(w.dim())), count, cost, batch)
 
 
 def _relative_positions(m: nn.Module, kwargs: dict[str, Any]) -> int:
@@ -200,7 +228,11 @@ def count_mac_terms(model: nn.Module, example_inputs: Inputs) -> list[MacTerm]:
         return hook
 
     def mha_hook(name: str) -> Callable[..., None]:
-        return lambda m, args, kwargs: add(name, _mha_macs(m, args, kwargs))
+        def hook(m: nn.MultiheadAttention, args: tuple, kwargs: dict[str, Any]) -> None:
+            for part, count in _mha_counts(m, args, kwargs).items():
+                add(f"{name}:{part}", count)
+
+        return hook
 
     def rnn_hook(name: str) -> Callable[..., None]:
         def hook(m: nn.RNNBase, inp: tuple, out: Any) -> None:
@@ -247,7 +279,10 @@ def _terms(
     outputs = {a.name: modules[a.o] for a in find_blocks(model)[0]}  # o's inputs: the query heads
     terms = []
     for key, count in counts.items():
-        if key.endswith(":attention"):
+        owner = modules.get(key.rsplit(":", 1)[0]) if ":" in key else None
+        if isinstance(owner, nn.MultiheadAttention):
+            terms.append(_mha_term(key, owner, count, canonical, batch))
+        elif key.endswith(":attention"):
             width, q = attention[modules[key.removesuffix(":attention")]]
             param, dims = (canonical.get(id(q.weight)) if q is not None else None), (0,)
             o = outputs.get(key.removesuffix(":attention"))
@@ -258,8 +293,6 @@ def _terms(
             module, weight = key.rsplit(":", 1)
             w = getattr(modules[module], weight)
             terms.append(MacTerm(key, canonical.get(id(w)), tuple(range(w.dim())), count, w.numel(), batch))
-        elif isinstance(modules[key], nn.MultiheadAttention):
-            terms.append(MacTerm(key, None, (), count, 1, batch))
         else:
             w = modules[key].weight
             terms.append(MacTerm(key, canonical.get(id(w)), tuple(range(w.dim())), count, w.numel(), batch))

@@ -81,7 +81,7 @@ def size_after(
     macs = 0.0
     for t in terms:
         frac = 1.0
-        if t.param is not None:  # None: a cost no group changes (e.g. nn.MultiheadAttention)
+        if t.param is not None:  # None: a cost no group changes
             shape = shapes[t.param]
             for d in t.dims:
                 frac *= (shape[d] - len(removed.get((t.param, d), ()))) / shape[d]
