@@ -69,6 +69,12 @@ METHODS: dict[str, dict[str, Any]] = {
     # the same with 16 probe inputs: on MiniLM one masked evaluation costs ~50 CPU s at 16
     # (results/estimator_cost.md) and grows with the probe, so 256 does not finish here
     "theory_probe16": {"planner": "theory", "options": {"quantity": "risk", "probe_samples": 16}},
+    # ... and with separable curves at two keep fractions (groups x 2 evaluations, ~25 on MiniLM)
+    # instead of the joint path (groups evaluations per move), which did not finish there in 65 min
+    "theory_curves16": {
+        "planner": "theory",
+        "options": {"quantity": "risk", "probe_samples": 16, "allocation": "curves", "fractions": (0.6, 0.3)},
+    },
     # the predictor the validity study ranked best (results/validity/*/best_predictor.json): synflow on
     # MNIST-1D; removed weight mass on Fashion-MNIST (here carried over to the other task)
     "theory_validated": {

@@ -76,6 +76,8 @@ def write_report(runs: Runs, md: Path, png: Path, targets: dict[str, str] | None
         "the linear schedule, `tp_local_iterative` = Torch-Pruning's MetaPruner with iterative_steps (its",
         "linear iterative schedule, pruning_ratio bisected so the last step meets the params target).",
         "`theory_probe16` = `theory` with 16 probe inputs instead of 256 (MiniLM: 256 did not finish).",
+        "`theory_curves16` = the same with separable curves at keep fractions 0.6 and 0.3 (allocation:",
+        "curves, ~2 evaluations per group) instead of the joint path (MiniLM: the path did not finish).",
         "",
     ]
     for task in tasks:
