@@ -202,7 +202,9 @@ CASES: list[Case] = [
     _pattern("concat_split", CHANNELS),
     _pattern("transposed_conv", CHANNELS),
     _pattern("grouped_transposed", refusal="group stem:out couples to grouped (grouped transposed conv"),
-    _pattern("torch_transformer", refusal="group embed:out couples to layer.self_attn (MultiheadAttention)"),
+    # nn.MultiheadAttention heads (structure/mha.py) and FFN; the stream, the attentions' embed_dim, is refused
+    Case("torch_transformer", PATTERNS["torch_transformer"], HEADS, hf=False, extra={"find": {"ignore": ["embed"]}}),
+    Case("torch_decoder", PATTERNS["torch_decoder"], HEADS, hf=False, extra={"find": {"ignore": ["embed", "memory"]}}),
     _pattern("plain_attention", refusal="group qkv:out couples to qkv (its output features are reshaped"),
 ]  # fmt: skip
 BY_NAME = {c.name: c for c in CASES}

@@ -257,36 +257,57 @@ class _RecurrentPruner:
 
 
 class _Through(torch.autograd.Function):
-    """``value`` as a single autograd step from ``source``: the trace sees a recurrent layer as one
+    """``value`` as a single autograd step from ``sources``: the trace sees a recurrent layer as one
     node from its input to its outputs instead of its unrolled gates (whose chunking torch-pruning
-    mis-indexes: a bare IndexError on a 2-layer GRU)."""
+    mis-indexes: a bare IndexError on a 2-layer GRU), and an nn.MultiheadAttention as one node from
+    its query, key and value (its interior is no channel map: add_zero_attn's concatenation of a
+    constant crashes torch-pruning's index mapping with a TypeError)."""
 
     @staticmethod
-    def forward(ctx, source: Tensor, value: Tensor) -> Tensor:
+    def forward(ctx, value: Tensor, *sources: Tensor) -> Tensor:
+        ctx.sources = len(sources)
         return value.clone()
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[None, None]:
-        return None, None
+    def backward(ctx, grad: Tensor) -> tuple[None, ...]:
+        return (None,) * (1 + ctx.sources)
+
+
+def _opaque_recurrent_forward(m: nn.RNNBase) -> Callable:
+    def forward(x, hx=None, _orig=m.forward):
+        out, state = _orig(x, hx)
+        if not isinstance(out, Tensor):  # a PackedSequence: traced as it is
+            return out, state
+        out = _Through.apply(out.detach(), x)
+        states = state if isinstance(state, tuple) else (state,)
+        states = tuple(_Through.apply(s.detach(), out) for s in states)
+        return out, states if isinstance(state, tuple) else states[0]
+
+    return forward
+
+
+def _opaque_attention_forward(m: nn.MultiheadAttention) -> Callable:
+    def forward(*args, _orig=m.forward, **kwargs):
+        out, weights = _orig(*args, **kwargs)
+        given = [*args[:3], *(kwargs[k] for k in ("query", "key", "value") if k in kwargs)]
+        sources = list({id(t): t for t in given if isinstance(t, Tensor)}.values())  # q is k is v: once
+        return _Through.apply(out.detach(), *sources), weights
+
+    return forward
 
 
 @contextmanager
-def _opaque_recurrent(model: nn.Module) -> Iterator[None]:
+def _opaque_layers(model: nn.Module) -> Iterator[None]:
+    """Recurrent layers and nn.MultiheadAttention traced as single nodes (see _Through)."""
     patched = []
     for m in model.modules():
         if isinstance(m, nn.RNNBase):
-            patched.append(m)
-
-            def forward(x, hx=None, _orig=m.forward):
-                out, state = _orig(x, hx)
-                if not isinstance(out, Tensor):  # a PackedSequence: traced as it is
-                    return out, state
-                out = _Through.apply(x, out.detach())
-                states = state if isinstance(state, tuple) else (state,)
-                states = tuple(_Through.apply(out, s.detach()) for s in states)
-                return out, states if isinstance(state, tuple) else states[0]
-
-            m.forward = forward
+            m.forward = _opaque_recurrent_forward(m)
+        elif isinstance(m, nn.MultiheadAttention):
+            m.forward = _opaque_attention_forward(m)
+        else:
+            continue
+        patched.append(m)
     try:
         yield
     finally:
@@ -324,7 +345,7 @@ def graph_groups(model: nn.Module, example_inputs: Inputs, timeout_s: float) -> 
     recurrent = {type(m): _RecurrentPruner() for m in model.modules() if isinstance(m, nn.RNNBase)}
 
     def build() -> list[dict]:
-        with torch.enable_grad(), _opaque_recurrent(model):  # the trace follows autograd
+        with torch.enable_grad(), _opaque_layers(model):  # the trace follows autograd
             dg = tp.DependencyGraph().build_dependency(
                 model,
                 example_inputs=example_inputs,

@@ -16,10 +16,15 @@ import torch
 from torch import Tensor, nn
 
 
-def _randomise_bn(model: nn.Module, seed: int) -> nn.Module:
+def _randomise_norms(model: nn.Module, seed: int) -> nn.Module:
+    """BatchNorm parameters and statistics and LayerNorm parameters drawn at random (a prune that
+    puts a unit in the wrong place then shows; at their init they would hide it)."""
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for m in model.modules():
+            if isinstance(m, nn.LayerNorm) and m.weight is not None:
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(0.4 * torch.rand(m.bias.shape, generator=g) - 0.2)
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 n = m.num_features
                 m.weight.copy_(torch.rand(n, generator=g) + 0.5)
@@ -168,8 +173,8 @@ class PlainAttention(nn.Module):
 
 
 class TorchTransformer(nn.Module):
-    """Tokens -> Linear -> nn.TransformerEncoderLayer (nn.MultiheadAttention: its head size is fixed
-    by the residual width, so neither heads nor the stream can be cut; its FFN can) -> mean -> Linear."""
+    """Tokens -> Linear -> nn.TransformerEncoderLayer -> mean -> Linear: its heads (structure/mha.py)
+    and FFN are cut; the stream (the attention's embed_dim) is refused, so the case ignores 'embed'."""
 
     def __init__(self, features: int = 12, dim: int = 32):
         super().__init__()
@@ -179,6 +184,25 @@ class TorchTransformer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.layer(self.embed(x)).mean(1))
+
+
+class TorchDecoder(nn.Module):
+    """Tokens -> nn.TransformerDecoderLayer -> mean -> Linear: causal self-attention over the first 3
+    tokens (one Linear: the target stream) and cross-attention from them to all 5 tokens (another
+    Linear: the memory), both nn.MultiheadAttention. Heads of both and the FFN are cut; both streams
+    are an attention's embed_dim and refused, so the case ignores 'embed' and 'memory'."""
+
+    def __init__(self, features: int = 12, dim: int = 32):
+        super().__init__()
+        self.embed = nn.Linear(features, dim)
+        self.memory = nn.Linear(features, dim)
+        self.layer = nn.TransformerDecoderLayer(dim, 4, 48, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        causal = nn.Transformer.generate_square_subsequent_mask(3, device=x.device)
+        out = self.layer(self.embed(x[:, :3]), self.memory(x), tgt_mask=causal, tgt_is_causal=True)
+        return self.head(out.mean(1))
 
 
 class GroupedTransposed(nn.Module):
@@ -206,7 +230,7 @@ def _vectors(seed: int, *shape: int) -> Tensor:
 
 def _make(cls: type[nn.Module], seed: int, **kwargs: object) -> nn.Module:
     torch.manual_seed(seed)
-    return _randomise_bn(cls(**kwargs), seed)
+    return _randomise_norms(cls(**kwargs), seed)
 
 
 # name -> (class, constructor kwargs, example-input maker)
@@ -225,6 +249,7 @@ _SPECS: dict[str, tuple[type[nn.Module], dict, Callable[[int], Tensor]]] = {
     "grouped_transposed": (GroupedTransposed, {}, _images),  # refused in one line
     "plain_attention": (PlainAttention, {}, lambda s: _vectors(s, 5, 12)),  # qkv refused in one line
     "torch_transformer": (TorchTransformer, {}, lambda s: _vectors(s, 5, 12)),  # stream refused
+    "torch_decoder": (TorchDecoder, {}, lambda s: _vectors(s, 5, 12)),  # both streams refused
 }
 
 
@@ -248,6 +273,6 @@ def pattern_factory(name: str) -> Callable[..., nn.Module]:
     cls, kwargs, _ = _SPECS[name]
 
     def factory(num_classes: int, input_shape: tuple) -> nn.Module:
-        return _randomise_bn(cls(**kwargs), 0)
+        return _randomise_norms(cls(**kwargs), 0)
 
     return factory
