@@ -112,3 +112,32 @@ def test_removed_key_tells_unmasked_from_masked_nothing():
     assert theory_mod._removed_key({"a": [3, 1], "b": [2]}) == theory_mod._removed_key(
         {"b": [2], "a": [1, 3]}
     )
+
+
+def test_unit_scores_are_computed_once_per_weights_and_batches(monkeypatch):
+    model, x, groups, batches = _trained(_CNN1D)
+    calls = {"n": 0}
+    real = theory_mod.unit_scores
+
+    def counted(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(theory_mod, "unit_scores", counted)
+    theory_mod._CACHE.clear()
+    cfg = planner_config("theory", quantity="synflow", fractions=(0.6, 0.3), min_keep_fraction=0.2)
+    plans = [
+        make_plan(model, groups, Target("params", lv), cfg, batches=batches, example_inputs=x)
+        for lv in (0.5, 0.7)
+    ]
+    assert calls["n"] == 1  # two levels, one scoring pass
+    theory_mod._CACHE.clear()
+    fresh = make_plan(model, groups, Target("params", 0.7), cfg, batches=batches, example_inputs=x)
+    assert fresh.keep == plans[1].keep and calls["n"] == 2
+    other = [(xb, (yb + 1) % 10) for xb, yb in batches]  # other labels: scored again, not reused
+    make_plan(model, groups, Target("params", 0.7), cfg, batches=other, example_inputs=x)
+    assert calls["n"] == 3
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)  # other weights: scored again
+    make_plan(model, groups, Target("params", 0.7), cfg, batches=batches, example_inputs=x)
+    assert calls["n"] == 4

@@ -313,14 +313,26 @@ def _cache_key(ctx: PlanContext, cfg: SensitivityConfig, quantity: str, bounds: 
     return h.hexdigest()
 
 
+def _unit_scores(ctx: PlanContext, cfg: SensitivityConfig) -> dict[str, Any]:
+    """Layer-normalised per-unit scores, cached like the curves: they depend on the weights and the
+    scored batches, not on the target, so every level and seed planned from one model shares them (a
+    Hessian/Fisher pass: 7-13 s of a ResNet-20 plan, results/planning_cost.md)."""
+    h = hashlib.sha1(_cache_key(ctx, cfg, "unit_scores").encode())
+    for _, labels in list(ctx.batches or [])[: cfg.num_batches]:
+        h.update(
+            labels.cpu().numpy().tobytes() if isinstance(labels, torch.Tensor) else repr(labels).encode()
+        )
+    key = "scores:" + h.hexdigest()
+    if key not in _CACHE:
+        raw = unit_scores(ctx.model, ctx.groups, ctx.batches, cfg.importance, cfg.num_batches, cfg.seed)
+        _CACHE[key] = layer_normalised(raw)
+    return _CACHE[key]
+
+
 def _plan_by_curves(ctx: PlanContext, quantity: str) -> tuple[dict[str, list[int]], dict[str, Any]]:
     cfg: SensitivityConfig = ctx.config  # type: ignore[assignment]
     c = cfg
-    scores = layer_normalised(
-        unit_scores(
-            ctx.model, ctx.groups, ctx.batches, cfg.importance, num_batches=c.num_batches, seed=c.seed
-        )
-    )
+    scores = _unit_scores(ctx, cfg)
     floors, ceilings = ctx.floors(), ctx.ceilings()
     if cfg.band:
         floors, ceilings = _banded(ctx, floors, ceilings, cfg.band)
