@@ -96,3 +96,23 @@ def test_kept_heads_are_the_query_heads_of_no_removed_unit_of_either_group_kind(
     a = find_blocks(model)[0][0]
     assert kept_heads(model, a, {f"{a.name}:heads": [1]}) == [0, 2, 3, 5]
     assert kept_heads(model, a, {f"{a.name}:heads": [1], f"{a.name}:kv_heads": [0]}) == [3, 5]
+
+
+def test_a_failed_prune_leaves_the_model_prunable(monkeypatch):
+    """The undo also drops what the failed prune added (the hook marker): otherwise the next prune
+    skipped the slope hook and its forward failed."""
+    model, x = _model("bloom")
+    groups = find_groups(model, x)
+    plan = _plan(groups, heads=[0, 2, 3, 5])
+
+    def broken(model: torch.nn.Module) -> None:
+        raise RuntimeError("injected")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("prunekit.pruning.hf.patch_transformer", broken)
+        with pytest.raises(RuntimeError, match="the model was restored"):
+            apply_plan_(model, plan, x, groups=groups)
+    reference = zero_masked(model, groups, plan.keep)
+    apply_plan_(model, plan, x, groups=groups)
+    with torch.no_grad():
+        assert torch.equal(model(**x).logits, reference(**x).logits)

@@ -118,20 +118,13 @@ def surgery_(model: nn.Module, groups: Sequence[Group], removed_units: Mapping[s
 
 
 def _snapshot(model: nn.Module) -> tuple[list, list]:
-    """By reference, no tensor copies: each module's class and forward pre-hooks (a pruned
-    nn.MultiheadAttention changes both, mha.py), parameters, buffers, children (per-head module
-    lists lose entries) and plain attributes (the size fields surgery patches), and each HF config's
-    fields, so that a failed prune can be undone."""
+    """By reference, no tensor copies: each module's class (a pruned nn.MultiheadAttention changes
+    it, mha.py), attributes and a copy of each of its dicts (parameters, buffers, children: per-head
+    module lists lose entries; forward pre-hooks), and each HF config's fields, so that a failed
+    prune can be undone. All attributes, private ones too: an attribute surgery adds and a failed
+    prune kept (alibi.py's hook marker) would make the next prune skip the hook it needs."""
     modules = [
-        (
-            m,
-            type(m),
-            dict(m._forward_pre_hooks),
-            dict(m._parameters),
-            dict(m._buffers),
-            {k: v for k, v in vars(m).items() if not k.startswith("_")},
-            dict(m._modules),
-        )
+        (m, type(m), dict(vars(m)), {k: dict(v) for k, v in vars(m).items() if isinstance(v, dict)})
         for m in model.modules()
     ]
     configs = {id(c): c for m in model.modules() if hasattr(c := getattr(m, "config", None), "to_dict")}
@@ -140,16 +133,12 @@ def _snapshot(model: nn.Module) -> tuple[list, list]:
 
 def _restore(undo: tuple[list, list]) -> None:
     modules, configs = undo
-    for m, cls, hooks, params, buffers, attrs, children in modules:
+    for m, cls, attrs, dicts in modules:
         m.__class__ = cls
-        m._forward_pre_hooks.clear()
-        m._forward_pre_hooks.update(hooks)
-        m._parameters.clear()
-        m._parameters.update(params)
-        m._buffers.clear()
-        m._buffers.update(buffers)
-        m._modules.clear()
-        m._modules.update(children)
+        for k, entries in dicts.items():  # the same dict objects: hook handles keep pointing at them
+            attrs[k].clear()
+            attrs[k].update(entries)
+        m.__dict__.clear()
         m.__dict__.update(attrs)
     for c, fields in configs:
         c.__dict__.clear()
