@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from prunekit.metrics import count_macs, mac_breakdown
 from prunekit.pruning import apply_plan_, load, save
 from prunekit.pruning.apply import compose_plans
-from prunekit.pruning.mha import HEADS, PrunedMultiheadAttention
+from prunekit.pruning.mha import DENSE, HEADS, PrunedMultiheadAttention
 from prunekit.structure import Plan, find_groups, mask_groups, remaining_size
 from prunekit.testing.hf_tiny import randomise_norms, zero_masked
 from prunekit.testing.patterns import PATTERNS, pattern_factory
@@ -165,6 +165,8 @@ def test_the_pruned_module_takes_every_mask_and_option_of_nn_multihead_attention
         )
     with pytest.raises(RuntimeError, match="one mask per head of the dense module"):
         mine(q, k, v, attn_mask=torch.zeros(3, lq, lk))
+    with pytest.raises(AssertionError, match="key_padded_mask.shape"):  # as torch: (S, B) is not (B, S)
+        mine(q, k, v, key_padding_mask=torch.zeros(lk, 2, dtype=torch.bool))
 
 
 def test_unbatched_calls_and_nested_inputs():
@@ -297,7 +299,7 @@ def test_a_failed_prune_restores_the_class_and_hooks(monkeypatch):
         apply_plan_(model, plan, x, groups=groups)
     attn = model.attn
     assert type(attn) is nn.MultiheadAttention and attn.num_heads == 8 and not attn._forward_pre_hooks
-    assert attn.in_proj_weight.shape == (96, 32) and not hasattr(attn, HEADS)
+    assert attn.in_proj_weight.shape == (96, 32) and not hasattr(attn, HEADS) and not hasattr(attn, DENSE)
 
 
 def test_a_subclass_with_its_own_forward_is_not_cut(caplog):

@@ -165,7 +165,8 @@ class PrunedMultiheadAttention(nn.MultiheadAttention):
             k, v = torch.cat([k, zeros], dim=1), torch.cat([v, zeros], dim=1)
             attn_mask, key_padding_mask = _pad(attn_mask), _pad(key_padding_mask)
         lk = k.shape[1]
-        if key_padding_mask is not None:
+        if key_padding_mask is not None:  # (S, B) would pass the view below when S x B = B x S
+            F._check_key_padding_mask(key_padding_mask, lk, batch)
             rows = key_padding_mask.view(batch, 1, 1, lk).expand(-1, h, -1, -1).reshape(batch * h, 1, lk)
             attn_mask = rows if attn_mask is None else attn_mask + rows
         dropout = self.dropout if self.training else 0.0
