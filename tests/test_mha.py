@@ -302,8 +302,9 @@ def test_a_failed_prune_restores_the_class_and_hooks(monkeypatch):
     assert attn.in_proj_weight.shape == (96, 32) and not hasattr(attn, HEADS) and not hasattr(attn, DENSE)
 
 
-def test_a_subclass_with_its_own_forward_is_not_cut(caplog):
-    class Custom(nn.MultiheadAttention):
+@pytest.mark.parametrize("base", [nn.MultiheadAttention, PrunedMultiheadAttention])
+def test_a_subclass_with_its_own_forward_is_not_cut(caplog, base):
+    class Custom(base):  # surgery would swap its class for PrunedMultiheadAttention, losing its forward
         pass
 
     model, x = _block("self")

@@ -72,7 +72,8 @@ def mha_groups(model: nn.Module, ignore: tuple[str, ...] = ()) -> list[dict]:
     for name, m in model.named_modules():
         if not isinstance(m, nn.MultiheadAttention) or any(fnmatch.fnmatchcase(name, p) for p in ignore):
             continue
-        if type(m) is not nn.MultiheadAttention and not getattr(m, "prunekit_inner_width", False):
+        # the flag counts on the class that sets it: a subclass of prunekit's may have its own forward
+        if type(m) is not nn.MultiheadAttention and not vars(type(m)).get("prunekit_inner_width", False):
             log.warning(
                 "attention %s: head groups not offered (%s subclasses nn.MultiheadAttention with a forward "
                 "prunekit does not know); add '%s' to ignore to leave its heads alone without this warning",
