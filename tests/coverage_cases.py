@@ -26,8 +26,9 @@ from torch import Tensor, nn
 
 from prunekit.structure import Plan, find_groups
 from prunekit.structure.moe import ROUTERS
-from prunekit.testing.hf_tiny import BUILDERS, randomise_norms, zero_masked
+from prunekit.testing.hf_tiny import BUILDERS
 from prunekit.testing.patterns import PATTERNS, pattern_factory
+from prunekit.testing.reference import randomise_norms, zero_masked
 
 FRACTIONS = (0.3, 0.5)
 EXACT_TOL = 1e-5  # float32 sums in another order; a unit given to the wrong place is >= 1e-2
@@ -252,7 +253,7 @@ class _MinusInfRows(torch.Tensor):
 
 
 def reference(model: nn.Module, groups, keep) -> nn.Module:
-    """The dense model with the removed units zeroed (hf_tiny.zero_masked) and, for removed experts,
+    """The dense model with the removed units zeroed (reference.zero_masked) and, for removed experts,
     their router logits forced to -inf (a zeroed router row would still give them logit 0)."""
     dense = zero_masked(model, groups, keep)
     for g in groups:

@@ -12,7 +12,7 @@ from checkpoint_cases import hf_reference
 from prunekit.pruning import apply_plan_, compose_plans, load, save
 from prunekit.pruning.alibi import HEADS
 from prunekit.structure import Plan, find_groups
-from prunekit.testing.hf_tiny import randomise_norms, zero_masked
+from prunekit.testing.reference import randomise_norms, zero_masked
 
 
 def _model(family: str):

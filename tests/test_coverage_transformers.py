@@ -13,7 +13,8 @@ from torch import nn
 from prunekit.batch import logits_of
 from prunekit.pruning import apply_plan_
 from prunekit.structure import Plan, find_groups
-from prunekit.testing.hf_tiny import BUILDERS, SUPPORTED, randomise_norms, zero_masked
+from prunekit.testing.hf_tiny import BUILDERS, SUPPORTED
+from prunekit.testing.reference import randomise_norms, zero_masked
 
 # the layouts of issue 12 (look-alikes in hf_tiny are run by the coverage matrix, tests/test_coverage_matrix.py)
 CORE = [

@@ -94,7 +94,7 @@ def test_a_grouped_conv_loses_whole_groups_and_keeps_them_equal():
 
 
 def test_plain_torch_attention_is_refused_in_one_line_and_the_rest_prunes_exactly():
-    from prunekit.testing.hf_tiny import zero_masked
+    from prunekit.testing.reference import zero_masked
 
     model, x = PATTERNS["plain_attention"]()
     with pytest.raises(

@@ -19,8 +19,8 @@ from prunekit.pruning import apply_plan_, load, save
 from prunekit.pruning.apply import compose_plans
 from prunekit.pruning.mha import DENSE, HEADS, PrunedMultiheadAttention
 from prunekit.structure import Plan, find_groups, mask_groups, remaining_size
-from prunekit.testing.hf_tiny import randomise_norms, zero_masked
 from prunekit.testing.patterns import PATTERNS, pattern_factory
+from prunekit.testing.reference import randomise_norms, zero_masked
 
 TOL = 1e-5  # float32 sums in another order; a head given to the wrong place is >= 1e-2
 

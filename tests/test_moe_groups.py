@@ -15,7 +15,7 @@ from torch import nn
 from prunekit.pruning import apply_plan_
 from prunekit.structure import Plan, find_groups
 from prunekit.structure.moe import moe_groups
-from prunekit.testing.hf_tiny import zero_masked
+from prunekit.testing.reference import zero_masked
 
 
 def test_fused_experts_units_are_blocks_of_neurons_shared_by_every_expert():
