@@ -125,3 +125,13 @@ def test_multihead_attention_refuses_the_stream_and_its_heads_and_ffn_prune():
     heads, ffn = find_groups(model, x, ignore=["embed"])  # the heads: tests/test_mha.py
     assert (heads.name, heads.num_units) == ("layer.self_attn:heads", 4)
     assert (ffn.name, ffn.num_units) == ("layer.linear1:out", 48)
+
+
+def test_the_trace_gives_back_a_forward_set_on_the_instance():
+    model, x = PATTERNS["torch_transformer"]()
+    attn = model.layer.self_attn
+    wrapped = attn.forward  # e.g. a user's logging wrapper, set on the instance
+    attn.forward = lambda *args, **kwargs: wrapped(*args, **kwargs)
+    mine = attn.forward
+    find_groups(model, x, ignore=["embed"])
+    assert attn.__dict__["forward"] is mine

@@ -301,18 +301,17 @@ def _opaque_layers(model: nn.Module) -> Iterator[None]:
     """Recurrent layers and nn.MultiheadAttention traced as single nodes (see _Through)."""
     patched = []
     for m in model.modules():
-        if isinstance(m, nn.RNNBase):
-            m.forward = _opaque_recurrent_forward(m)
-        elif isinstance(m, nn.MultiheadAttention):
-            m.forward = _opaque_attention_forward(m)
-        else:
-            continue
-        patched.append(m)
+        if isinstance(m, (nn.RNNBase, nn.MultiheadAttention)):
+            patched.append((m, m.__dict__.get("forward")))  # a forward set on the instance comes back
+            opaque = _opaque_recurrent_forward if isinstance(m, nn.RNNBase) else _opaque_attention_forward
+            m.forward = opaque(m)
     try:
         yield
     finally:
-        for m in patched:
+        for m, own in patched:
             del m.forward
+            if own is not None:
+                m.forward = own
 
 
 def _all_outputs(model: nn.Module, inputs: Inputs) -> Tensor | list[Tensor]:
