@@ -14,6 +14,13 @@ model's gap to the one-shot plan's gap at the target, over the steps left) and t
 step that stays under that aim, but never less than an equal split of the way left (``linear``), so
 where the prediction is flat it goes faster than ``linear`` and never back-loads the cut.
 
+Every intermediate step is anchored to its destination: the step first plans the whole remaining way
+from the current model (the plan a one-shot prune would make now), then plans the step's own target
+with each group keeping at least the destination's width. A planner on fixed-weight sensitivities is
+otherwise myopic: step by step it thinned the cheapest layer to its floor (MNIST-1D, theory planner:
+a 64-channel conv to 10 by 73 % saved) and left the last step to cut the other layers to 5-10
+channels at once, 21-38 % accuracy at 97 % saved against 77 % one-shot.
+
 :func:`run_schedule` is the loop, on callables, so that it can be tested on its own;
 :mod:`prunekit.level_stage` runs it as the pipeline's level stage.
 """
@@ -30,7 +37,8 @@ from torch import nn
 from prunekit.config import ScheduleConfig
 from prunekit.structure.plan import Plan
 
-PlanFn = Callable[[nn.Module, float, int], tuple[Plan, Any]]  # (model, saved of *it*, step) -> plan, groups
+# (model, saved of *it*, step, fewest units per group or None) -> plan, groups
+PlanFn = Callable[[nn.Module, float, int, "dict[str, int] | None"], tuple[Plan, Any]]
 ApplyFn = Callable[[nn.Module, Plan, Any], None]
 GapFn = Callable[[nn.Module, Any], Callable[[Plan | None], float | None]]  # (model, groups) -> predict
 TrainFn = Callable[[nn.Module, int, int], dict[str, Any]]  # (model, optimizer steps, step) -> history
@@ -89,6 +97,10 @@ def relative(saved_now: float, target: float) -> float:
     return 1.0 - (1.0 - target) / (1.0 - saved_now)
 
 
+def _widths(plan: Plan) -> dict[str, int]:
+    return {g: len(k) for g, k in plan.keep.items()}
+
+
 @dataclass
 class _Step:
     target: float | None  # None: stop here (nothing held, no force)
@@ -112,9 +124,10 @@ def _constant_gap_step(
     """The largest of the remaining way, 1/2, 1/4, ... of it whose predicted gap stays under ``limit``;
     forced where none does (see the module docstring)."""
     remaining = level - saved_now
-    tried = []  # (target, plan, groups, predicted gap)
+    tried = []  # (target, plan, groups, predicted gap); the first is the destination
     for t in (saved_now + remaining / 2**k for k in range(HALVINGS + 1)):
-        plan, groups = plan_fn(model, relative(saved_now, t), i)
+        floors = _widths(tried[0][1]) if tried else None
+        plan, groups = plan_fn(model, relative(saved_now, t), i, floors)
         gap = predict(plan)
         tried.append((t, plan, groups, gap))
         if limit is None or (gap is not None and gap <= limit):
@@ -162,7 +175,7 @@ def _forced_even_step(
     # left one huge last step (93 %: 59-71 % accuracy against 92 % one-shot, results/benchmark.md)
     linear = saved_now + (level - saved_now) / (n_steps - i)
     if t < linear - 1e-9:
-        t, (plan, groups) = linear, plan_fn(model, relative(saved_now, linear), i)
+        t, (plan, groups) = linear, plan_fn(model, relative(saved_now, linear), i, _widths(tried[0][1]))
     return _Step(t, plan, groups, "forced")
 
 
@@ -217,7 +230,10 @@ def run_schedule(
                 break
         else:
             target = fixed[i]
-            plan, groups = plan_fn(model, relative(saved_now, target), i)
+            floors = None
+            if target < level - 1e-9:  # held above the destination's widths (module docstring)
+                floors = _widths(plan_fn(model, relative(saved_now, level), i, None)[0])
+            plan, groups = plan_fn(model, relative(saved_now, target), i, floors)
             predict = gap_fn(model, groups)
         planned = _gaps(predict(plan) if predict is not None else None)
         apply_fn(model, plan, groups)

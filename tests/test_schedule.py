@@ -10,10 +10,11 @@ import torch.nn.functional as F
 
 from prunekit.config import EstimateConfig, ScheduleConfig, config_from_dict
 from prunekit.metrics import count_params
-from prunekit.planner import Target, make_plan
+from prunekit.planner import Target, make_plan, planner_config
 from prunekit.pruning import apply_plan_
 from prunekit.schedule import linear_targets, relative, run_schedule, share
 from prunekit.structure import find_groups
+from prunekit.task import with_unit_floors
 
 
 def _data(n: int = 384, seed: int = 0):
@@ -44,9 +45,13 @@ class Harness:
         self.train(self.model, 150, 0)
         self.trained = 0
 
-    def plan(self, model, saved, i):
+    def plan(self, model, saved, i, floors=None, planner="uniform"):
         groups = find_groups(model, self.x[:2])
-        plan = make_plan(model, groups, Target("params", saved), "uniform", example_inputs=self.x[:2])
+        cfg = planner_config(planner)
+        if floors:
+            cfg = with_unit_floors(cfg, groups, floors)
+        target = Target("params", saved)
+        plan = make_plan(model, groups, target, cfg, batches=self.batches[:2], example_inputs=self.x[:2])
         return plan, groups
 
     def apply(self, model, plan, groups):
@@ -220,3 +225,25 @@ def test_a_forced_constant_gap_run_still_takes_steps_that_share_out_the_gap_rise
     # ... yet never less than an equal split of the way left, so the cut is not back-loaded
     assert out.steps[0]["saved"] >= 0.8 / 3 - 0.02
     assert out.steps[0]["predicted_gap_planned"] < one_shot_gap
+
+
+@pytest.mark.parametrize("name", ["linear", "constant_gap"])
+def test_every_intermediate_step_keeps_at_least_its_destinations_widths(h, name):
+    # global magnitude is myopic: left alone, each step thins whichever layer looks cheapest now
+    calls = []
+
+    def plan_fn(model, saved, i, floors=None):
+        plan, groups = h.plan(model, saved, i, floors, planner="global_magnitude")
+        calls.append((i, saved, floors, {g: len(k) for g, k in plan.keep.items()}))
+        return plan, groups
+
+    cfg = ScheduleConfig(name=name, steps=3, tolerance=1e-6, force=True)
+    model = copy.deepcopy(h.model)
+    out = run_schedule(model, 0.85, cfg, 30, plan_fn, h.apply, h.gap, h.train, count_params)
+    assert abs(out.saved - 0.85) <= 0.015 and len(out.steps) == 3
+    anchored = [c for c in calls if c[2]]
+    assert anchored, "no intermediate step was planned against a destination"
+    for i, saved, floors, widths in anchored:
+        destination = next(c for c in calls if c[0] == i and c[2] is None)
+        assert floors == destination[3] and saved < destination[1]
+        assert all(widths[g] >= n for g, n in floors.items())
