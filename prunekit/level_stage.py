@@ -124,8 +124,8 @@ def scheduled_level(
 
     bn_batches = list(itertools.islice(loader, cfg.prune.importance_batches))
 
-    def plan_fn(m: nn.Module, saved: float, i: int, floors: dict[str, int] | None = None):
-        return make_level_plan(task, m, max(0.0, saved), seed + 100 * i, accelerator, base_units, floors)
+    def plan_fn(m: nn.Module, saved: float, i: int, bounds: dict[str, tuple[int, int]] | None = None):
+        return make_level_plan(task, m, max(0.0, saved), seed + 100 * i, accelerator, base_units, bounds)
 
     def apply_fn(m: nn.Module, plan: Plan, groups: Any) -> None:
         apply_plan_(m, plan, task.example, groups=groups)

@@ -160,12 +160,12 @@ def make_level_plan(
     seed: int,
     accelerator: Any = None,
     base_units: dict[str, int] | None = None,
-    floors: dict[str, int] | None = None,
+    bounds: dict[str, tuple[int, int]] | None = None,
 ):
     """The plan for one level (groups → scores → allocation), at fixed weights; changes nothing.
 
-    ``floors``: the fewest units a group may keep (a schedule's intermediate step is held above its
-    destination's widths, see :mod:`prunekit.schedule`), on top of the configured limits.
+    ``bounds``: group -> (fewest, most) units it may keep, on top of the configured limits (a
+    schedule's intermediate step is held on the way to its destination, see :mod:`prunekit.schedule`).
 
     ``base_units``: each group's width in the run's dense model when ``model`` is already pruned (a
     schedule's later step, a chained level): the per-layer limits (``min_keep_fraction``, ``layers``)
@@ -181,11 +181,11 @@ def make_level_plan(
     groups = find_groups(model, task.example, ignore=p.ignore, experts=p.experts)
     world = 1 if accelerator is None else int(accelerator.num_processes)
     if world == 1:
-        return _plan(task, model, groups, level, seed, base_units, floors), groups
+        return _plan(task, model, groups, level, seed, base_units, bounds), groups
     payload: dict[str, Any] = {}
     if accelerator.is_main_process:
         try:
-            payload = {"plan": _plan(task, model, groups, level, seed, base_units, floors).to_dict()}
+            payload = {"plan": _plan(task, model, groups, level, seed, base_units, bounds).to_dict()}
         except Exception as err:  # re-raised below on every rank, after the others heard of it
             payload = {"error": str(err), "user": isinstance(err, (UserError, ValueError)), "exc": err}
     sent = _broadcast_json({k: v for k, v in payload.items() if k != "exc"}, accelerator)
@@ -207,7 +207,7 @@ def _plan(
     level: float,
     seed: int,
     base_units: dict[str, int] | None,
-    floors: dict[str, int] | None = None,
+    bounds: dict[str, tuple[int, int]] | None = None,
 ) -> Plan:
     from prunekit.planner import Target, from_prune_config, make_plan
 
@@ -215,8 +215,8 @@ def _plan(
     config = from_prune_config(p, seed)
     if base_units:
         config = limits_of_the_base(config, groups, base_units)
-    if floors:
-        config = with_unit_floors(config, groups, floors)
+    if bounds:
+        config = with_unit_bounds(config, groups, bounds)
     loader = task.loader("train", task.cfg.finetune.batch_size, shuffle=True, seed=seed)
     batches = list(itertools.islice(loader, p.importance_batches))
     plan = make_plan(
@@ -233,13 +233,19 @@ def _plan(
     return plan
 
 
-def with_unit_floors(config: Any, groups: Any, floors: dict[str, int]) -> Any:
-    """``config`` with one more rule per group named in ``floors``: keep at least that many units."""
+def with_unit_bounds(config: Any, groups: Any, bounds: dict[str, tuple[int, int]]) -> Any:
+    """``config`` with one more rule per group named in ``bounds``: keep between (fewest, most) units."""
     import dataclasses
 
     from prunekit.planner import LayerLimit
 
-    rules = [LayerLimit(g.name, min(1.0, floors[g.name] / g.num_units)) for g in groups if g.name in floors]
+    rules = [
+        LayerLimit(
+            g.name, min(1.0, bounds[g.name][0] / g.num_units), min(1.0, bounds[g.name][1] / g.num_units)
+        )
+        for g in groups
+        if g.name in bounds
+    ]
     return dataclasses.replace(config, layers=(*config.layers, *rules))
 
 

@@ -12,9 +12,9 @@ from prunekit.config import EstimateConfig, ScheduleConfig, config_from_dict
 from prunekit.metrics import count_params
 from prunekit.planner import Target, make_plan, planner_config
 from prunekit.pruning import apply_plan_
-from prunekit.schedule import linear_targets, relative, run_schedule, share
+from prunekit.schedule import PACE, linear_targets, relative, run_schedule, share
 from prunekit.structure import find_groups
-from prunekit.task import with_unit_floors
+from prunekit.task import with_unit_bounds
 
 
 def _data(n: int = 384, seed: int = 0):
@@ -45,11 +45,11 @@ class Harness:
         self.train(self.model, 150, 0)
         self.trained = 0
 
-    def plan(self, model, saved, i, floors=None, planner="uniform"):
+    def plan(self, model, saved, i, bounds=None, planner="uniform"):
         groups = find_groups(model, self.x[:2])
         cfg = planner_config(planner)
-        if floors:
-            cfg = with_unit_floors(cfg, groups, floors)
+        if bounds:
+            cfg = with_unit_bounds(cfg, groups, bounds)
         target = Target("params", saved)
         plan = make_plan(model, groups, target, cfg, batches=self.batches[:2], example_inputs=self.x[:2])
         return plan, groups
@@ -228,22 +228,28 @@ def test_a_forced_constant_gap_run_still_takes_steps_that_share_out_the_gap_rise
 
 
 @pytest.mark.parametrize("name", ["linear", "constant_gap"])
-def test_every_intermediate_step_keeps_at_least_its_destinations_widths(h, name):
+def test_every_intermediate_step_is_held_on_the_way_to_its_destination(h, name):
     # global magnitude is myopic: left alone, each step thins whichever layer looks cheapest now
     calls = []
 
-    def plan_fn(model, saved, i, floors=None):
-        plan, groups = h.plan(model, saved, i, floors, planner="global_magnitude")
-        calls.append((i, saved, floors, {g: len(k) for g, k in plan.keep.items()}))
+    def plan_fn(model, saved, i, bounds=None):
+        plan, groups = h.plan(model, saved, i, bounds, planner="global_magnitude")
+        calls.append((i, saved, bounds, plan))
         return plan, groups
 
     cfg = ScheduleConfig(name=name, steps=3, tolerance=1e-6, force=True)
     model = copy.deepcopy(h.model)
     out = run_schedule(model, 0.85, cfg, 30, plan_fn, h.apply, h.gap, h.train, count_params)
     assert abs(out.saved - 0.85) <= 0.015 and len(out.steps) == 3
-    anchored = [c for c in calls if c[2]]
-    assert anchored, "no intermediate step was planned against a destination"
-    for i, saved, floors, widths in anchored:
-        destination = next(c for c in calls if c[0] == i and c[2] is None)
-        assert floors == destination[3] and saved < destination[1]
-        assert all(widths[g] >= n for g, n in floors.items())
+    held = [c for c in calls if c[2]]
+    assert held, "no intermediate step was planned on the way to a destination"
+    for i, saved, bounds, plan in held:
+        _, whole_way, _, destination = next(c for c in calls if c[0] == i and c[2] is None)
+        share_of_way = saved / whole_way  # both relative to the step's starting model
+        assert share_of_way < 1
+        for g, kept in plan.keep.items():
+            fewest, most = bounds[g]
+            assert fewest == len(destination.keep[g]) and fewest <= len(kept) <= most
+            n = plan.num_units[g]
+            if int(PACE * share_of_way * (n - fewest)) >= 1:  # a group the destination cuts moves too
+                assert len(kept) < n
