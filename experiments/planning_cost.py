@@ -91,11 +91,18 @@ def _instrument(t: Timers) -> None:
 
 
 def plan_once(
-    bench: Bench, planner: str, options: dict[str, Any], level: float, profile: bool, keep_gaps: bool
+    bench: Bench,
+    planner: str,
+    options: dict[str, Any],
+    level: float,
+    profile: bool,
+    keep_gaps: bool,
+    warm: bool = False,
 ):
-    theory_mod._CACHE.clear()  # cold curves: the first plan of a method on a dense model
-    if not keep_gaps:  # cold gaps too; kept, a plan repeated on the same weights reuses both gaps
-        getattr(theory_mod, "_GAPS", {}).clear()
+    if not warm:  # warm: another level right after a plan on the same dense model, every cache kept
+        theory_mod._CACHE.clear()  # cold curves (and unit scores): the first plan of a method on a model
+        if not keep_gaps:  # cold gaps too; kept, a plan repeated on the same weights reuses both gaps
+            getattr(theory_mod, "_GAPS", {}).clear()
     model = copy.deepcopy(bench.dense).eval()
     t = Timers()
     t0 = time.perf_counter()
@@ -150,6 +157,12 @@ def main() -> None:
         "--keep-gaps", action="store_true", help="reuse predicted gaps across repetitions (same weights)"
     )
     ap.add_argument("--profile-dir", default=None, help="write cProfile top-25 per planner here")
+    ap.add_argument(
+        "--next-level",
+        type=float,
+        default=None,
+        help="after each cold plan, plan this level too with every cache kept (label + '_next_level')",
+    )
     ap.add_argument("--out", default=str(ROOT / "results" / "planning_cost.json"))
     args = ap.parse_args()
     out = Path(args.out)
@@ -169,6 +182,12 @@ def main() -> None:
                 row["command"] = " ".join(["python", *sys.argv])
                 runs.append(row)
                 print(json.dumps(row), flush=True)
+                if args.next_level is not None:
+                    nxt = plan_once(bench, planner, options, args.next_level, False, True, warm=True)[3]
+                    nxt |= {"task": name, "planner": p, "rep": rep, "label": f"{args.label}_next_level"}
+                    nxt |= {"finetune_s": ft, "command": row["command"], "level": args.next_level}
+                    runs.append(nxt)
+                    print(json.dumps(nxt), flush=True)
                 if top and args.profile_dir:
                     d = Path(args.profile_dir)
                     d.mkdir(parents=True, exist_ok=True)
@@ -195,6 +214,10 @@ def write_md(runs: list[dict[str, Any]], path: Path) -> None:
         "(repetition 0 cold, the median is a warm one). `final gap` includes building the Estimator",
         "(probe set, d_eff), which a synflow plan needs only for its predicted gaps. Fine-tune seconds",
         "swing between invocations on this shared machine (1.75 vs 3.29 s for the same recipe).",
+        "`after_scores_cache` (06d065d: per-unit scores cached like the curves) = a cold plan at",
+        "`--level`; `after_scores_cache_next_level` = right after it, a plan at `--next-level` on the",
+        "same dense model with every cache kept, as the second level of a run (its unit scores, path",
+        "and dense gap are reused; what is left is the plan's own predicted gap).",
         "",
         "| label | task | planner | reps | plan s | unit scores s | evals | s / eval | evals s | "
         "final gap s | cache key s | fine-tune s | plan / fine-tune |",
