@@ -86,6 +86,11 @@ METHODS: dict[str, dict[str, Any]] = {
         "options": {"predictor_file": str(ROOT / "results/validity/fashion/best_predictor.json")},
     },
     "loss_sensitivity": {"planner": "loss_sensitivity", "options": {}},
+    # theory_curves16's no-theory ablation: the same allocator, probe and curves on the probe loss alone
+    "loss_curves16": {
+        "planner": "loss_sensitivity",
+        "options": {"probe_samples": 16, "allocation": "curves", "fractions": (0.6, 0.3)},
+    },
     "uniform": {"planner": "uniform", "options": {"importance": "l2"}},
     "global_magnitude": {"planner": "global_magnitude", "options": {}},
     "global_taylor": {"planner": "global_taylor", "options": {}},

@@ -79,6 +79,7 @@ def write_report(runs: Runs, md: Path, png: Path, targets: dict[str, str] | None
         "`theory_probe16` = `theory` with 16 probe inputs instead of 256 (MiniLM: 256 did not finish).",
         "`theory_curves16` = the same with separable curves at keep fractions 0.6 and 0.3 (allocation:",
         "curves, ~2 evaluations per group) instead of the joint path (MiniLM: the path did not finish).",
+        "`loss_curves16` = its no-theory ablation: the same allocator, probe and curves on the probe loss.",
         "",
     ]
     for task in tasks:
