@@ -20,7 +20,7 @@ target with each group keeping no fewer units than the destination and moving at
 its proportional share of the way. A planner on fixed-weight sensitivities is otherwise myopic: step
 by step it thinned only the cheapest layer (MNIST-1D, theory planner: a 64-channel conv to 16 by 73 %
 saved, the other two untouched) and left the last step to cut the others to 5-10 channels at once,
-21-38 % accuracy at 97 % saved against 59-77 % one-shot.
+21-38 % accuracy at 97 % saved against 59-77 % one-shot (results/benchmark_commands.md).
 
 :func:`run_schedule` is the loop, on callables, so that it can be tested on its own;
 :mod:`prunekit.level_stage` runs it as the pipeline's level stage.
@@ -174,18 +174,17 @@ def _forced_even_step(
     predict: Callable[[Plan | None], float | None],
 ) -> _Step:
     """The largest tried step whose predicted gap stays under an equal share of the rise still to come."""
-    now, end = predict(None), tried[0][3]
-    if now is None or end is None:  # no prediction to share out: equal steps in the saved fraction
-        t = saved_now + (level - saved_now) / (n_steps - i)
-        return _Step(t, *plan_fn(model, relative(saved_now, t), i), "forced")
-    aim = now + (end - now) / (n_steps - i)
-    under = [x for x in tried if x[3] is not None and x[3] <= aim]
-    t, plan, groups, _ = max(under, key=lambda x: x[0]) if under else tried[-1]
     # never shorter than an equal split of what is left: at fixed weights the first cut makes the
     # predicted gap jump (0.016 -> 0.04 at 11 % saved on MNIST-1D), so aims alone took 1/8 steps and
-    # left one huge last step (93 %: 59-71 % accuracy against 92 % one-shot, results/benchmark.md)
+    # left one huge last step; without predictions to share out, the equal split is the step
     linear = saved_now + (level - saved_now) / (n_steps - i)
-    if t < linear - 1e-9:
+    now, end = predict(None), tried[0][3]
+    t, plan, groups = linear, None, None
+    if now is not None and end is not None:
+        aim = now + (end - now) / (n_steps - i)
+        under = [x for x in tried if x[3] is not None and x[3] <= aim]
+        t, plan, groups, _ = max(under, key=lambda x: x[0]) if under else tried[-1]
+    if t < linear - 1e-9 or plan is None:
         bounds = _on_the_way(tried[0][1], 1.0 / (n_steps - i))
         t, (plan, groups) = linear, plan_fn(model, relative(saved_now, linear), i, bounds)
     return _Step(t, plan, groups, "forced")
