@@ -92,6 +92,19 @@ METHODS: dict[str, dict[str, Any]] = {
         "options": {"probe_samples": 16, "allocation": "curves", "fractions": (0.6, 0.3)},
     },
     "uniform": {"planner": "uniform", "options": {"importance": "l2"}},
+    # uniform widths, units by the OBD / Hessian score: isolates the within-group criterion
+    "uniform_hessian": {"planner": "uniform", "options": {"importance": "hessian"}},
+    "theory_validated_band2": {
+        "planner": "theory",
+        "options": {"predictor_file": str(ROOT / "results/validity/mnist1d/best_predictor.json"), "band": 2},
+    },
+    "theory_validated_curves": {
+        "planner": "theory",
+        "options": {
+            "predictor_file": str(ROOT / "results/validity/mnist1d/best_predictor.json"),
+            "allocation": "curves",
+        },
+    },
     "global_magnitude": {"planner": "global_magnitude", "options": {}},
     "global_taylor": {"planner": "global_taylor", "options": {}},
     "lamp": {"planner": "lamp", "options": {}},
@@ -115,6 +128,20 @@ METHODS: dict[str, dict[str, Any]] = {
     # Torch-Pruning's own linear iterative schedule (MetaPruner iterative_steps), ratio bisected
     "tp_local_iterative": {"tp": "local", "iterative_steps": STEPS},
 }
+# the theory planners as they were before l2 became their within-group default (prunekit.planner.theory):
+# the same options with units chosen by OBD / Hessian scores, the ablation of that choice
+HESSIAN_PINNED = (
+    "theory",
+    "theory_bound",
+    "theory_validated",
+    "theory_validated_fashion",
+    "loss_sensitivity",
+    "theory_curves16",
+    "loss_curves16",
+)
+for _name in HESSIAN_PINNED:
+    _spec = METHODS[_name]
+    METHODS[f"{_name}_hessian"] = {**_spec, "options": {**_spec["options"], "importance": "hessian"}}
 DEFAULT = {"tasks": ["mnist1d"], "levels": [0.85, 0.93, 0.97], "seeds": [0, 1, 2]}
 FULL = {"tasks": list(TASKS), "levels": [0.5, 0.7, 0.85, 0.93, 0.97], "seeds": [0, 1, 2]}
 

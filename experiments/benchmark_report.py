@@ -80,6 +80,11 @@ def write_report(runs: Runs, md: Path, png: Path, targets: dict[str, str] | None
         "`theory_curves16` = the same with separable curves at keep fractions 0.6 and 0.3 (allocation:",
         "curves, ~2 evaluations per group) instead of the joint path (MiniLM: the path did not finish).",
         "`loss_curves16` = its no-theory ablation: the same allocator, probe and curves on the probe loss.",
+        "Within a group every theory variant now picks units by l2 magnitude (the planner's default);",
+        "`*_hessian` = the same variant with OBD / Hessian unit scores, the default before (the ablation",
+        "of that choice); `uniform_hessian` = uniform widths with Hessian-chosen units. `*_band2` = widths",
+        "held within [u/2, 2u] of the uniform keep fraction u; `*_curves` = separable curves at the",
+        "default 7 keep fractions instead of the joint path.",
         "",
     ]
     for task in tasks:

@@ -46,8 +46,13 @@ def test_a_planted_synflow_file_cuts_the_provably_redundant_units_first(redundan
     model, x, groups, batches = redundant
     fc1 = next(g for g in groups if g.layer == "fc1")
     saved = 20 * fc1.params_per_unit / count_params(model)
+    # OBD ranks the copies (zero outgoing weights) strictly last; the default l2 does not
     cfg = planner_config(
-        "theory", predictor_file=_file(tmp_path), fractions=(0.75, 0.5, 0.25), min_keep_fraction=0.1
+        "theory",
+        predictor_file=_file(tmp_path),
+        fractions=(0.75, 0.5, 0.25),
+        min_keep_fraction=0.1,
+        importance="hessian",
     )
     assert cfg.quantity == "validated"  # the default once a file is given
     plan = make_plan(model, groups, Target("params", saved), cfg, batches=batches, example_inputs=x)
