@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from benchmark import TASKS  # noqa: E402
+from benchmark_methods import TASKS  # noqa: E402
 
 from prunekit.config import load_config  # noqa: E402
 from prunekit.planner import Target, make_plan, planner_config  # noqa: E402
