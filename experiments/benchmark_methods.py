@@ -60,10 +60,6 @@ METHODS: dict[str, dict[str, Any]] = {
     "uniform": {"planner": "uniform", "options": {"importance": "l2"}},
     # uniform widths, units by the OBD / Hessian score: isolates the within-group criterion
     "uniform_hessian": {"planner": "uniform", "options": {"importance": "hessian"}},
-    "theory_validated_band2": {
-        "planner": "theory",
-        "options": {"predictor_file": str(ROOT / "results/validity/mnist1d/best_predictor.json"), "band": 2},
-    },
     "theory_validated_curves": {
         "planner": "theory",
         "options": {
@@ -94,8 +90,25 @@ METHODS: dict[str, dict[str, Any]] = {
     # Torch-Pruning's own linear iterative schedule (MetaPruner iterative_steps), ratio bisected
     "tp_local_iterative": {"tp": "local", "iterative_steps": STEPS},
 }
-# the theory planners as they were before l2 became their within-group default (prunekit.planner.theory):
-# the same options with units chosen by OBD / Hessian scores, the ablation of that choice
+# Every option a row was made with is spelled out, so that a method re-runs as it was measured when a
+# planner default moves. These curve planners ran without a band (band 2 became the default later):
+UNBANDED = (
+    "theory",
+    "theory_bound",
+    "theory_probe16",
+    "theory_curves16",
+    "loss_sensitivity",
+    "loss_curves16",
+    "theory_validated_curves",
+    "theory_validated_constant_gap",
+)
+for _name in UNBANDED:
+    METHODS[_name]["options"]["band"] = 0
+# the two validated planners without the band: the ablation of the band (the plain names are the default)
+for _name in ("theory_validated", "theory_validated_fashion"):
+    _spec = METHODS[_name]
+    METHODS[f"{_name}_band0"] = {**_spec, "options": {**_spec["options"], "band": 0}}
+# ... and as they were before l2 became the within-group default: units by OBD / Hessian scores, no band
 HESSIAN_PINNED = (
     "theory",
     "theory_bound",
@@ -107,6 +120,7 @@ HESSIAN_PINNED = (
 )
 for _name in HESSIAN_PINNED:
     _spec = METHODS[_name]
-    METHODS[f"{_name}_hessian"] = {**_spec, "options": {**_spec["options"], "importance": "hessian"}}
+    _options = {**_spec["options"], "importance": "hessian", "band": 0}
+    METHODS[f"{_name}_hessian"] = {**_spec, "options": _options}
 DEFAULT = {"tasks": ["mnist1d"], "levels": [0.85, 0.93, 0.97], "seeds": [0, 1, 2]}
 FULL = {"tasks": list(TASKS), "levels": [0.5, 0.7, 0.85, 0.93, 0.97], "seeds": [0, 1, 2]}

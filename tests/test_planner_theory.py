@@ -105,6 +105,26 @@ def test_allocation_follows_the_curves_and_lands_the_target():
     assert counts[b] <= 30 and abs(sizes.saved(counts, "params") - 0.3) <= 0.01
 
 
+def test_the_band_holds_every_width_near_the_uniform_one(redundant):
+    """``band`` b keeps each group within [u / b, u * b] of uniform's count u; 1 is uniform itself. The
+    redundant copies make fc1 the cheap layer: without a band its width leaves that interval."""
+    model, x, groups, batches = redundant
+    target = Target("params", 0.6)
+    uniform = make_plan(model, groups, target, planner_config("uniform"), example_inputs=x)
+
+    def ratios(band: float) -> dict[str, float]:
+        opts = {"fractions": (0.75, 0.5, 0.25), "min_keep_fraction": 0.05, "band": band}
+        cfg = planner_config("loss_sensitivity", **opts)
+        plan = make_plan(model, groups, target, cfg, batches=batches, example_inputs=x)
+        assert abs(plan.extra["achieved"]["params_saved"] - 0.6) <= 0.01
+        return {g.layer: len(plan.keep[g.name]) / len(uniform.keep[g.name]) for g in groups}
+
+    free = ratios(0)
+    assert max(free.values()) > 1.15 and min(free.values()) < 1 / 1.15, free
+    assert all(1 / 1.15 - 0.02 <= r <= 1.15 + 0.02 for r in ratios(1.15).values())
+    assert ratios(1) == pytest.approx({g.layer: 1.0 for g in groups}, abs=0.02)
+
+
 def test_per_layer_limits_and_ignored_layers_are_respected(redundant):
     model, x, _, batches = redundant
     groups = find_groups(model, x, ignore=["fc2"])
