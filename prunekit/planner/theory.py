@@ -389,8 +389,11 @@ def _plan_by_curves(ctx: PlanContext, quantity: str) -> tuple[dict[str, list[int
             for g in ctx.groups
             if len(kept[g.name]) < g.num_units
         }
+        # a gap at fixed weights does not depend on the allocation's bounds (each level's band has its
+        # own): keyed without them, the dense gap is computed once for every level
+        weights_key = _cache_key(ctx, cfg, quantity_fn.label)
         for field, units in (("predicted_gap", removed), ("dense_predicted_gap", {})):
-            at = (key, _removed_key(units))
+            at = (weights_key, _removed_key(units))
             if at not in _GAPS:
                 _GAPS[at] = quantity_fn.gap(units)
             note[field] = _GAPS[at]
