@@ -218,6 +218,10 @@ def write_md(runs: list[dict[str, Any]], path: Path) -> None:
         "`--level`; `after_scores_cache_next_level` = right after it, a plan at `--next-level` on the",
         "same dense model with every cache kept, as the second level of a run (its unit scores, path",
         "and dense gap are reused; what is left is the plan's own predicted gap).",
+        "`l2_band2` (1726715: l2 units, band 2, the new defaults) = the same pair: with the band each",
+        "level has its own bounds, so the next level walks its own path (169 evals) and, keyed by the",
+        "bounds, recomputed the dense gap too; `l2_band2_gap_key` (4d0f12f: gaps keyed by weights and",
+        "removed units only) = the same with the dense gap reused.",
         "",
         "| label | task | planner | reps | plan s | unit scores s | evals | s / eval | evals s | "
         "final gap s | cache key s | fine-tune s | plan / fine-tune |",
