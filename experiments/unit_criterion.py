@@ -15,6 +15,7 @@ Writes results/unit_criterion.{json,md}.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -36,7 +37,6 @@ from prunekit.structure.masking import mask_groups  # noqa: E402
 from prunekit.task import Task, seed_everything  # noqa: E402
 
 CRITERIA = ("l2", "l1", "hessian", "taylor")
-PROBE_BATCHES = 4  # the planners' probe: importance_batches x finetune batch size
 
 
 def _mean_loss(model: torch.nn.Module, batches) -> tuple[float, float]:
@@ -57,7 +57,7 @@ def measure(task_name: str, levels: list[float], work: Path) -> list[dict]:
     task = Task(cfg)
     model = load(work / task_name / "dense")[0].eval()
     loader = task.loader("train", cfg.finetune.batch_size, shuffle=True, seed=cfg.seed)
-    probe = [b for _, b in zip(range(PROBE_BATCHES), loader, strict=False)]
+    probe = list(itertools.islice(loader, cfg.prune.importance_batches))  # the planners' batches
     val = list(task.loader("validation", cfg.data.batch_size))
     groups = find_groups(model, task.example, ignore=cfg.prune.ignore)
     rows = []
@@ -101,7 +101,8 @@ def write_md(rows: list[dict], path: Path) -> None:
         "",
         "Made by `OMP_NUM_THREADS=1 python experiments/unit_criterion.py` (see its docstring). The dense",
         "model of each benchmark task, uniform widths at each level, units chosen by each criterion; the",
-        "masked model at fixed weights with BatchNorm re-estimated on the probe (4 training batches):",
+        "masked model at fixed weights with BatchNorm re-estimated on the probe (the planners' training",
+        "batches, `prune.importance_batches`):",
         "mean cross-entropy on the probe and on the validation split, validation accuracy.",
         "",
         "| task | params saved | criterion | probe loss | val loss | val accuracy |",

@@ -67,12 +67,13 @@ class SensitivityConfig(PlannerConfig):
     min_keep_fraction: float = 0.15
     # which units go within a group: l2, not OBD / Hessian scores (the default before). A conv followed
     # by BatchNorm is scale-invariant, so its weights' second-order terms say little about removing a
-    # whole channel, and a Fisher diagonal of a well-fit model is carried by its few misfit examples. On
-    # MNIST-1D (theory_validated against theory_validated_hessian, 3 seeds, results/benchmark.md) l2 won
-    # on the validation split at 85 / 93 / 97 % params saved (96.0 / 95.3 / 80.8 against 95.5 / 93.4 /
-    # 72.3) and on test (96.47 / 95.20 / 78.63 against 95.40 / 93.50 / 73.07). On Fashion-MNIST
-    # ResNet-20 (theory_validated_fashion) Hessian units won at 85 % (80.15 against 77.58) and collapsed
-    # at 93 / 97 % (65.05 / 50.96 against 71.91 / 69.79): l2 is the choice that never collapsed
+    # whole channel, and a Fisher diagonal of a well-fit model is carried by its few misfit examples.
+    # On MNIST-1D (theory_validated_band0 against theory_validated_hessian, 3 seeds,
+    # results/benchmark.md) l2 won on the validation split at 85 / 93 / 97 % params saved (96.0 / 95.3 /
+    # 80.8 against 95.5 / 93.4 / 72.3) and on test (96.47 / 95.20 / 78.63 against 95.40 / 93.50 /
+    # 73.07). On Fashion-MNIST ResNet-20 (theory_validated_fashion_band0 against _hessian) Hessian units
+    # won at 85 % (80.15 against 77.58) and collapsed at 93 / 97 % (65.05 / 50.96 against 71.91 /
+    # 69.79): l2 is the choice that never collapsed
     importance: str = "l2"
     fractions: tuple[float, ...] = (0.8, 0.6, 0.45, 0.3, 0.2, 0.12, 0.06)
     probe_samples: int = 256
@@ -92,7 +93,7 @@ class SensitivityConfig(PlannerConfig):
     # 3 seeds: 96.30 / 95.53 / 78.83 against 96.47 / 95.20 / 78.63 unbanded), then held out: Fashion-MNIST
     # ResNet-20 79.46 / 76.20 / 70.62 against 77.58 / 71.91 / 69.79 (validation 80.3 / 77.5 / 71.3
     # against 78.6 / 73.4 / 70.9), MNIST-1D large 98.61 / 97.95 / 95.26 against 98.56 / 98.16 / 95.40
-    # (results/benchmark.md, theory_validated*_band2)
+    # (results/benchmark.md: theory_validated* against theory_validated*_band0)
     band: float = 2.0
 
     def __post_init__(self) -> None:
@@ -313,9 +314,13 @@ def _banded(
     return lo, hi
 
 
-def _cache_key(ctx: PlanContext, cfg: SensitivityConfig, quantity: str, bounds: Any = None) -> str:
+def _with_bounds(key: str, bounds: Any) -> str:
+    """A weights key narrowed to one allocation's bounds (the path depends on them, a gap does not)."""
+    return key if bounds is None else hashlib.sha1((key + repr(bounds)).encode()).hexdigest()
+
+
+def _cache_key(ctx: PlanContext, cfg: SensitivityConfig, quantity: str) -> str:
     h = hashlib.sha1()
-    h.update(repr(bounds).encode())
     for name, p in ctx.model.named_parameters():
         h.update(name.encode())
         h.update(p.detach().cpu().contiguous().numpy().tobytes())
@@ -350,7 +355,8 @@ def _plan_by_curves(ctx: PlanContext, quantity: str) -> tuple[dict[str, list[int
     if cfg.band:
         floors, ceilings = _banded(ctx, floors, ceilings, cfg.band)
     quantity_fn = _Quantity(ctx, cfg, quantity)
-    key = _cache_key(ctx, cfg, quantity_fn.label, (floors, ceilings) if cfg.allocation == "path" else None)
+    weights_key = _cache_key(ctx, cfg, quantity_fn.label)
+    key = _with_bounds(weights_key, (floors, ceilings) if cfg.allocation == "path" else None)
     note: dict[str, Any] = {}
     if cfg.allocation == "curves":
         if key not in _CACHE:
@@ -391,7 +397,6 @@ def _plan_by_curves(ctx: PlanContext, quantity: str) -> tuple[dict[str, list[int
         }
         # a gap at fixed weights does not depend on the allocation's bounds (each level's band has its
         # own): keyed without them, the dense gap is computed once for every level
-        weights_key = _cache_key(ctx, cfg, quantity_fn.label)
         for field, units in (("predicted_gap", removed), ("dense_predicted_gap", {})):
             at = (weights_key, _removed_key(units))
             if at not in _GAPS:
